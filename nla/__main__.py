@@ -1,0 +1,3 @@
+from nla.cli import main
+
+main()

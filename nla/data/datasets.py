@@ -1,0 +1,98 @@
+"""torch ``Dataset``s over a :class:`~nla.data.samples.Samples` table: decoded per sample, or gathered from a cache."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import albumentations as A
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from nla.data.images import load_image
+from nla.data.samples import DataError, Samples
+from nla.data.transforms import mirror_view
+
+
+class _SeededTransform:
+    """An albumentations pipeline reseeded from ``torch.initial_seed()`` in each process that uses it.
+
+    Lightning's ``seed_everything(workers=True)`` makes that seed depend on the run's seed, the
+    worker and the epoch, so the augmentation stream is reproducible and differs per worker.
+    """
+
+    def __init__(self, transform: A.Compose) -> None:
+        self.transform = transform
+        self._seed: Optional[int] = None
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        seed = torch.initial_seed() % 2**32
+        if seed != self._seed:
+            self.transform.set_random_seed(seed)
+            self._seed = seed
+        return self.transform(image=image)["image"]
+
+
+class FERImageDataset(Dataset):
+    """Decodes each image when asked and applies a per-sample transform.
+
+    Items are dicts with ``image``, ``label``, ``index`` and, with ``two_views``, ``image_mirror``,
+    the exact mirror of the augmented image.
+    """
+
+    def __init__(self, samples: Samples, transform: A.Compose, two_views: bool = False) -> None:
+        self.samples = samples
+        self.transform = _SeededTransform(transform)
+        self.two_views = two_views
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        box = None if self.samples.boxes is None else self.samples.boxes[index]
+        image = self.transform(load_image(self.samples.paths[index], box))
+        item = {"image": image, "label": int(self.samples.labels[index]), "index": index}
+        if self.two_views:
+            item["image_mirror"] = mirror_view(image)
+        return item
+
+
+class CachedImageDataset(Dataset):
+    """Batches gathered from a uint8 cache (N x H x W x 3): ``image`` stays uint8 and is augmented on the device.
+
+    Use with ``batch_size=None`` and a batch sampler: ``__getitem__`` takes a list of indices.
+    """
+
+    def __init__(self, samples: Samples, cache: np.ndarray) -> None:
+        if len(cache) != len(samples):
+            raise ValueError(f"cache holds {len(cache)} images but the split has {len(samples)}")
+        self.samples = samples
+        self.images = torch.from_numpy(cache)
+        self.labels = torch.from_numpy(samples.labels)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return {"image": self.images[index], "label": self.labels[index], "index": index}
+
+
+class PredictImageDataset(Dataset):
+    """Any image files, for prediction: an unreadable file yields ``ok=False`` and an error instead of stopping the run."""
+
+    def __init__(self, paths: list[str], transform: A.Compose, image_size: int) -> None:
+        self.paths = paths
+        self.transform = transform
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        try:
+            image = self.transform(image=load_image(self.paths[index]))["image"]
+            ok, error = True, ""
+        except (DataError, OSError, ValueError) as failure:
+            image, ok, error = torch.zeros(3, self.image_size, self.image_size), False, str(failure)
+        return {"image": image, "path": self.paths[index], "ok": ok, "error": error}

@@ -1,0 +1,61 @@
+"""Decoding image files to RGB uint8 arrays, and checking a whole split can be decoded before training."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Optional, Sequence
+
+import cv2
+import numpy as np
+
+from nla.data.samples import DataError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def load_image(path: str, box: Optional[Sequence[float]] = None) -> np.ndarray:
+    """An H x W x 3 RGB uint8 array; grayscale files are repeated to three channels.
+
+    ``box`` = (x, y, w, h) crops to a face box, clipped to the image.
+    """
+    data = np.fromfile(path, dtype=np.uint8) if os.path.isfile(path) else None
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data is not None and data.size else None
+    if image is None:
+        raise DataError(f"cannot decode image {path!r}: the file is missing, empty or not an image")
+    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if box is not None:
+        x, y, w, h = (int(round(v)) for v in box)
+        x0, y0 = max(x, 0), max(y, 0)
+        x1, y1 = min(x + w, image.shape[1]), min(y + h, image.shape[0])
+        if x1 <= x0 or y1 <= y0:
+            raise DataError(f"face box {tuple(box)} lies outside image {path!r} of size {image.shape[1]}x{image.shape[0]}")
+        image = image[y0:y1, x0:x1]
+    return np.ascontiguousarray(image)
+
+
+def find_unreadable(paths: Sequence[str], boxes: Optional[np.ndarray] = None, workers: int = 8) -> list[tuple[int, str]]:
+    """(index, reason) for every image that cannot be decoded; decodes in threads (OpenCV releases the GIL)."""
+
+    def check(i: int) -> Optional[tuple[int, str]]:
+        try:
+            load_image(paths[i], None if boxes is None else boxes[i])
+        except DataError as error:
+            return i, str(error)
+        return None
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return [bad for bad in pool.map(check, range(len(paths))) if bad is not None]
+
+
+def list_images(root: str) -> list[str]:
+    """Every image file under ``root``, nested folders included, in sorted order."""
+    if not os.path.isdir(root):
+        raise DataError(f"prediction folder {root!r} does not exist")
+    found = [
+        os.path.join(folder, name)
+        for folder, _, names in os.walk(root)
+        for name in names
+        if name.lower().endswith(IMAGE_SUFFIXES)
+    ]
+    return sorted(found)

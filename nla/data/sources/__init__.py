@@ -1,0 +1,1 @@
+"""Readers for each dataset's files: which images, which labels, which classes."""

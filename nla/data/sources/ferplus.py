@@ -1,0 +1,112 @@
+"""FER+: FER2013 images relabelled by ten annotators, labelled by the FER+ majority vote."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Literal, Optional, Sequence
+
+import numpy as np
+
+from nla.data.samples import DataError, Samples
+
+# The vote columns, in file order. The first eight are emotions; the label index is the column index.
+VOTE_COLUMNS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF")
+CLASSES_8 = VOTE_COLUMNS[:8]
+CLASSES_7 = VOTE_COLUMNS[:7]  # contempt dropped
+SPLIT_FOLDERS = {"train": "FER2013Train", "valid": "FER2013Valid", "test": "FER2013Test"}
+RELEASE_USAGE = {"Training": "train", "PublicTest": "valid", "PrivateTest": "test"}
+Split = Literal["train", "valid", "test"]
+LabelSource = Literal["auto", "fer2013new", "label_csv"]
+
+
+def majority_vote(votes: Sequence[int]) -> Optional[int]:
+    """The FER+ majority label of ten vote counts, or ``None`` for unknown / not-a-face.
+
+    Every column with one vote or fewer is zeroed (as FER+'s own reader does, unknown and NF
+    included); the largest remaining count wins if it is more than half of the remaining total,
+    unknown and NF counted in that total.
+    """
+    counts = [0 if v <= 1 else v for v in votes]
+    total = sum(counts)
+    best = int(np.argmax(counts))
+    if total == 0 or counts[best] * 2 <= total or best >= 8:
+        return None
+    return best
+
+
+def read_ferplus(
+    root: str | Path, split: Split = "train", num_classes: Literal[7, 8] = 8, label_source: LabelSource = "auto"
+) -> Samples:
+    """One FER+ split. Votes come from ``fer2013new.csv`` (the current release) when present, else the split's ``label.csv``.
+
+    Every named row is kept, so the three training images that the release lists twice appear twice.
+    """
+    root = Path(root)
+    if split not in SPLIT_FOLDERS:
+        raise DataError(f"FER+ has splits {list(SPLIT_FOLDERS)}, not {split!r}")
+    if num_classes not in (7, 8):
+        raise DataError(f"FER+ has 8 classes, or 7 without contempt; got num_classes={num_classes}")
+    folder = root / SPLIT_FOLDERS[split]
+    if not folder.is_dir():
+        raise DataError(f"FER+ folder {str(folder)!r} does not exist; expected {list(SPLIT_FOLDERS.values())} under the root")
+    release = root / "fer2013new.csv"
+    if label_source == "fer2013new" or (label_source == "auto" and release.is_file()):
+        rows = _read_release(release, split)
+    else:
+        rows = _read_label_csv(folder / "label.csv")
+    classes = CLASSES_8 if num_classes == 8 else CLASSES_7
+    paths, labels, names, origins = [], [], [], []
+    for name, votes, origin in rows:
+        label = majority_vote(votes)
+        if label is None or label >= num_classes:
+            continue
+        paths.append(str(folder / name))
+        labels.append(label)
+        names.append(name)
+        origins.append(origin)
+    return Samples(paths, np.asarray(labels, dtype=np.int64), classes, names, origins)
+
+
+def _parse_votes(values: Sequence[str], origin: str) -> list[int]:
+    try:
+        votes = [int(v) for v in values]
+    except ValueError:
+        raise DataError(f"{origin}: vote counts {list(values)} are not all integers") from None
+    if len(votes) != len(VOTE_COLUMNS) or min(votes) < 0:
+        raise DataError(f"{origin}: expected {len(VOTE_COLUMNS)} non-negative vote counts {VOTE_COLUMNS}, got {values}")
+    return votes
+
+
+def _read_release(path: Path, split: str) -> list[tuple[str, list[int], str]]:
+    if not path.is_file():
+        raise DataError(f"FER+ release file {str(path)!r} does not exist")
+    rows = []
+    with open(path, newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None or header[:2] != ["Usage", "Image name"]:
+            raise DataError(f"{path}:1: expected the header 'Usage,Image name,{','.join(VOTE_COLUMNS)}', got {header!r}")
+        for number, record in enumerate(reader, start=2):
+            origin = f"{path}:{number}"
+            if len(record) != 2 + len(VOTE_COLUMNS):
+                raise DataError(f"{origin}: expected {2 + len(VOTE_COLUMNS)} columns, got {len(record)}")
+            usage, name = record[0], record[1].strip()
+            if usage not in RELEASE_USAGE:
+                raise DataError(f"{origin}: Usage {usage!r} is not one of {list(RELEASE_USAGE)}")
+            if name and RELEASE_USAGE[usage] == split:  # rows without a name are all not-a-face
+                rows.append((name, _parse_votes(record[2:], origin), origin))
+    return rows
+
+
+def _read_label_csv(path: Path) -> list[tuple[str, list[int], str]]:
+    if not path.is_file():
+        raise DataError(f"FER+ label file {str(path)!r} does not exist, and there is no fer2013new.csv at the root")
+    rows = []
+    with open(path, newline="") as handle:
+        for number, record in enumerate(csv.reader(handle), start=1):
+            origin = f"{path}:{number}"
+            if len(record) != 2 + len(VOTE_COLUMNS):
+                raise DataError(f"{origin}: expected name, face box and {len(VOTE_COLUMNS)} vote counts, got {record!r}")
+            rows.append((record[0].strip(), _parse_votes(record[2:], origin), origin))
+    return rows

@@ -1,0 +1,96 @@
+"""Any FER dataset as an image-folder tree (``root/<split>/<class>/*``) or as a CSV of ``path,label``."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from nla.data.images import IMAGE_SUFFIXES
+from nla.data.samples import DataError, Samples, check_label_range
+
+# Accepted folder names for each split, first match wins.
+SPLIT_FOLDERS = {"train": ("train", "training"), "valid": ("val", "valid", "validation"), "test": ("test",)}
+
+
+def find_split_folder(root: Path, split: str) -> Optional[Path]:
+    for name in SPLIT_FOLDERS[split]:
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+def folder_classes(root: str | Path) -> tuple[str, ...]:
+    """The class names of an image-folder tree: the sorted sub-folders of its training split."""
+    train = find_split_folder(Path(root), "train")
+    if train is None:
+        raise DataError(f"image-folder root {str(root)!r} has no train/ folder; expected root/<split>/<class>/<image>")
+    classes = tuple(sorted(entry.name for entry in train.iterdir() if entry.is_dir()))
+    if not classes:
+        raise DataError(f"{train} has no class sub-folders; expected {train}/<class>/<image>")
+    return classes
+
+
+def read_image_folder(root: str | Path, split: str, classes: Optional[Sequence[str]] = None) -> Samples:
+    """``root/<split>/<class>/*``, labels by the position of the folder's name in ``classes``."""
+    root = Path(root)
+    classes = tuple(classes) if classes else folder_classes(root)
+    folder = find_split_folder(root, split)
+    if folder is None:
+        raise DataError(f"image-folder root {str(root)!r} has no folder for split {split!r}; looked for {SPLIT_FOLDERS[split]}")
+    unknown = sorted(e.name for e in folder.iterdir() if e.is_dir() and e.name not in classes)
+    if unknown:
+        raise DataError(f"{folder} has class folder(s) {unknown} that are not among the classes {list(classes)}")
+    paths, labels, names = [], [], []
+    for label, name in enumerate(classes):
+        class_dir = folder / name
+        if not class_dir.is_dir():
+            continue
+        for dirpath, _, files in sorted(os.walk(class_dir)):
+            for file in sorted(files):
+                if file.lower().endswith(IMAGE_SUFFIXES):
+                    path = Path(dirpath) / file
+                    paths.append(str(path))
+                    labels.append(label)
+                    names.append(str(path.relative_to(folder)))
+    return Samples(paths, np.asarray(labels, dtype=np.int64), classes, names, [f"{folder}/{n}" for n in names])
+
+
+def read_csv_list(csv_path: str | Path, classes: Sequence[str], image_root: Optional[str | Path] = None) -> Samples:
+    """A CSV with a ``path,label`` header; a label is a class name or an index into ``classes``.
+
+    Relative paths are taken from ``image_root``, or else from the CSV's own folder.
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise DataError(f"label list {str(csv_path)!r} does not exist")
+    base = Path(image_root) if image_root else csv_path.parent
+    index = {name: i for i, name in enumerate(classes)}
+    paths, labels, names, origins = [], [], [], []
+    with open(csv_path, newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:2]] != ["path", "label"]:
+            raise DataError(f"{csv_path}:1: expected the header 'path,label', got {header!r}")
+        for number, record in enumerate(reader, start=2):
+            if not record:
+                continue
+            origin = f"{csv_path}:{number}"
+            if len(record) < 2:
+                raise DataError(f"{origin}: expected '<path>,<label>', got {record!r}")
+            name, label = record[0].strip(), record[1].strip()
+            if label in index:
+                labels.append(index[label])
+            elif label.lstrip("-").isdigit():
+                labels.append(int(label))
+            else:
+                raise DataError(f"{origin}: label {label!r} is neither a class name {list(classes)} nor an integer index")
+            paths.append(str(base / name))
+            names.append(name)
+            origins.append(origin)
+    labels_array = np.asarray(labels, dtype=np.int64)
+    check_label_range(labels_array, len(classes), origins)
+    return Samples(paths, labels_array, tuple(classes), names, origins)

@@ -1,0 +1,299 @@
+"""The mathematics of NLA and of the baselines it is compared with, as plain tensor functions.
+
+Nothing here knows about Lightning, configs or files. Equation numbers refer to the AAAI 2025
+paper "Navigating Label Ambiguity for Facial Expression Recognition in the Wild"; where the
+authors' public code differs from the paper, the ``"official"`` preset follows the code (it
+produced the published numbers) and the ``"paper"`` preset follows the text.
+See ``docs/method.md`` for the derivation of every constant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Literal, NamedTuple, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Preset = Literal["official", "paper"]
+Reduction = Literal["sum", "mean"]
+JSDDirection = Literal["mixture_to_view", "view_to_mixture"]
+
+
+@dataclass(frozen=True)
+class NAWSettings:
+    """Every constant of the NAW weight (eqs. 4 and 6) and of the total loss (eq. 8).
+
+    The defaults are the authors' code (the ``"official"`` preset).
+    """
+
+    # Kernel for samples whose prediction is true: centred on the decision boundary.
+    true_mean: tuple[float, float] = (0.50, 0.50)
+    true_major_std: float = 0.8
+    true_axis_ratio: float = 2.0
+    true_scale: float = 1.0  # `t_lambda` in the authors' code
+    # Kernel for samples whose prediction is false.
+    false_mean: tuple[float, float] = (0.30, 0.15)
+    false_major_std: float = 0.91
+    false_axis_ratio: float = 6.0
+    # Covariance scheduler, eq. 6: CS(e, E) = 1 - exp(-slope * e / E).
+    schedule_slope: float = 15.0
+    # Eq. 8: lam * (1 + w) * CE + consistency_weight * consistency.
+    lam: float = 0.5
+    consistency_weight: float = 0.5
+    consistency_reduction: Reduction = "sum"
+    jsd_direction: JSDDirection = "mixture_to_view"
+
+    def replace(self, **overrides: object) -> "NAWSettings":
+        """A copy with the given fields changed; ``None`` values are ignored."""
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise TypeError(f"unknown NAW setting(s) {sorted(unknown)}; expected some of {self.field_names()}")
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+
+PRESETS: dict[str, NAWSettings] = {
+    "official": NAWSettings(),
+    # The paper gives the false kernel sigma_11 = 0.8 with axes 6:1, i.e. s^2 (1 + 1/r^2) = 0.8,
+    # and CS slope 10. It writes the regulariser as (1 - lam) * [KL(z||m) + KL(z'||m)] with no
+    # batch reduction stated; with jsd_consistency = 0.5 * (KL + KL) that is weight 2 (1 - lam).
+    "paper": NAWSettings(
+        false_major_std=math.sqrt(0.8 / (1.0 + 1.0 / 6.0**2)),
+        schedule_slope=10.0,
+        consistency_weight=1.0,
+        consistency_reduction="mean",
+        jsd_direction="view_to_mixture",
+    ),
+}
+
+
+def resolve_settings(preset: Preset = "official", **overrides: object) -> NAWSettings:
+    """The settings of ``preset`` with ``overrides`` applied (``None`` keeps the preset's value)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+    return PRESETS[preset].replace(**overrides)
+
+
+def covariance_schedule(epoch: float, max_epochs: float, slope: float = 15.0) -> float:
+    """Eq. 6: CS(e, E) = 1 - exp(-slope * e / E), with ``e`` the 0-based epoch."""
+    if max_epochs <= 0:
+        raise ValueError(f"max_epochs must be positive, got {max_epochs}")
+    return 1.0 - math.exp(-slope * epoch / max_epochs)
+
+
+Covariance = tuple[tuple[float, float], tuple[float, float]]
+
+
+def kernel_covariance(major_std: float, axis_ratio: float, orientation: int, coupling: float = 1.0) -> Covariance:
+    """The 2x2 covariance of an ellipse with major std ``s`` and axis ratio ``r``.
+
+    Diagonal ``s^2 + (s/r)^2``; off-diagonal ``orientation * (s^2 - (s/r)^2) * coupling``, where
+    orientation +1 lays the major axis along y = x and -1 along y = -x. ``coupling`` is the
+    covariance scheduler for the true-prediction kernel.
+    """
+    if major_std <= 0 or axis_ratio < 1:
+        raise ValueError(f"need major_std > 0 and axis_ratio >= 1, got {major_std} and {axis_ratio}")
+    major, minor = major_std**2, (major_std / axis_ratio) ** 2
+    diag, off = major + minor, orientation * (major - minor) * coupling
+    return (diag, off), (off, diag)
+
+
+def gaussian_kernel(p_gt: Tensor, p_nn: Tensor, mean: Sequence[float], covariance: Covariance) -> Tensor:
+    """Eq. 4's bivariate normal density C * exp(-0.5 (q - mu)^T Sigma^-1 (q - mu)) at q = (p_gt, p_nn)."""
+    (s11, s12), (s21, s22) = covariance
+    det = s11 * s22 - s12 * s21
+    dx, dy = p_gt - mean[0], p_nn - mean[1]
+    # (q - mu)^T Sigma^-1 (q - mu), with Sigma^-1 = [[s22, -s12], [-s21, s11]] / det.
+    mahalanobis = (s22 * dx * dx - (s12 + s21) * dx * dy + s11 * dy * dy) / det
+    return torch.exp(-0.5 * mahalanobis) / (2.0 * math.pi * math.sqrt(det))
+
+
+def nearest_negative(probs: Tensor, targets: Tensor) -> Tensor:
+    """p_NN = max over k != y of p[k]: the most probable wrong class."""
+    given = F.one_hot(targets, probs.shape[1]).bool()
+    return probs.masked_fill(given, float("-inf")).amax(dim=1)
+
+
+def naw_weight(
+    probs: Tensor,
+    targets: Tensor,
+    epoch: float,
+    max_epochs: float,
+    preset: Preset = "official",
+    **overrides: object,
+) -> Tensor:
+    """Noise-aware adaptive weight w* of eq. 4, one per sample, differentiable in ``probs``.
+
+    Each sample is placed at q = (p_GT, p_NN). A sample whose prediction is true is weighted by the
+    kernel centred on the decision boundary, whose covariance the scheduler of eq. 6 stretches along
+    y = -x as training goes on; a false prediction is weighted by the kernel along y = x.
+    """
+    settings = resolve_settings(preset, **overrides)
+    p_gt = probs.gather(1, targets[:, None]).squeeze(1)
+    p_nn = nearest_negative(probs, targets)
+    schedule = covariance_schedule(epoch, max_epochs, settings.schedule_slope)
+    true_cov = kernel_covariance(settings.true_major_std, settings.true_axis_ratio, -1, schedule)
+    false_cov = kernel_covariance(settings.false_major_std, settings.false_axis_ratio, +1)
+    w_true = settings.true_scale * gaussian_kernel(p_gt, p_nn, settings.true_mean, true_cov)
+    w_false = gaussian_kernel(p_gt, p_nn, settings.false_mean, false_cov)
+    prediction_true = probs.argmax(dim=1) == targets
+    return torch.where(prediction_true, w_true, w_false)
+
+
+# --- per-sample classification losses -------------------------------------------------------
+
+
+def focal_loss(logits: Tensor, targets: Tensor, gamma: float = 2.0) -> Tensor:
+    """Per-sample focal loss (Lin et al. 2017): -(1 - p_y)^gamma log p_y."""
+    log_p = F.log_softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1)
+    return -((1.0 - log_p.exp()) ** gamma) * log_p
+
+
+def class_balanced_weights(class_counts: Tensor, beta: float = 0.9999) -> Tensor:
+    """Per-class weights from the effective number (Cui et al. 2019): (1 - beta) / (1 - beta^n), summing to K."""
+    counts = class_counts.to(torch.float64)
+    if (counts <= 0).any():
+        raise ValueError(f"class-balanced weights need every class count > 0, got {class_counts.tolist()}")
+    weights = (1.0 - beta) / (1.0 - torch.pow(beta, counts))
+    return (weights / weights.sum() * len(counts)).to(torch.float32)
+
+
+def balanced_softmax_loss(logits: Tensor, targets: Tensor, class_counts: Tensor) -> Tensor:
+    """Per-sample Balanced Softmax (Ren et al. 2020): cross-entropy on logits + log(n_k)."""
+    log_prior = torch.log(class_counts.to(logits.dtype).clamp_min(1.0))
+    return F.cross_entropy(logits + log_prior, targets, reduction="none")
+
+
+ClassificationLoss = Literal["ce", "focal", "label_smoothing", "class_balanced", "balanced_softmax"]
+
+
+def classification_loss(
+    logits: Tensor,
+    targets: Tensor,
+    kind: ClassificationLoss = "ce",
+    *,
+    class_counts: Optional[Tensor] = None,
+    focal_gamma: float = 2.0,
+    label_smoothing: float = 0.1,
+    class_balanced_beta: float = 0.9999,
+) -> Tensor:
+    """One per-sample loss from the menu; ``class_counts`` is needed by the class-imbalance losses."""
+    if kind == "ce":
+        return F.cross_entropy(logits, targets, reduction="none")
+    if kind == "focal":
+        return focal_loss(logits, targets, focal_gamma)
+    if kind == "label_smoothing":
+        return F.cross_entropy(logits, targets, reduction="none", label_smoothing=label_smoothing)
+    if class_counts is None:
+        raise ValueError(f"loss {kind!r} needs the training class counts")
+    if kind == "class_balanced":
+        weights = class_balanced_weights(class_counts, class_balanced_beta).to(logits.device)
+        return weights[targets] * F.cross_entropy(logits, targets, reduction="none")
+    if kind == "balanced_softmax":
+        return balanced_softmax_loss(logits, targets, class_counts.to(logits.device))
+    raise ValueError(f"unknown classification loss {kind!r}")
+
+
+# --- consistency between an image and its mirror --------------------------------------------
+
+
+def _reduce(per_sample: Tensor, reduction: Reduction) -> Tensor:
+    if reduction == "sum":
+        return per_sample.sum()
+    if reduction == "mean":
+        return per_sample.mean()
+    raise ValueError(f"unknown reduction {reduction!r}; expected 'sum' or 'mean'")
+
+
+def jsd_consistency(
+    logits: Tensor,
+    logits_flipped: Tensor,
+    reduction: Reduction = "sum",
+    direction: JSDDirection = "mixture_to_view",
+) -> Tensor:
+    """Eq. 7: 0.5 * [KL(a || b) + KL(a' || b')] between each view and the logit mixture m = (z + z') / 2.
+
+    ``"mixture_to_view"`` is the authors' code, KL(softmax(m) || softmax(z)); ``"view_to_mixture"`` is
+    the paper's D_KL(z || m). ``"sum"`` sums over batch and classes (the code); ``"mean"`` averages
+    over the batch, so the two differ by the batch size.
+    """
+    log_p = F.log_softmax(logits, dim=1)
+    log_q = F.log_softmax(logits_flipped, dim=1)
+    log_m = F.log_softmax((logits + logits_flipped) / 2.0, dim=1)
+
+    def kl(log_a: Tensor, log_b: Tensor) -> Tensor:  # per-sample KL(a || b)
+        return (log_a.exp() * (log_a - log_b)).sum(dim=1)
+
+    if direction == "mixture_to_view":
+        per_sample = 0.5 * (kl(log_m, log_p) + kl(log_m, log_q))
+    elif direction == "view_to_mixture":
+        per_sample = 0.5 * (kl(log_p, log_m) + kl(log_q, log_m))
+    else:
+        raise ValueError(f"unknown JSD direction {direction!r}")
+    return _reduce(per_sample, reduction)
+
+
+def l1_consistency(logits: Tensor, logits_flipped: Tensor, reduction: Reduction = "sum") -> Tensor:
+    """The NAW + L1 ablation: sum over classes of |p - p'| between the two views' probabilities."""
+    per_sample = (logits.softmax(dim=1) - logits_flipped.softmax(dim=1)).abs().sum(dim=1)
+    return _reduce(per_sample, reduction)
+
+
+def class_activation_maps(features: Tensor, classifier_weight: Tensor) -> Tensor:
+    """CAMs (Zhou et al. 2016): the classifier applied at every position of the [N, C, H, W] features."""
+    return torch.einsum("nchw,kc->nkhw", features, classifier_weight)
+
+
+def cam_consistency(features: Tensor, features_flipped: Tensor, classifier_weight: Tensor) -> Tensor:
+    """The NAW + CAM ablation (EAC, Zhang et al. 2022): MSE between the image's CAMs and the mirror's, flipped back."""
+    cams = class_activation_maps(features, classifier_weight)
+    cams_flipped = class_activation_maps(features_flipped, classifier_weight)
+    return F.mse_loss(cams, cams_flipped.flip(-1))
+
+
+# --- eq. 8 ------------------------------------------------------------------------------------
+
+
+def weighted_loss(per_sample_loss: Tensor, weights: Optional[Tensor], lam: float = 0.5, detach_weight: bool = False) -> Tensor:
+    """Eq. 5 scaled by lam: lam * mean((1 + w) * l). With ``weights=None`` (no NAW) it is lam * mean(l).
+
+    The official code does not detach w, so gradients flow through the weight by default.
+    """
+    if weights is None:
+        return lam * per_sample_loss.mean()
+    if detach_weight:
+        weights = weights.detach()
+    return lam * (per_sample_loss.mean() + (weights * per_sample_loss).mean())
+
+
+class NLALoss(NamedTuple):
+    total: Tensor
+    classification: Tensor
+    consistency: Tensor
+    weights: Tensor
+
+
+def nla_loss(
+    logits: Tensor,
+    logits_flipped: Tensor,
+    targets: Tensor,
+    epoch: float,
+    max_epochs: float,
+    preset: Preset = "official",
+    detach_weight: bool = False,
+    **overrides: object,
+) -> NLALoss:
+    """Eq. 8 for NLA itself: lam * mean((1 + w) CE) + consistency_weight * JSD, with w from the image's view."""
+    settings = resolve_settings(preset, **overrides)
+    weights = naw_weight(logits.softmax(dim=1), targets, epoch, max_epochs, **dataclasses.asdict(settings))
+    classification = weighted_loss(F.cross_entropy(logits, targets, reduction="none"), weights, settings.lam, detach_weight)
+    consistency = jsd_consistency(logits, logits_flipped, settings.consistency_reduction, settings.jsd_direction)
+    total = classification + settings.consistency_weight * consistency
+    return NLALoss(total, classification, consistency, weights)

@@ -1,0 +1,86 @@
+"""Label noise and long-tail protocols: exact counts, determinism, spread, and the label-file round trip."""
+
+import numpy as np
+import pytest
+
+from nla.data import DataError, RAFDBDataModule, add_label_noise, long_tail_indices, long_tail_profile, read_label_file, read_rafdb, write_label_file
+from nla.data.protocols import apply_label_file
+
+
+def test_noise_flips_exactly_round_rate_n_each_to_another_class():
+    labels = np.repeat(np.arange(7), 143)  # N = 1001
+    noisy, flipped = add_label_noise(labels, 0.3, 7, seed=1)
+    assert flipped.sum() == round(0.3 * 1001) == 300
+    assert np.all(noisy[flipped] != labels[flipped]) and np.all(noisy[~flipped] == labels[~flipped])
+    assert np.array_equal(noisy != labels, flipped)
+
+
+def test_noise_is_deterministic_per_seed_and_spread_across_classes():
+    labels = np.repeat(np.arange(7), 1000)
+    a, mask_a = add_label_noise(labels, 0.2, 7, seed=3)
+    b, mask_b = add_label_noise(labels, 0.2, 7, seed=3)
+    c, _ = add_label_noise(labels, 0.2, 7, seed=4)
+    assert np.array_equal(a, b) and np.array_equal(mask_a, mask_b) and not np.array_equal(a, c)
+    # Flips hit every source class in proportion, and land uniformly on the six other classes.
+    per_source = np.bincount(labels[mask_a], minlength=7)
+    assert per_source.min() > 150 and per_source.max() < 250  # expected 200 each
+    targets = np.zeros((7, 7), dtype=int)
+    np.add.at(targets, (labels[mask_a], a[mask_a]), 1)
+    assert np.all(np.diag(targets) == 0)
+    off_diagonal = targets[~np.eye(7, dtype=bool)]
+    assert off_diagonal.min() > 15 and off_diagonal.max() < 55  # expected about 33 each
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.0, 1.5])
+def test_noise_rate_outside_range_is_refused(rate):
+    with pytest.raises(DataError, match=f"noise rate {rate} is outside"):
+        add_label_noise([0, 1, 2], rate, 3, 0)
+
+
+def test_long_tail_profile_and_subset():
+    assert long_tail_profile(1000, 100, 5).tolist() == [1000, 316, 100, 31, 10]
+    labels = np.repeat(np.arange(5), [1000, 900, 800, 700, 600])
+    keep = long_tail_indices(labels, 100, seed=0)
+    counts = np.bincount(labels[keep], minlength=5)
+    assert counts.tolist() == [1000, 316, 100, 31, 10]
+    assert counts.max() / counts.min() == pytest.approx(100)
+    assert np.array_equal(keep, long_tail_indices(labels, 100, seed=0))
+    assert not np.array_equal(keep, long_tail_indices(labels, 100, seed=1))
+    reordered = np.bincount(labels[long_tail_indices(labels, 10, seed=0, class_order=[4, 3, 2, 1, 0])], minlength=5)
+    assert reordered.tolist()[::-1] == long_tail_profile(600, 10, 5).tolist()
+
+
+def test_imbalance_factor_below_one_is_refused():
+    with pytest.raises(DataError, match="imbalance factor 0.5 is below 1"):
+        long_tail_indices([0, 1, 1], 0.5)
+    with pytest.raises(DataError, match="imbalance_factor 0.9 is below 1"):
+        RAFDBDataModule("x", imbalance_factor=0.9)
+
+
+def test_label_file_round_trip_keeps_names_labels_and_subsets(rafdb_root, tmp_path):
+    train = read_rafdb(rafdb_root, "train")
+    noisy, flipped = add_label_noise(train.labels, 0.25, 7, seed=0)
+    path = write_label_file(tmp_path / "noisy.txt", train.names, noisy, code_offset=1)
+    assert path.read_text().splitlines()[0].split()[0] == "train_00001.jpg"
+    names, labels, _ = read_label_file(path, 7, code_offset=1)
+    assert names == train.names and np.array_equal(labels, noisy)
+    reloaded = apply_label_file(train, path, code_offset=1)
+    assert np.array_equal(reloaded.flipped, flipped)
+    with pytest.raises(FileExistsError):
+        write_label_file(path, train.names, noisy)
+    subset = train.subset([5, 1, 9])
+    write_label_file(tmp_path / "subset.txt", subset.names, subset.labels, code_offset=1)
+    again = apply_label_file(train, tmp_path / "subset.txt", code_offset=1)
+    assert again.names == subset.names and np.array_equal(again.labels, subset.labels)
+
+
+def test_datamodule_protocols_touch_only_the_training_split(rafdb_root, tmp_path):
+    clean = RAFDBDataModule(str(rafdb_root), image_size=16, num_workers=0)
+    clean.setup("fit")
+    noisy = RAFDBDataModule(str(rafdb_root), noise_rate=0.3, noise_seed=5, imbalance_factor=3, image_size=16, num_workers=0)
+    noisy.setup("fit")
+    assert np.array_equal(noisy.splits["test"].labels, clean.splits["test"].labels)
+    train = noisy.splits["train"]
+    assert train.flipped.sum() == round(0.3 * len(train))
+    counts = np.bincount(train.clean_labels, minlength=7)
+    assert counts.max() / counts.min() == pytest.approx(3, rel=0.2) and counts.max() == 6
