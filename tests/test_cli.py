@@ -71,3 +71,23 @@ def test_missing_root_fails_before_training_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "RAF-DB root" in err and "nowhere" in err and "does not exist" in err and "Traceback" not in err
     assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("config, fixture", [("ferplus.yaml", "ferplus_root"), ("affectnet.yaml", "affectnet_root")])
+def test_dataset_recipes_run_through_the_cli(config, fixture, request, tmp_path):
+    root = request.getfixturevalue(fixture)
+    main(["fit", "--config", str(CONFIGS / config), "--config", str(CONFIGS / "noise" / "10.yaml"),
+          "--data.root", str(root), "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.fast_dev_run", "1",
+          "--trainer.logger", "false", *TINY])
+
+
+def test_protocol_run_writes_its_training_labels_and_they_load_back(rafdb_root, tmp_path):
+    run_dir = tmp_path / "run"
+    main(fit_args(rafdb_root, run_dir, "--config", str(CONFIGS / "imbalance" / "50.yaml"), "--trainer.max_epochs", "1",
+                  "--trainer.logger", "false"))
+    labels = (run_dir / "train_labels.txt").read_text().splitlines()
+    assert 0 < len(labels) < 42 and labels[0].split()[0].startswith("train_")
+    again = tmp_path / "again"
+    main(fit_args(rafdb_root, again, "--data.train_label_file", str(run_dir / "train_labels.txt"),
+                  "--trainer.max_epochs", "1", "--trainer.logger", "false"))
+    assert (again / "train_labels.txt").read_text().splitlines() == labels

@@ -84,3 +84,20 @@ def test_datamodule_protocols_touch_only_the_training_split(rafdb_root, tmp_path
     assert train.flipped.sum() == round(0.3 * len(train))
     counts = np.bincount(train.clean_labels, minlength=7)
     assert counts.max() / counts.min() == pytest.approx(3, rel=0.2) and counts.max() == 6
+
+
+def test_rafdb_noise_overlay_prefers_the_shipped_file(tmp_path):
+    from nla.data.synthetic import write_rafdb
+
+    root = write_rafdb(tmp_path / "rafdb", train_per_class=10, test_per_class=1, size=16)
+    train = read_rafdb(root, "train")
+    noisy, _ = add_label_noise(train.labels, 0.3, 7, seed=42)
+    write_label_file(root / "basic" / "EmoLabel" / "noise03.txt", train.names, noisy, code_offset=1)
+    shipped = RAFDBDataModule(str(root), noise_rate=0.3, image_size=16, num_workers=0)
+    shipped.setup("fit")
+    assert np.array_equal(shipped.splits["train"].labels, noisy)
+    assert "noise03.txt" in shipped.protocol_notes[0]
+    generated = RAFDBDataModule(str(root), noise_rate=0.3, noise_source="generate", noise_seed=42, image_size=16, num_workers=0)
+    generated.setup("fit")
+    assert "generated with seed 42" in generated.protocol_notes[0]
+    assert generated.splits["train"].flipped.sum() == 21
