@@ -121,3 +121,15 @@ def test_whole_pipeline_pixel_statistics_agree():
         assert device[:, c].mean().item() == pytest.approx(album[:, c].mean().item(), abs=0.03)
         assert device[:, c].std().item() == pytest.approx(album[:, c].std().item(), rel=0.03)
         assert (device[:, c] == 0).float().mean().item() == pytest.approx((album[:, c] == 0).float().mean().item(), abs=0.01)
+
+
+def test_the_two_ways_of_filling_erasing_boxes_agree():
+    from nla.data.batch_augment import erasing_boxes, fill_boxes_mask_, fill_boxes_slices_
+
+    images = torch.randn(64, 3, 40, 40)
+    boxes = erasing_boxes(64, 40, 40, (0.02, 0.3), (0.3, 3.3), images.device)
+    chosen = torch.rand(64) < 0.5
+    masked = fill_boxes_mask_(images.clone(), boxes, chosen, 0.0)
+    sliced = fill_boxes_slices_(images.clone(), boxes, chosen, 0.0)
+    assert torch.equal(masked, sliced)
+    assert torch.equal(masked[~chosen], images[~chosen]) and not torch.equal(masked[chosen], images[chosen])

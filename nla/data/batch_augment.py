@@ -16,34 +16,50 @@ from torch import Tensor
 from nla.data.transforms import Augmentation
 
 
-def to_float_nchw(images: Tensor) -> Tensor:
-    """uint8 N x H x W x C (the cache's layout) to float N x C x H x W in 0..255."""
-    return images.permute(0, 3, 1, 2).float()
+def to_nchw(images: Tensor) -> Tensor:
+    """uint8 N x H x W x C (the cache's layout) as N x C x H x W, a copy that is channels-last in memory."""
+    return images.permute(0, 3, 1, 2).clone(memory_format=torch.channels_last)
 
 
-def _coin(n: int, p: float, device: torch.device, generator: Optional[torch.Generator]) -> Tensor:
-    return torch.rand(n, device=device, generator=generator) < p
+def _chosen(n: int, p: float, device: torch.device, generator: Optional[torch.Generator]) -> Tensor:
+    """Indices of the images a transform with probability ``p`` applies to."""
+    return torch.nonzero(torch.rand(n, device=device, generator=generator) < p).squeeze(1)
 
 
-def gaussian_noise(images: Tensor, variance: float, p: float, generator: Optional[torch.Generator] = None) -> Tensor:
-    """Add N(0, variance) per pixel and channel to a share ``p`` of the images, rounding and clipping to 0..255."""
-    apply = _coin(len(images), p, images.device, generator)[:, None, None, None]
-    noise = torch.randn(images.shape, device=images.device, generator=generator) * math.sqrt(variance)
-    return torch.where(apply, (images + noise).round_().clamp_(0, 255), images)
+def gaussian_noise_(images: Tensor, variance: float, p: float, generator: Optional[torch.Generator] = None) -> Tensor:
+    """In place on uint8 images: add N(0, variance) per pixel and channel to a share ``p``, rounding and clipping."""
+    chosen = _chosen(len(images), p, images.device, generator)
+    noise = torch.randn((len(chosen), *images.shape[1:]), device=images.device, generator=generator)
+    noisy = (images[chosen].float() + noise * math.sqrt(variance)).round_().clamp_(0, 255)
+    images[chosen] = noisy.to(torch.uint8)
+    return images
 
 
 def resize_normalize(images: Tensor, size: int, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """Bilinear resize (OpenCV's INTER_LINEAR, half-pixel centres) of 0..255 images, then (x/255 - mean) / std."""
-    if images.shape[-2:] != (size, size):
-        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
-    mean_t = torch.as_tensor(mean, device=images.device, dtype=images.dtype)[None, :, None, None] * 255.0
-    std_t = torch.as_tensor(std, device=images.device, dtype=images.dtype)[None, :, None, None] * 255.0
-    return (images - mean_t) / std_t
+    """uint8 N x C x H x W to float: bilinear resize with half-pixel centres (OpenCV's INTER_LINEAR), then
+    (x / 255 - mean) / std.
+
+    On the CPU the resize runs on uint8, which torch vectorises and which rounds like OpenCV does, and
+    the result is contiguous N x C x H x W, where the mirror flip is cheapest. On an accelerator it runs
+    in float after normalising (the two commute: bilinear weights sum to one) and stays channels-last.
+    """
+    shape = (1, -1, 1, 1)
+    scale = 1.0 / (torch.as_tensor(std, device=images.device) * 255.0).view(shape)
+    shift = (-torch.as_tensor(mean, device=images.device) / torch.as_tensor(std, device=images.device)).view(shape)
+    same = images.shape[-2:] == (size, size)
+    if images.device.type == "cpu":
+        if not same:
+            images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+        # Reorder while still uint8 (a quarter of the bytes), then normalise while converting to float.
+        return torch.addcmul(shift, images.contiguous(), scale)
+    x = torch.addcmul(shift, images.float(), scale)
+    return x if same else F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
 
-def random_hflip(images: Tensor, p: float, generator: Optional[torch.Generator] = None) -> Tensor:
-    apply = _coin(len(images), p, images.device, generator)[:, None, None, None]
-    return torch.where(apply, images.flip(-1), images)
+def random_hflip_(images: Tensor, p: float, generator: Optional[torch.Generator] = None) -> Tensor:
+    chosen = _chosen(len(images), p, images.device, generator)
+    images[chosen] = images[chosen].flip(-1)
+    return images
 
 
 def erasing_boxes(
@@ -73,20 +89,31 @@ def erasing_boxes(
     return torch.stack([top, left, h, w], dim=1).long()
 
 
-def random_erasing(images: Tensor, augmentation: Augmentation, generator: Optional[torch.Generator] = None) -> Tensor:
+def fill_boxes_mask_(images: Tensor, boxes: Tensor, chosen: Tensor, value: float) -> Tensor:
+    """Fill box i of every chosen image i through one full-size mask: no host sync, best on an accelerator."""
+    _, _, height, width = images.shape
+    top, left, h, w = boxes.unbind(1)
+    rows = torch.arange(height, device=images.device)
+    cols = torch.arange(width, device=images.device)
+    in_rows = (rows[None] >= top[:, None]) & (rows[None] < (top + h)[:, None]) & chosen[:, None]  # N x H
+    in_cols = (cols[None] >= left[:, None]) & (cols[None] < (left + w)[:, None])  # N x W
+    return images.masked_fill_(in_rows[:, None, :, None] & in_cols[:, None, None, :], value)
+
+
+def fill_boxes_slices_(images: Tensor, boxes: Tensor, chosen: Tensor, value: float) -> Tensor:
+    """Fill box i of every chosen image i slice by slice: touches only the boxes, best on the CPU."""
+    for i, (top, left, h, w) in zip(chosen.nonzero().squeeze(1).tolist(), boxes[chosen].tolist()):
+        images[i, :, top:top + h, left:left + w] = value
+    return images
+
+
+def random_erasing_(images: Tensor, augmentation: Augmentation, generator: Optional[torch.Generator] = None) -> Tensor:
+    """In place: fill one random box per chosen image with ``erasing_value``, on all channels."""
     n, _, height, width = images.shape
-    apply = _coin(n, augmentation.erasing_p, images.device, generator)
-    top, left, h, w = erasing_boxes(
-        n, height, width, augmentation.erasing_scale, augmentation.erasing_ratio, images.device, generator
-    ).unbind(1)
-    rows = torch.arange(height, device=images.device)[None, :, None]
-    cols = torch.arange(width, device=images.device)[None, None, :]
-    inside = (
-        (rows >= top[:, None, None]) & (rows < (top + h)[:, None, None])
-        & (cols >= left[:, None, None]) & (cols < (left + w)[:, None, None])
-        & apply[:, None, None]
-    )
-    return images.masked_fill(inside[:, None], augmentation.erasing_value)
+    chosen = torch.rand(n, device=images.device, generator=generator) < augmentation.erasing_p
+    boxes = erasing_boxes(n, height, width, augmentation.erasing_scale, augmentation.erasing_ratio, images.device, generator)
+    fill = fill_boxes_slices_ if images.device.type == "cpu" else fill_boxes_mask_
+    return fill(images, boxes, chosen, augmentation.erasing_value)
 
 
 def batch_train_augment(
@@ -97,17 +124,22 @@ def batch_train_augment(
     std: Sequence[float],
     generator: Optional[torch.Generator] = None,
 ) -> tuple[Tensor, Tensor]:
-    """uint8 N x H x W x C in; the augmented view and its exact mirror (erased patch included) out."""
-    x = to_float_nchw(images)
+    """uint8 N x H x W x C in; the augmented view and its exact mirror (erased patch included) out.
+
+    The recipe's order is noise, resize, normalise, flip, erase. Bilinear resizing is mirror-symmetric,
+    so the flip runs first, on the uint8 images at the cache's native resolution, where it touches
+    fewer pixels; the result is the same.
+    """
+    x = to_nchw(images)
     if augmentation.noise_p > 0 and augmentation.noise_variance > 0:
-        x = gaussian_noise(x, augmentation.noise_variance, augmentation.noise_p, generator)
+        gaussian_noise_(x, augmentation.noise_variance, augmentation.noise_p, generator)
+    random_hflip_(x, augmentation.flip_p, generator)
     x = resize_normalize(x, size, mean, std)
-    x = random_hflip(x, augmentation.flip_p, generator)
-    x = random_erasing(x, augmentation, generator)
-    x = x.contiguous(memory_format=torch.channels_last)
+    if augmentation.erasing_p > 0:
+        random_erasing_(x, augmentation, generator)
     return x, x.flip(-1)
 
 
 def batch_eval_transform(images: Tensor, size: int, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """uint8 N x H x W x C in; resized and normalised out, as :func:`nla.data.transforms.eval_transform`."""
-    return resize_normalize(to_float_nchw(images), size, mean, std).contiguous(memory_format=torch.channels_last)
+    return resize_normalize(images.permute(0, 3, 1, 2), size, mean, std)

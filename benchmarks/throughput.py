@@ -1,0 +1,317 @@
+"""Training throughput of nla's fast path against an official-style loop and against the model alone.
+
+One run, one device, four measurements (a sample is an image plus its mirror):
+
+(a) fast: ``nla``'s own Lightning training (NLAModule + RAFDBDataModule with the cached pipeline): uint8
+    cache, batched augmentation on the device, one forward pass over both views, channels-last, bf16 mixed
+    precision on a GPU;
+(b) reference: a loop written the way the authors' code trains: per-sample cv2 decode, numpy noise and
+    PIL/torchvision transforms in DataLoader workers, fp32, two forward passes, Adam;
+(c) roof: the model alone on synthetic tensors already on the device, with (a)'s settings;
+(d) the two data pipelines alone, without a model (images per second).
+
+    python benchmarks/throughput.py --device cuda --data-root ../shared/data/rafdb --json benchmarks/results/h100.json
+    python benchmarks/throughput.py --device cpu --steps 10 --batch-size 8 --image-size 64
+
+Without --data-root a synthetic RAF-DB (100 x 100 JPEGs, like the real aligned crops) is written to a
+temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from lightning.pytorch import Callback, Trainer
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+from nla import NLAModule
+from nla.backbone import create_backbone
+from nla.data import RAFDBDataModule, read_rafdb
+from nla.data.batch_augment import batch_train_augment
+from nla.data.synthetic import write_rafdb
+from nla.data.transforms import RAFDB_MEAN, RAFDB_STD, Augmentation
+from nla.losses import nla_loss
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# --- (a) the fast path, through Lightning -----------------------------------------------------------
+
+
+class StepTimer(Callback):
+    """Wall time of ``steps`` whole training iterations (fetch, augment, forward, backward, step) after ``warmup``."""
+
+    def __init__(self, warmup: int, steps: int) -> None:
+        self.warmup, self.steps = warmup, steps
+        self.start = self.end = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.warmup:
+            synchronize(pl_module.device)
+            if pl_module.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(pl_module.device)
+            self.start = time.perf_counter()
+        elif trainer.global_step == self.warmup + self.steps:
+            synchronize(pl_module.device)
+            self.end = time.perf_counter()
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS on Linux
+
+
+def measure_fast(args, root: Path, device: torch.device) -> tuple[float, float]:
+    data = RAFDBDataModule(str(root), batch_size=args.fast_batch_size, image_size=args.image_size,
+                           num_workers=args.workers, pipeline="cached", drop_last=True)
+    model = NLAModule(compile=args.compile, channels_last=True)
+    timer = StepTimer(args.warmup, args.steps)
+    trainer = Trainer(
+        accelerator=device.type, devices=1, precision="bf16-mixed" if device.type == "cuda" else "32-true",
+        max_steps=args.warmup + args.steps, max_epochs=60, limit_val_batches=0, num_sanity_val_steps=0,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[timer], default_root_dir=tempfile.mkdtemp(),
+    )
+    trainer.fit(model, datamodule=data)
+    return args.steps * args.fast_batch_size / (timer.end - timer.start), peak_memory_mb(device)
+
+
+# --- (b) the official-style reference loop ------------------------------------------------------------
+
+
+class OfficialStyleDataset(Dataset):
+    """Per-sample decode and transforms as the authors' code does them: cv2, numpy noise, PIL + torchvision."""
+
+    def __init__(self, paths: list[str], labels: np.ndarray, image_size: int) -> None:
+        self.paths, self.labels = paths, labels
+        self.transform = transforms.Compose([
+            transforms.ToPILImage(),
+            transforms.Resize((image_size, image_size)),
+            transforms.ToTensor(),
+            transforms.Normalize(RAFDB_MEAN, RAFDB_STD),
+            transforms.RandomHorizontalFlip(),
+            transforms.RandomErasing(scale=(0.02, 0.3)),
+        ])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        image = cv2.imread(self.paths[index])[:, :, ::-1]
+        if random.random() < 0.5:
+            noisy = image.astype(np.float32) + np.random.normal(0.0, np.sqrt(30.0), image.shape)
+            image = np.clip(noisy, 0, 255).astype(np.uint8)
+        return self.transform(np.ascontiguousarray(image)), int(self.labels[index])
+
+
+def reference_loader(args, root: Path) -> DataLoader:
+    train = read_rafdb(root, "train")
+    dataset = OfficialStyleDataset(train.paths, train.labels, args.image_size)
+    return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+                      pin_memory=torch.cuda.is_available(), drop_last=True, persistent_workers=args.workers > 0)
+
+
+def endless(loader: DataLoader):
+    while True:
+        yield from loader
+
+
+def measure_reference(args, root: Path, device: torch.device) -> float:
+    model = create_backbone("resnet18", 7).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-4)
+    batches = endless(reference_loader(args, root))
+    start = None
+    for step in range(args.warmup + args.steps):
+        if step == args.warmup:
+            synchronize(device)
+            start = time.perf_counter()
+        images, labels = next(batches)
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        logits = model(images)
+        logits_mirror = model(torch.flip(images, dims=[3]))  # a second forward pass
+        loss = nla_loss(logits, logits_mirror, labels, epoch=0, max_epochs=60).total
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    synchronize(device)
+    return args.steps * args.batch_size / (time.perf_counter() - start)
+
+
+# --- (c) the roof: the model alone ----------------------------------------------------------------------
+
+
+def measure_roof(args, device: torch.device) -> float:
+    module = NLAModule(compile=args.compile, channels_last=True).to(device)
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-4, weight_decay=1e-4)
+    n = args.fast_batch_size
+    images = torch.randn(n, 3, args.image_size, args.image_size, device=device).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 7, (n,), device=device)
+    start = None
+    for step in range(args.warmup + args.steps):
+        if step == args.warmup:
+            synchronize(device)
+            start = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            _, logits = module.features_and_logits(torch.cat([images, images.flip(-1)]))
+        logits = logits.float()
+        loss = nla_loss(logits[:n], logits[n:], labels, epoch=0, max_epochs=60).total
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    synchronize(device)
+    return args.steps * n / (time.perf_counter() - start)
+
+
+# --- (d) the data pipelines alone --------------------------------------------------------------------------
+
+
+def measure_pipelines(args, root: Path, device: torch.device) -> dict[str, float]:
+    """Images/s of each pipeline delivering the model's two inputs (view and mirror), in interleaved rounds.
+
+    Rounds alternate fast, reference, fast, ... so that a noisy machine slows both alike; each reference
+    round first drains what its workers prefetched while the fast path ran. Returns medians and ranges.
+    """
+    data = RAFDBDataModule(str(root), batch_size=args.batch_size, image_size=args.image_size, num_workers=args.workers,
+                           pipeline="cached", drop_last=True)
+    data.setup("fit")
+    fast_batches = endless(data.train_dataloader())
+    settings = Augmentation()
+
+    def fast_step():
+        batch = next(fast_batches)
+        images = batch["image"].to(device, non_blocking=True)
+        return batch_train_augment(images, settings, args.image_size, RAFDB_MEAN, RAFDB_STD)
+
+    loader = reference_loader(args, root)
+    reference_batches = endless(loader)
+    prefetched = max(args.workers, 1) * (loader.prefetch_factor or 0)
+
+    def reference_step():
+        images, _ = next(reference_batches)
+        images = images.to(device, non_blocking=True)
+        return images, torch.flip(images, dims=[3])  # the official loop flips for its second pass
+
+    def timed(step_fn, untimed: int) -> float:
+        for _ in range(untimed):
+            step_fn()
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(args.pipeline_steps):
+            step_fn()
+        synchronize(device)
+        return args.pipeline_steps * args.batch_size / (time.perf_counter() - start)
+
+    timed(fast_step, args.warmup)
+    timed(reference_step, args.warmup)
+    fast_rates, reference_rates = [], []
+    for _ in range(args.rounds):
+        fast_rates.append(timed(fast_step, 0))
+        reference_rates.append(timed(reference_step, prefetched))
+    ratios = [f / r for f, r in zip(fast_rates, reference_rates)]
+    return {
+        "fast_pipeline_images_per_s": float(np.median(fast_rates)),
+        "reference_pipeline_images_per_s": float(np.median(reference_rates)),
+        "pipeline_fast_over_reference": float(np.median(ratios)),
+        "pipeline_ratio_range": [float(min(ratios)), float(max(ratios))],
+        "pipeline_rounds": args.rounds,
+    }
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}"
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=50, help="timed training steps per measurement")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    parser.add_argument("--batch-size", type=int, default=32, help="batch size of the reference (the paper's: 32)")
+    parser.add_argument("--fast-batch-size", type=int, default=None, help="batch size of the fast path and roof (default: --batch-size)")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers of the reference")
+    parser.add_argument("--pipeline-steps", type=int, default=None, help="timed batches per round of the pipelines-only measurement (default: --steps)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the pipelines-only measurement")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the fast path and the roof")
+    parser.add_argument("--data-root", default=None, help="a RAF-DB copy; default: a synthetic one")
+    parser.add_argument("--synthetic-images", type=int, default=2000, help="training images of the synthetic RAF-DB")
+    parser.add_argument("--json", default=None, help="write the results here")
+    args = parser.parse_args(argv)
+    args.fast_batch_size = args.fast_batch_size or args.batch_size
+    args.pipeline_steps = args.pipeline_steps or args.steps
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    random.seed(0)
+
+    if args.data_root:
+        root = Path(args.data_root)
+    else:
+        root = write_rafdb(Path(tempfile.mkdtemp()) / "rafdb", train_per_class=args.synthetic_images // 7,
+                           test_per_class=1, size=100)
+
+    fast, fast_peak = measure_fast(args, root, device)
+    reference = measure_reference(args, root, device)
+    roof = measure_roof(args, device)
+    pipelines = measure_pipelines(args, root, device)
+    results = {
+        "device": device_name(device),
+        "data": str(args.data_root or "synthetic RAF-DB, 100x100 JPEGs"),
+        "batch_size": args.batch_size,
+        "fast_batch_size": args.fast_batch_size,
+        "image_size": args.image_size,
+        "steps": args.steps,
+        "workers": args.workers,
+        "compile": args.compile,
+        "precision": "bf16-mixed" if device.type == "cuda" else "32-true",
+        "fast_samples_per_s": fast,
+        "reference_samples_per_s": reference,
+        "roof_samples_per_s": roof,
+        "fast_peak_mem_mb": fast_peak,
+        "fast_peak_mem_kind": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process peak RSS",
+        **pipelines,
+        "fast_over_reference": fast / reference,
+        "fast_over_roof": fast / roof,
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+    }
+    print(f"\ndevice: {results['device']}  image {args.image_size}px  reference batch {args.batch_size}, "
+          f"fast batch {args.fast_batch_size}, {args.steps} timed steps")
+    print(f"{'measurement':<42}{'per second':>12}")
+    for label, value in [
+        ("(a) fast path, samples (image + mirror)", fast),
+        ("(b) official-style reference, samples", reference),
+        ("(c) roof: model alone, samples", roof),
+        ("(d) fast data pipeline alone, images", pipelines["fast_pipeline_images_per_s"]),
+        ("(d) reference data pipeline alone, images", pipelines["reference_pipeline_images_per_s"]),
+    ]:
+        print(f"{label:<42}{value:>12.1f}")
+    low, high = pipelines["pipeline_ratio_range"]
+    print(f"fast / reference = {fast / reference:.2f}x   fast / roof = {fast / roof:.1%}   fast peak memory {fast_peak:.0f} MB")
+    print(f"pipeline fast / reference = {pipelines['pipeline_fast_over_reference']:.2f}x "
+          f"(median of {args.rounds} interleaved rounds, range {low:.2f}-{high:.2f})")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""NAW diagnostics: the paper's figures, drawn from a live run and logged to W&B and as PNG files.
+
+- ``naw_weight_boxplot``: per-class distributions of the NAW weights in an epoch (Fig. 5);
+- ``kernel_scatter``: samples at (p_GT, p_NN), coloured by true or false prediction, over the contours of
+  the two kernels at that epoch (Figs. 1 and 3);
+- ``class_accuracy_curves``: per-class test accuracy over the epochs (Fig. 6);
+- ``confusion_matrix_figure``;
+- ``noise_weight_histogram``: under label noise, the weights of flipped against clean samples, with the
+  AUROC of "low weight" as a detector of flipped labels.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from lightning.pytorch import Callback, LightningModule, Trainer  # noqa: E402
+from torchmetrics.functional.classification import binary_auroc  # noqa: E402
+
+from nla import losses  # noqa: E402
+
+
+def naw_weight_boxplot(weights: np.ndarray, labels: np.ndarray, class_names: Sequence[str], epoch: int) -> plt.Figure:
+    figure, axis = plt.subplots(figsize=(1.1 * len(class_names) + 2, 3.6))
+    groups = [weights[labels == k] for k in range(len(class_names))]
+    axis.boxplot([g if len(g) else [np.nan] for g in groups], showfliers=False)
+    axis.set_xticks(range(1, len(class_names) + 1), class_names, rotation=30)
+    axis.set_ylabel("NAW weight w")
+    axis.set_title(f"NAW weight per class, epoch {epoch}")
+    figure.tight_layout()
+    return figure
+
+
+def kernel_scatter(
+    p_gt: np.ndarray, p_nn: np.ndarray, prediction_true: np.ndarray, epoch: int, max_epochs: int,
+    settings: Optional[losses.NAWSettings] = None, max_points: int = 4000, seed: int = 0,
+) -> plt.Figure:
+    settings = settings or losses.PRESETS["official"]
+    if len(p_gt) > max_points:
+        keep = np.random.default_rng(seed).choice(len(p_gt), max_points, replace=False)
+        p_gt, p_nn, prediction_true = p_gt[keep], p_nn[keep], prediction_true[keep]
+    grid = torch.linspace(0, 1, 201, dtype=torch.float64)
+    gx, gy = torch.meshgrid(grid, grid, indexing="xy")
+    schedule = losses.covariance_schedule(epoch, max_epochs, settings.schedule_slope)
+    true_cov = losses.kernel_covariance(settings.true_major_std, settings.true_axis_ratio, -1, schedule)
+    false_cov = losses.kernel_covariance(settings.false_major_std, settings.false_axis_ratio, +1)
+    figure, axis = plt.subplots(figsize=(5, 4.6))
+    for cov, mean, colour in ((true_cov, settings.true_mean, "tab:blue"), (false_cov, settings.false_mean, "tab:red")):
+        density = losses.gaussian_kernel(gx, gy, mean, cov).numpy()
+        axis.contour(gx.numpy(), gy.numpy(), density, levels=6, colors=colour, linewidths=0.8, alpha=0.7)
+    axis.scatter(p_gt[prediction_true], p_nn[prediction_true], s=3, c="tab:blue", alpha=0.35, label="prediction true")
+    axis.scatter(p_gt[~prediction_true], p_nn[~prediction_true], s=3, c="tab:red", alpha=0.35, label="prediction false")
+    axis.plot([0, 1], [1, 0], color="grey", linewidth=0.6)
+    axis.set(xlim=(0, 1), ylim=(0, 1), xlabel="p_GT (given label)", ylabel="p_NN (nearest negative)",
+             title=f"NAW kernels and (p_GT, p_NN), epoch {epoch}, CS = {schedule:.2f}")
+    axis.legend(loc="upper right", fontsize=8, markerscale=3)
+    figure.tight_layout()
+    return figure
+
+
+def class_accuracy_curves(history: Sequence[dict[str, Any]], class_names: Sequence[str]) -> plt.Figure:
+    figure, axis = plt.subplots(figsize=(6, 4))
+    epochs = [record["epoch"] for record in history]
+    for name in class_names:
+        axis.plot(epochs, [100 * record["class_acc"][name] for record in history], marker=".", label=name)
+    axis.plot(epochs, [100 * record["mean_acc"] for record in history], color="black", linestyle="--", label="mean")
+    axis.set(xlabel="epoch", ylabel="accuracy (%)", title="Per-class accuracy over the epochs", ylim=(0, 100))
+    axis.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    return figure
+
+
+def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str], title: str) -> plt.Figure:
+    rows = matrix.sum(axis=1, keepdims=True)
+    normalised = np.divide(matrix, rows, out=np.zeros_like(matrix, dtype=float), where=rows > 0)
+    figure, axis = plt.subplots(figsize=(0.7 * len(class_names) + 2.5, 0.7 * len(class_names) + 2))
+    axis.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(class_names)):
+        for j in range(len(class_names)):
+            axis.text(j, i, f"{100 * normalised[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                      color="white" if normalised[i, j] > 0.5 else "black")
+    axis.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    axis.set_yticks(range(len(class_names)), class_names)
+    axis.set(xlabel="predicted", ylabel="true", title=title)
+    figure.tight_layout()
+    return figure
+
+
+def noise_detection(weights: np.ndarray, flipped: np.ndarray) -> dict[str, float]:
+    """AUROC of a low NAW weight as a detector of flipped labels, and the mean weight of each group."""
+    if flipped.all() or not flipped.any():
+        return {}
+    auroc = binary_auroc(torch.as_tensor(-weights), torch.as_tensor(flipped.astype(np.int64))).item()
+    return {"noise_auroc": auroc, "weight_flipped": float(weights[flipped].mean()), "weight_clean": float(weights[~flipped].mean())}
+
+
+def noise_weight_histogram(weights: np.ndarray, flipped: np.ndarray, epoch: int) -> plt.Figure:
+    stats = noise_detection(weights, flipped)
+    figure, axis = plt.subplots(figsize=(5, 3.4))
+    bins = np.linspace(0, max(float(weights.max()), 1e-6), 40)
+    axis.hist(weights[~flipped], bins=bins, alpha=0.6, density=True, label=f"clean (mean {stats.get('weight_clean', math.nan):.3f})")
+    axis.hist(weights[flipped], bins=bins, alpha=0.6, density=True, label=f"flipped (mean {stats.get('weight_flipped', math.nan):.3f})")
+    axis.set(xlabel="NAW weight w", ylabel="density",
+             title=f"NAW weights of clean and flipped labels, epoch {epoch}\nAUROC of low weight as noise detector: {stats.get('noise_auroc', math.nan):.3f}")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+class NAWDiagnostics(Callback):
+    """Draws the NAW figures during training and saves them under ``<run dir>/figures`` and to W&B.
+
+    Under label noise it also logs, every epoch, ``naw/noise_auroc`` (how well a low weight detects the
+    flipped labels) and the mean weight of flipped and clean samples.
+
+    Weights, probabilities and labels are gathered on the device and moved to the host once per
+    epoch, so the training step never waits for them.
+
+    Args:
+        every_n_epochs: Draw the per-epoch figures every this many epochs (and always at the last).
+        max_points: At most this many samples in the scatter plot.
+        log_to_loggers: Also send the figures to loggers that take images (W&B).
+    """
+
+    def __init__(self, every_n_epochs: int = 1, max_points: int = 4000, log_to_loggers: bool = True) -> None:
+        self.every_n_epochs, self.max_points, self.log_to_loggers = every_n_epochs, max_points, log_to_loggers
+        self._batches: list[dict[str, torch.Tensor]] = []
+        self.history: list[dict[str, Any]] = []
+        self.noise_stats: list[dict[str, float]] = []
+
+    # --- collecting -------------------------------------------------------------------------------
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._batches = []
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        if not isinstance(outputs, dict) or "probs" not in outputs:
+            return
+        kept = {key: outputs[key].detach() for key in ("probs", "labels", "weights", "index") if key in outputs}
+        self._batches.append(kept)
+
+    def _draws_this_epoch(self, trainer: Trainer) -> bool:
+        last = trainer.max_epochs is not None and trainer.current_epoch == trainer.max_epochs - 1
+        return (trainer.current_epoch % self.every_n_epochs == 0) or last
+
+    # --- drawing ------------------------------------------------------------------------------------
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self._batches or not trainer.is_global_zero:
+            self._batches = []
+            return
+        gathered = {key: torch.cat([b[key] for b in self._batches]).float().cpu() for key in self._batches[0]}
+        self._batches = []
+        probs, labels = gathered["probs"], gathered["labels"].long()
+        epoch, max_epochs = trainer.current_epoch, pl_module.schedule_epochs
+        settings = pl_module.settings
+        weights = gathered.get("weights")
+        if weights is None:  # a run without NAW: show the weights NAW would have given
+            weights = losses.naw_weight(probs, labels, epoch, max_epochs, **pl_module.naw_settings)
+        p_gt = probs.gather(1, labels[:, None]).squeeze(1).numpy()
+        p_nn = losses.nearest_negative(probs, labels).numpy()
+        prediction_true = (probs.argmax(1) == labels).numpy()
+        weights, labels_np = weights.numpy(), labels.numpy()
+        names, draw = pl_module.class_names, self._draws_this_epoch(trainer)
+        if draw:
+            self._emit(trainer, "naw_weights_per_class", naw_weight_boxplot(weights, labels_np, names, epoch))
+            self._emit(trainer, "naw_kernel_scatter",
+                       kernel_scatter(p_gt, p_nn, prediction_true, epoch, max_epochs, settings, self.max_points))
+        datamodule = getattr(trainer, "datamodule", None)
+        flipped_all = getattr(datamodule, "flipped", None)
+        if flipped_all is not None and "index" in gathered and flipped_all.any():
+            flipped = np.asarray(flipped_all)[gathered["index"].long().numpy()]
+            stats = noise_detection(weights, flipped)
+            if stats:
+                self.noise_stats = [r for r in self.noise_stats if r["epoch"] != epoch] + [{"epoch": epoch, **stats}]
+                for logger in trainer.loggers:
+                    logger.log_metrics({f"naw/{k}": v for k, v in stats.items()}, step=trainer.global_step)
+                if draw:
+                    self._emit(trainer, "naw_weights_noise", noise_weight_histogram(weights, flipped, epoch))
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        metrics = trainer.callback_metrics
+        if "val/acc" not in metrics:
+            return
+        names = pl_module.class_names
+        record = {
+            "epoch": trainer.current_epoch,
+            "mean_acc": float(metrics["val/mean_acc"]),
+            "class_acc": {name: float(metrics[f"val/acc_{name}"]) for name in names},
+        }
+        self.history = [r for r in self.history if r["epoch"] != record["epoch"]] + [record]
+        if self._draws_this_epoch(trainer):
+            self._emit(trainer, "class_accuracy_curves", class_accuracy_curves(self.history, names), per_epoch=False)
+            matrix = pl_module.confusion_matrices.get("val")
+            if matrix is not None:
+                figure = confusion_matrix_figure(matrix.numpy(), names, f"Confusion matrix (rows: true), epoch {trainer.current_epoch}")
+                self._emit(trainer, "confusion_matrix", figure)
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        matrix = pl_module.confusion_matrices.get("test")
+        if matrix is not None and trainer.is_global_zero:
+            self._emit(trainer, "test_confusion_matrix", confusion_matrix_figure(matrix.numpy(), pl_module.class_names,
+                                                                                 "Test confusion matrix (rows: true)"), per_epoch=False)
+
+    def _emit(self, trainer: Trainer, name: str, figure: plt.Figure, per_epoch: bool = True) -> None:
+        folder = Path(trainer.default_root_dir) / "figures"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / (f"{name}-epoch{trainer.current_epoch:03d}.png" if per_epoch else f"{name}.png")
+        figure.savefig(path, dpi=110)
+        if self.log_to_loggers:
+            for logger in trainer.loggers:
+                if hasattr(logger, "log_image"):
+                    logger.log_image(key=f"figures/{name}", images=[str(path)], step=trainer.global_step)
+        plt.close(figure)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history, "noise_stats": self.noise_stats}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+        self.noise_stats = list(state_dict.get("noise_stats", []))

@@ -1,0 +1,281 @@
+"""``nla experiment``: the paper's tables as one command.
+
+An experiment file names a grid of methods x protocols x seeds, each a stack of config overlays::
+
+    name: table5_rafdb
+    base: [configs/rafdb.yaml]
+    methods:
+      CE: [configs/methods/ce.yaml]
+      NLA: [configs/methods/nla.yaml]
+    protocols:
+      clean: []
+      noise 30%: [configs/noise/30.yaml]
+    seeds: [0, 1, 2]
+    paper:                       # optional published numbers, shown beside ours: [overall, mean]
+      NLA: {clean: [89.93, 83.87]}
+
+Every cell is one ``nla fit`` process in ``<output_dir>/<protocol>/<method>/seed<k>``. A finished cell
+(it has ``summary.json``) is skipped, an interrupted one resumes from its ``last.ckpt``, and one that
+died before its first checkpoint is moved aside, never deleted. The tables (``results.md``,
+``results.csv``) give overall and mean accuracy as mean ± std over seeds, and per-class accuracy,
+for the last epoch, the best epoch and the mean of the last five.
+
+    nla experiment configs/experiments/table5_rafdb.yaml --data.root /path/to/RAF-DB
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+
+from nla.callbacks import free_path
+
+EVALUATIONS = {"last": "last epoch", "best": "best epoch", "mean_last_5": "mean of the last 5 epochs"}
+
+
+class ExperimentError(ValueError):
+    """A malformed experiment file."""
+
+
+@dataclass
+class Experiment:
+    name: str
+    base: list[str]
+    methods: dict[str, list[str]]
+    protocols: dict[str, list[str]] = field(default_factory=lambda: {"clean": []})
+    seeds: list[int] = field(default_factory=lambda: [0])
+    output_dir: Optional[str] = None
+    args: list[str] = field(default_factory=list)
+    paper: dict[str, dict[str, list[Optional[float]]]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Experiment":
+        path = Path(path)
+        if not path.is_file():
+            raise ExperimentError(f"experiment file {str(path)!r} does not exist")
+        raw = yaml.safe_load(path.read_text()) or {}
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ExperimentError(f"{path}: unknown key(s) {unknown}; expected some of {sorted(known)}")
+        for key in ("name", "base", "methods"):
+            if key not in raw:
+                raise ExperimentError(f"{path}: missing key {key!r}")
+        experiment = cls(**raw)
+        for label, overlays in [("base", experiment.base), *experiment.methods.items(), *experiment.protocols.items()]:
+            for overlay in overlays or []:
+                if not Path(overlay).is_file():
+                    raise ExperimentError(f"{path}: {label!r} names config {overlay!r}, which does not exist")
+        return experiment
+
+    @property
+    def root(self) -> Path:
+        return Path(self.output_dir or f"runs/experiments/{self.name}")
+
+    def cells(self) -> list[tuple[str, str, int]]:
+        return [(p, m, s) for p in self.protocols for m in self.methods for s in self.seeds]
+
+    def run_dir(self, protocol: str, method: str, seed: int) -> Path:
+        return self.root / slug(protocol) / slug(method) / f"seed{seed}"
+
+
+def slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", label.replace("+", "plus").replace("%", "pct")).strip("-").lower()
+
+
+# --- running --------------------------------------------------------------------------------------
+
+
+def cell_state(run_dir: Path) -> str:
+    if (run_dir / "summary.json").is_file():
+        return "done"
+    if (run_dir / "checkpoints" / "last.ckpt").is_file():
+        return "resume"
+    if run_dir.exists():
+        return "stale"
+    return "new"
+
+
+def fit_command(experiment: Experiment, protocol: str, method: str, seed: int, extra: Sequence[str], resume: bool) -> list[str]:
+    configs = [*experiment.base, *experiment.methods[method], *(experiment.protocols[protocol] or [])]
+    command = [sys.executable, "-m", "nla", "fit"]
+    for config in configs:
+        command += ["--config", config]
+    command += ["--seed_everything", str(seed), "--trainer.default_root_dir", str(experiment.run_dir(protocol, method, seed))]
+    command += [*experiment.args, *extra]
+    return command + (["--ckpt_path", "last"] if resume else [])
+
+
+def run_grid(experiment: Experiment, extra: Sequence[str], dry_run: bool = False) -> list[str]:
+    """Run every unfinished cell; returns the cells that failed."""
+    failed = []
+    for protocol, method, seed in experiment.cells():
+        run_dir = experiment.run_dir(protocol, method, seed)
+        state = cell_state(run_dir)
+        label = f"{method} / {protocol} / seed {seed}"
+        if state == "done":
+            print(f"[done]    {label}: {run_dir}")
+            continue
+        if state == "stale":
+            aside = free_path(run_dir.with_name(run_dir.name + ".incomplete"))
+            print(f"[stale]   {label}: no checkpoint in {run_dir}; moved aside to {aside.name}")
+            if not dry_run:
+                run_dir.rename(aside)
+        command = fit_command(experiment, protocol, method, seed, extra, resume=state == "resume")
+        print(f"[{'resume' if state == 'resume' else 'run':<7}] {label}: {' '.join(command[2:])}")
+        if dry_run:
+            continue
+        run_dir.mkdir(parents=True, exist_ok=True)
+        started = time.time()
+        with open(run_dir / "fit.log", "a") as log:
+            code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+        wall = time.time() - started
+        timing = run_dir / "runner.json"
+        previous = json.loads(timing.read_text()) if timing.is_file() else {"wall_s": 0.0, "attempts": []}
+        previous["attempts"].append({"command": command[2:], "wall_s": wall, "exit_code": code})
+        previous["wall_s"] += wall
+        timing.write_text(json.dumps(previous, indent=2))
+        if code != 0 or not (run_dir / "summary.json").is_file():
+            failed.append(label)
+            print(f"[failed]  {label}: exit code {code}, see {run_dir / 'fit.log'}")
+    return failed
+
+
+# --- tables -----------------------------------------------------------------------------------------
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    mean = math.fsum(values) / len(values)
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def format_cell(values: Sequence[float]) -> str:
+    if not values:
+        return "—"
+    mean, std = mean_std([100 * v for v in values])
+    return f"{mean:.2f} ± {std:.2f}" if len(values) > 1 else f"{mean:.2f}"
+
+
+def collect(experiment: Experiment) -> list[dict[str, Any]]:
+    """One row per finished run and evaluation."""
+    rows = []
+    for protocol, method, seed in experiment.cells():
+        run_dir = experiment.run_dir(protocol, method, seed)
+        if not (run_dir / "summary.json").is_file():
+            continue
+        summary = json.loads((run_dir / "summary.json").read_text())
+        timing = json.loads((run_dir / "runner.json").read_text()) if (run_dir / "runner.json").is_file() else {}
+        for evaluation in EVALUATIONS:
+            record = summary[evaluation]
+            rows.append({
+                "method": method, "protocol": protocol, "seed": seed, "evaluation": evaluation,
+                "epoch": record.get("epoch", record.get("epochs")), "acc": record["acc"], "mean_acc": record["mean_acc"],
+                "class_acc": record["class_acc"], "wall_s": timing.get("wall_s"), "run_dir": str(run_dir),
+            })
+    return rows
+
+
+def write_tables(experiment: Experiment, rows: list[dict[str, Any]]) -> tuple[Path, Path]:
+    root = experiment.root
+    root.mkdir(parents=True, exist_ok=True)
+    class_names = next((list(r["class_acc"]) for r in rows), [])
+    csv_path = root / "results.csv"
+    with open(csv_path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["method", "protocol", "seed", "evaluation", "epoch", "acc", "mean_acc", *class_names, "wall_s", "run_dir"])
+        for r in rows:
+            writer.writerow([r["method"], r["protocol"], r["seed"], r["evaluation"], r["epoch"], f"{r['acc']:.6f}",
+                             f"{r['mean_acc']:.6f}", *[f"{r['class_acc'][c]:.6f}" for c in class_names],
+                             f"{r['wall_s']:.1f}" if r["wall_s"] is not None else "", r["run_dir"]])
+
+    def values(method: str, protocol: str, evaluation: str, key: str, name: Optional[str] = None) -> list[float]:
+        chosen = [r for r in rows if (r["method"], r["protocol"], r["evaluation"]) == (method, protocol, evaluation)]
+        return [r[key] if name is None else r[key][name] for r in chosen]
+
+    lines = [f"# {experiment.name}", ""]
+    lines += [f"Configs: {', '.join(experiment.base)}; seeds {experiment.seeds}; extra arguments: "
+              f"`{' '.join(experiment.args) or '(none)'}`. Accuracy in %, mean ± sample std over the seeds that finished "
+              "(n per cell in results.csv). Evaluated on the validation split of each run's config (the test split for "
+              "RAF-DB and AffectNet, as FER papers do).", ""]
+    for evaluation, title in EVALUATIONS.items():
+        lines += [f"## Overall / mean accuracy, {title}", ""]
+        header = ["method"]
+        for protocol in experiment.protocols:
+            header += [f"{protocol} overall", f"{protocol} mean"]
+            if experiment.paper:
+                header += [f"{protocol} paper"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for method in experiment.methods:
+            cells = [method]
+            for protocol in experiment.protocols:
+                cells += [format_cell(values(method, protocol, evaluation, "acc")),
+                          format_cell(values(method, protocol, evaluation, "mean_acc"))]
+                if experiment.paper:
+                    published = experiment.paper.get(method, {}).get(protocol)
+                    cells += [" / ".join("—" if v is None else f"{v:.2f}" for v in published) if published else "—"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    for protocol in experiment.protocols:
+        for evaluation, title in EVALUATIONS.items():
+            lines += [f"## Per-class accuracy, {protocol}, {title}", "",
+                      "| method | " + " | ".join(class_names) + " |", "|" + "---|" * (len(class_names) + 1)]
+            for method in experiment.methods:
+                lines.append("| " + " | ".join([method] + [format_cell(values(method, protocol, evaluation, "class_acc", c))
+                                                          for c in class_names]) + " |")
+            lines.append("")
+    times = [r["wall_s"] for r in rows if r["evaluation"] == "last" and r["wall_s"] is not None]
+    if times:
+        lines += [f"Wall time per run: {min(times) / 60:.1f}-{max(times) / 60:.1f} min ({len(times)} runs).", ""]
+    markdown_path = root / "results.md"
+    markdown_path.write_text("\n".join(lines))
+    return markdown_path, csv_path
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="nla experiment", description="Run a grid of methods x protocols x seeds and write the paper's tables. "
+        "Arguments this command does not know are passed to every `nla fit`, e.g. --data.root /path/to/RAF-DB.")
+    parser.add_argument("config", help="an experiment YAML, e.g. configs/experiments/table5_rafdb.yaml")
+    parser.add_argument("--seeds", type=int, nargs="+", help="run only these seeds")
+    parser.add_argument("--methods", nargs="+", help="run only these methods")
+    parser.add_argument("--protocols", nargs="+", help="run only these protocols")
+    parser.add_argument("--output-dir", help="override the experiment's output_dir")
+    parser.add_argument("--dry-run", action="store_true", help="print what would run")
+    parser.add_argument("--tables-only", action="store_true", help="only rebuild the tables from finished runs")
+    args, extra = parser.parse_known_args(argv)
+    try:
+        experiment = Experiment.load(args.config)
+        for name, chosen in (("methods", args.methods), ("protocols", args.protocols)):
+            if chosen:
+                grid = getattr(experiment, name)
+                unknown = [c for c in chosen if c not in grid]
+                if unknown:
+                    raise ExperimentError(f"{args.config}: no {name} {unknown}; it has {list(grid)}")
+                setattr(experiment, name, {c: grid[c] for c in chosen})
+    except ExperimentError as error:
+        print(f"nla experiment: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if args.seeds:
+        experiment.seeds = args.seeds
+    if args.output_dir:
+        experiment.output_dir = args.output_dir
+    failed = [] if args.tables_only else run_grid(experiment, extra, args.dry_run)
+    if args.dry_run:
+        return
+    markdown, table = write_tables(experiment, collect(experiment))
+    print(f"tables: {markdown} and {table}")
+    if failed:
+        print(f"nla experiment: {len(failed)} run(s) failed: {failed}", file=sys.stderr)
+        raise SystemExit(1)

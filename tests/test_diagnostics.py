@@ -1,0 +1,40 @@
+"""NAW diagnostics: the figures are written as files, and the noise statistics are logged."""
+
+import numpy as np
+import pytest
+
+from nla.cli import run_cli
+from nla.diagnostics import noise_detection
+from tests.conftest import CONFIGS, TINY
+
+
+def test_noise_detection_on_known_weights():
+    weights = np.array([0.1, 0.2, 0.9, 0.8, 0.7])
+    flipped = np.array([True, True, False, False, False])
+    stats = noise_detection(weights, flipped)
+    assert stats["noise_auroc"] == pytest.approx(1.0)
+    assert stats["weight_flipped"] == pytest.approx(0.15) and stats["weight_clean"] == pytest.approx(0.8)
+    assert noise_detection(weights, np.zeros(5, dtype=bool)) == {}
+
+
+@pytest.mark.parametrize("method", ["nla", "ce"])
+def test_figures_are_written_beside_the_run(method, rafdb_root, tmp_path):
+    run_dir = tmp_path / "run"
+    cli = run_cli([
+        "fit", "--config", str(CONFIGS / "rafdb.yaml"), "--config", str(CONFIGS / "methods" / f"{method}.yaml"),
+        "--config", str(CONFIGS / "noise" / "30.yaml"), "--data.root", str(rafdb_root),
+        "--trainer.default_root_dir", str(run_dir), "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3",
+        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(run_dir),
+        "--model.backbone", "resnet10t", *TINY,
+    ])
+    figures = {p.name for p in (run_dir / "figures").glob("*.png")}
+    for epoch in ("000", "001"):
+        for name in ("naw_weights_per_class", "naw_kernel_scatter", "naw_weights_noise", "confusion_matrix"):
+            assert f"{name}-epoch{epoch}.png" in figures, (name, epoch, sorted(figures))
+    assert "class_accuracy_curves.png" in figures
+    assert all((run_dir / "figures" / f).stat().st_size > 5000 for f in figures)
+    diagnostics = next(c for c in cli.trainer.callbacks if type(c).__name__ == "NAWDiagnostics")
+    assert [r["epoch"] for r in diagnostics.noise_stats] == [0, 1]
+    assert 0.0 <= diagnostics.noise_stats[-1]["noise_auroc"] <= 1.0
+    (metrics,) = run_dir.glob("lightning_logs/*/metrics.csv")
+    assert "naw/noise_auroc" in metrics.read_text().splitlines()[0]

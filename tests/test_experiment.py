@@ -1,0 +1,91 @@
+"""The experiment runner on a tiny 2 x 2 grid: runs, tables, and resuming a half-finished grid."""
+
+import csv
+import json
+
+import pytest
+import yaml
+
+from nla.experiment import Experiment, ExperimentError, main
+from tests.conftest import CONFIGS
+
+
+def write_experiment(tmp_path, rafdb_root) -> str:
+    spec = {
+        "name": "tiny",
+        "base": [str(CONFIGS / "rafdb.yaml")],
+        "methods": {"CE": [str(CONFIGS / "methods" / "ce.yaml")], "NLA": [str(CONFIGS / "methods" / "nla.yaml")]},
+        "protocols": {"clean": [], "noise 20%": [str(CONFIGS / "noise" / "20.yaml")]},
+        "seeds": [0],
+        "output_dir": str(tmp_path / "grid"),
+        "args": ["--data.root", str(rafdb_root), "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2",
+                 "--trainer.logger", "false", "--data.image_size", "32", "--data.batch_size", "8", "--data.num_workers", "0",
+                 "--model.backbone", "resnet10t", "--trainer.enable_progress_bar", "false"],
+        "paper": {"NLA": {"clean": [89.93, 83.87]}},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def attempts(run_dir) -> list:
+    return json.loads((run_dir / "runner.json").read_text())["attempts"]
+
+
+@pytest.mark.slow
+def test_grid_runs_writes_tables_and_resumes(tmp_path, rafdb_root, capsys):
+    config = write_experiment(tmp_path, rafdb_root)
+    main([config])
+    experiment = Experiment.load(config)
+    cells = experiment.cells()
+    assert len(cells) == 4
+    for cell in cells:
+        assert (experiment.run_dir(*cell) / "summary.json").is_file()
+    rows = list(csv.DictReader(open(tmp_path / "grid" / "results.csv")))
+    assert len(rows) == 4 * 3  # cells x (last, best, mean of last 5)
+    assert {r["evaluation"] for r in rows} == {"last", "best", "mean_last_5"}
+    assert all(0 <= float(r["acc"]) <= 1 and r["Fear"] != "" for r in rows)
+    markdown = (tmp_path / "grid" / "results.md").read_text()
+    assert "| NLA |" in markdown and "89.93 / 83.87" in markdown and "Per-class accuracy, noise 20%, best epoch" in markdown
+    noisy_nla = experiment.run_dir("noise 20%", "NLA", 0)
+    assert (noisy_nla / "train_labels.txt").is_file()
+
+    # Half-finish the grid: one run lost its summary after its last checkpoint, another never started.
+    interrupted = experiment.run_dir("clean", "NLA", 0)
+    (interrupted / "summary.json").unlink()
+    never_started = experiment.run_dir("noise 20%", "CE", 0)
+    never_started.rename(tmp_path / "elsewhere")
+    stale = experiment.run_dir("clean", "CE", 0)
+    untouched = {p: p.stat().st_mtime_ns for p in noisy_nla.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    main([config])
+    printed = capsys.readouterr().out
+    assert "[done]    NLA / noise 20% / seed 0" in printed and "[done]    CE / clean / seed 0" in printed
+    assert "[resume ] NLA / clean / seed 0" in printed and "[run    ] CE / noise 20% / seed 0" in printed
+    assert {p: p.stat().st_mtime_ns for p in noisy_nla.rglob("*") if p.is_file()} == untouched
+    assert len(attempts(stale)) == 1
+    resumed = attempts(interrupted)
+    assert len(resumed) == 2 and resumed[1]["command"][-2:] == ["--ckpt_path", "last"]
+    assert json.loads((interrupted / "summary.json").read_text())["last"]["epoch"] == 1
+    assert (never_started / "summary.json").is_file()
+
+
+def test_dry_run_and_bad_experiment_files(tmp_path, rafdb_root, capsys):
+    config = write_experiment(tmp_path, rafdb_root)
+    main([config, "--dry-run", "--methods", "NLA", "--protocols", "clean"])
+    printed = capsys.readouterr().out
+    assert printed.count("[run    ]") == 1 and "--config" in printed
+    assert not (tmp_path / "grid").exists()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"name": "x", "base": ["configs/absent.yaml"], "methods": {"CE": []}}))
+    with pytest.raises(ExperimentError, match="names config 'configs/absent.yaml', which does not exist"):
+        Experiment.load(bad)
+    with pytest.raises(SystemExit):
+        main([config, "--methods", "Nope"])
+    assert "no methods ['Nope']" in capsys.readouterr().err
+
+
+def test_shipped_experiment_files_are_valid():
+    for path in (CONFIGS / "experiments").glob("*.yaml"):
+        experiment = Experiment.load(path)
+        assert experiment.cells(), path
