@@ -110,6 +110,16 @@ class AccuracySummary(Callback):
             if experiment_summary is not None and hasattr(experiment_summary, "update"):  # W&B run summary
                 experiment_summary.update({f"{key}/{k}": summary[key][k] for key in ("last", "best") for k in ("acc", "mean_acc")})
 
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """``nla test`` writes its metrics to ``test_metrics.json`` (or the next free ``test_metrics-<n>.json``)."""
+        if not trainer.is_global_zero:
+            return
+        metrics = {key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("test/")}
+        if metrics:
+            path = free_path(Path(trainer.default_root_dir) / "test_metrics.json")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"checkpoint": trainer.ckpt_path, "metrics": metrics}, indent=2))
+
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history}
 

@@ -7,12 +7,14 @@ already holds a run unless it resumes it with ``--ckpt_path last``.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from nla.backbone import WeightsMismatchError
 from nla.callbacks import RunConfigSaver
@@ -59,7 +61,8 @@ class NLACLI(LightningCLI):
 
     def before_fit(self) -> None:
         config = self.config[self.subcommand]
-        if config.get("ckpt_path"):
+        launched = any(int(os.environ.get(key, 0)) for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+        if config.get("ckpt_path") or launched:  # the other processes of a distributed run share the first one's directory
             return
         root = Path(self.trainer.default_root_dir)
         held = [root / "config.yaml", *sorted((root / "checkpoints").glob("*.ckpt"))]
@@ -98,6 +101,10 @@ def main(args: Optional[Sequence[str]] = None) -> None:
     except USER_ERRORS as error:
         print(f"nla: error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
+    except SIGTERMException:
+        print("nla: stopped by SIGTERM; the checkpoints written so far are kept. Resume with --ckpt_path last.",
+              file=sys.stderr)
+        raise SystemExit(143) from None
 
 
 if __name__ == "__main__":

@@ -15,20 +15,18 @@ import math
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import matplotlib
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from matplotlib.figure import Figure  # figures without pyplot: no GUI backend, no global state
+from torchmetrics.functional.classification import binary_auroc
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from lightning.pytorch import Callback, LightningModule, Trainer  # noqa: E402
-from torchmetrics.functional.classification import binary_auroc  # noqa: E402
-
-from nla import losses  # noqa: E402
+from nla import losses
 
 
-def naw_weight_boxplot(weights: np.ndarray, labels: np.ndarray, class_names: Sequence[str], epoch: int) -> plt.Figure:
-    figure, axis = plt.subplots(figsize=(1.1 * len(class_names) + 2, 3.6))
+def naw_weight_boxplot(weights: np.ndarray, labels: np.ndarray, class_names: Sequence[str], epoch: int) -> Figure:
+    figure = Figure(figsize=(1.1 * len(class_names) + 2, 3.6))
+    axis = figure.subplots()
     groups = [weights[labels == k] for k in range(len(class_names))]
     axis.boxplot([g if len(g) else [np.nan] for g in groups], showfliers=False)
     axis.set_xticks(range(1, len(class_names) + 1), class_names, rotation=30)
@@ -41,7 +39,7 @@ def naw_weight_boxplot(weights: np.ndarray, labels: np.ndarray, class_names: Seq
 def kernel_scatter(
     p_gt: np.ndarray, p_nn: np.ndarray, prediction_true: np.ndarray, epoch: int, max_epochs: int,
     settings: Optional[losses.NAWSettings] = None, max_points: int = 4000, seed: int = 0,
-) -> plt.Figure:
+) -> Figure:
     settings = settings or losses.PRESETS["official"]
     if len(p_gt) > max_points:
         keep = np.random.default_rng(seed).choice(len(p_gt), max_points, replace=False)
@@ -51,7 +49,8 @@ def kernel_scatter(
     schedule = losses.covariance_schedule(epoch, max_epochs, settings.schedule_slope)
     true_cov = losses.kernel_covariance(settings.true_major_std, settings.true_axis_ratio, -1, schedule)
     false_cov = losses.kernel_covariance(settings.false_major_std, settings.false_axis_ratio, +1)
-    figure, axis = plt.subplots(figsize=(5, 4.6))
+    figure = Figure(figsize=(5, 4.6))
+    axis = figure.subplots()
     for cov, mean, colour in ((true_cov, settings.true_mean, "tab:blue"), (false_cov, settings.false_mean, "tab:red")):
         density = losses.gaussian_kernel(gx, gy, mean, cov).numpy()
         axis.contour(gx.numpy(), gy.numpy(), density, levels=6, colors=colour, linewidths=0.8, alpha=0.7)
@@ -65,8 +64,9 @@ def kernel_scatter(
     return figure
 
 
-def class_accuracy_curves(history: Sequence[dict[str, Any]], class_names: Sequence[str]) -> plt.Figure:
-    figure, axis = plt.subplots(figsize=(6, 4))
+def class_accuracy_curves(history: Sequence[dict[str, Any]], class_names: Sequence[str]) -> Figure:
+    figure = Figure(figsize=(6, 4))
+    axis = figure.subplots()
     epochs = [record["epoch"] for record in history]
     for name in class_names:
         axis.plot(epochs, [100 * record["class_acc"][name] for record in history], marker=".", label=name)
@@ -77,10 +77,11 @@ def class_accuracy_curves(history: Sequence[dict[str, Any]], class_names: Sequen
     return figure
 
 
-def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str], title: str) -> plt.Figure:
+def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str], title: str) -> Figure:
     rows = matrix.sum(axis=1, keepdims=True)
     normalised = np.divide(matrix, rows, out=np.zeros_like(matrix, dtype=float), where=rows > 0)
-    figure, axis = plt.subplots(figsize=(0.7 * len(class_names) + 2.5, 0.7 * len(class_names) + 2))
+    figure = Figure(figsize=(0.7 * len(class_names) + 2.5, 0.7 * len(class_names) + 2))
+    axis = figure.subplots()
     axis.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(class_names)):
         for j in range(len(class_names)):
@@ -101,9 +102,10 @@ def noise_detection(weights: np.ndarray, flipped: np.ndarray) -> dict[str, float
     return {"noise_auroc": auroc, "weight_flipped": float(weights[flipped].mean()), "weight_clean": float(weights[~flipped].mean())}
 
 
-def noise_weight_histogram(weights: np.ndarray, flipped: np.ndarray, epoch: int) -> plt.Figure:
+def noise_weight_histogram(weights: np.ndarray, flipped: np.ndarray, epoch: int) -> Figure:
     stats = noise_detection(weights, flipped)
-    figure, axis = plt.subplots(figsize=(5, 3.4))
+    figure = Figure(figsize=(5, 3.4))
+    axis = figure.subplots()
     bins = np.linspace(0, max(float(weights.max()), 1e-6), 40)
     axis.hist(weights[~flipped], bins=bins, alpha=0.6, density=True, label=f"clean (mean {stats.get('weight_clean', math.nan):.3f})")
     axis.hist(weights[flipped], bins=bins, alpha=0.6, density=True, label=f"flipped (mean {stats.get('weight_flipped', math.nan):.3f})")
@@ -211,7 +213,7 @@ class NAWDiagnostics(Callback):
             self._emit(trainer, "test_confusion_matrix", confusion_matrix_figure(matrix.numpy(), pl_module.class_names,
                                                                                  "Test confusion matrix (rows: true)"), per_epoch=False)
 
-    def _emit(self, trainer: Trainer, name: str, figure: plt.Figure, per_epoch: bool = True) -> None:
+    def _emit(self, trainer: Trainer, name: str, figure: Figure, per_epoch: bool = True) -> None:
         folder = Path(trainer.default_root_dir) / "figures"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / (f"{name}-epoch{trainer.current_epoch:03d}.png" if per_epoch else f"{name}.png")
@@ -220,7 +222,6 @@ class NAWDiagnostics(Callback):
             for logger in trainer.loggers:
                 if hasattr(logger, "log_image"):
                     logger.log_image(key=f"figures/{name}", images=[str(path)], step=trainer.global_step)
-        plt.close(figure)
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history, "noise_stats": self.noise_stats}

@@ -115,6 +115,7 @@ class FERDataModule(LightningDataModule):
         save_train_labels: bool = True,
     ) -> None:
         super().__init__()
+        self.save_hyperparameters()  # checkpoints then carry the preprocessing (image size, mean, std)
         if not 0.0 <= noise_rate < 1.0:
             raise DataError(f"noise_rate {noise_rate} is outside [0, 1); give the share of training labels to flip, e.g. 0.3")
         if imbalance_factor is not None and imbalance_factor < 1:
