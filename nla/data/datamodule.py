@@ -442,14 +442,13 @@ class FERPlusDataModule(FERDataModule):
         val_split: Split = "valid", **kwargs: Any,
     ) -> None:
         super().__init__(root, val_split=val_split, **kwargs)
-        if num_classes not in (7, 8):
-            raise DataError(f"FER+ has 8 classes, or 7 without contempt; got num_classes={num_classes}")
+        self._classes = ferplus.classes_for(num_classes)
         self._num_classes = num_classes
         self.label_source = label_source
 
     @property
     def class_names(self) -> list[str]:
-        return list(ferplus.CLASSES_8 if self._num_classes == 8 else ferplus.CLASSES_7)
+        return list(self._classes)
 
     def read_split(self, split: Split) -> Samples:
         return ferplus.read_ferplus(self.require_root(), split, self._num_classes, self.label_source)
@@ -467,14 +466,13 @@ class AffectNetDataModule(FERDataModule):
 
     def __init__(self, root: Optional[str] = None, num_classes: Literal[7, 8] = 7, crop_face: bool = False, **kwargs: Any) -> None:
         super().__init__(root, **kwargs)
-        if num_classes not in (7, 8):
-            raise DataError(f"AffectNet has 8 expression classes, or 7 without contempt; got num_classes={num_classes}")
+        self._classes = affectnet.classes_for(num_classes)
         self._num_classes = num_classes
         self.crop_face = crop_face
 
     @property
     def class_names(self) -> list[str]:
-        return list(affectnet.CLASSES_8 if self._num_classes == 8 else affectnet.CLASSES_7)
+        return list(self._classes)
 
     def read_split(self, split: Split) -> Samples:
         samples = affectnet.read_affectnet(self.require_root(), split, self._num_classes)

@@ -19,6 +19,12 @@ SPLIT_FILES = {"train": "training.csv", "valid": "validation.csv", "test": "vali
 Split = Literal["train", "valid", "test"]
 
 
+def classes_for(num_classes: int) -> tuple[str, ...]:
+    if num_classes not in (7, 8):
+        raise DataError(f"AffectNet has 8 expression classes, or 7 without contempt; got num_classes={num_classes}")
+    return CLASSES_8 if num_classes == 8 else CLASSES_7
+
+
 def find_image_dir(root: Path) -> Path:
     """Where the ``subDirectory_filePath`` entries are rooted: ``Manually_Annotated_Images/`` if present, else the root."""
     for candidate in (root / "Manually_Annotated_Images", root / "Manually_Annotated" / "Manually_Annotated_Images"):
@@ -32,8 +38,7 @@ def read_affectnet(root: str | Path, split: Split = "train", num_classes: Litera
     root = Path(root)
     if split not in SPLIT_FILES:
         raise DataError(f"AffectNet has splits {list(SPLIT_FILES)}, not {split!r}")
-    if num_classes not in (7, 8):
-        raise DataError(f"AffectNet has 8 expression classes, or 7 without contempt; got num_classes={num_classes}")
+    classes = classes_for(num_classes)
     label_file = root / SPLIT_FILES[split]
     if not label_file.is_file():
         raise DataError(f"AffectNet label file {str(label_file)!r} does not exist; expected training.csv and validation.csv under the root")
@@ -64,6 +69,5 @@ def read_affectnet(root: str | Path, split: Split = "train", num_classes: Litera
             names.append(name)
             origins.append(origin)
             boxes.append(box)
-    classes = CLASSES_8 if num_classes == 8 else CLASSES_7
     return Samples(paths, np.asarray(labels, dtype=np.int64), classes, names, origins,
                    boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4))

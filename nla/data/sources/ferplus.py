@@ -20,6 +20,12 @@ Split = Literal["train", "valid", "test"]
 LabelSource = Literal["auto", "fer2013new", "label_csv"]
 
 
+def classes_for(num_classes: int) -> tuple[str, ...]:
+    if num_classes not in (7, 8):
+        raise DataError(f"FER+ has 8 classes, or 7 without contempt; got num_classes={num_classes}")
+    return CLASSES_8 if num_classes == 8 else CLASSES_7
+
+
 def majority_vote(votes: Sequence[int]) -> Optional[int]:
     """The FER+ majority label of ten vote counts, or ``None`` for unknown / not-a-face.
 
@@ -45,8 +51,7 @@ def read_ferplus(
     root = Path(root)
     if split not in SPLIT_FOLDERS:
         raise DataError(f"FER+ has splits {list(SPLIT_FOLDERS)}, not {split!r}")
-    if num_classes not in (7, 8):
-        raise DataError(f"FER+ has 8 classes, or 7 without contempt; got num_classes={num_classes}")
+    classes = classes_for(num_classes)
     folder = root / SPLIT_FOLDERS[split]
     if not folder.is_dir():
         raise DataError(f"FER+ folder {str(folder)!r} does not exist; expected {list(SPLIT_FOLDERS.values())} under the root")
@@ -55,7 +60,6 @@ def read_ferplus(
         rows = _read_release(release, split)
     else:
         rows = _read_label_csv(folder / "label.csv")
-    classes = CLASSES_8 if num_classes == 8 else CLASSES_7
     paths, labels, names, origins = [], [], [], []
     for name, votes, origin in rows:
         label = majority_vote(votes)

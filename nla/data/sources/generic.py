@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -59,6 +59,22 @@ def read_image_folder(root: str | Path, split: str, classes: Optional[Sequence[s
     return Samples(paths, np.asarray(labels, dtype=np.int64), classes, names, [f"{folder}/{n}" for n in names])
 
 
+def two_column_rows(path: Path, columns: tuple[str, str]) -> Iterator[tuple[str, str, str]]:
+    """``(first, second, origin)`` for each row of a CSV whose header starts with ``columns``."""
+    with open(path, newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:2]] != list(columns):
+            raise DataError(f"{path}:1: expected the header '{','.join(columns)}', got {header!r}")
+        for number, record in enumerate(reader, start=2):
+            if not record:
+                continue
+            origin = f"{path}:{number}"
+            if len(record) < 2:
+                raise DataError(f"{origin}: expected '<{columns[0]}>,<{columns[1]}>', got {record!r}")
+            yield record[0].strip(), record[1].strip(), origin
+
+
 def read_csv_list(csv_path: str | Path, classes: Sequence[str], image_root: Optional[str | Path] = None) -> Samples:
     """A CSV with a ``path,label`` header; a label is a class name or an index into ``classes``.
 
@@ -70,27 +86,16 @@ def read_csv_list(csv_path: str | Path, classes: Sequence[str], image_root: Opti
     base = Path(image_root) if image_root else csv_path.parent
     index = {name: i for i, name in enumerate(classes)}
     paths, labels, names, origins = [], [], [], []
-    with open(csv_path, newline="") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header[:2]] != ["path", "label"]:
-            raise DataError(f"{csv_path}:1: expected the header 'path,label', got {header!r}")
-        for number, record in enumerate(reader, start=2):
-            if not record:
-                continue
-            origin = f"{csv_path}:{number}"
-            if len(record) < 2:
-                raise DataError(f"{origin}: expected '<path>,<label>', got {record!r}")
-            name, label = record[0].strip(), record[1].strip()
-            if label in index:
-                labels.append(index[label])
-            elif label.lstrip("-").isdigit():
-                labels.append(int(label))
-            else:
-                raise DataError(f"{origin}: label {label!r} is neither a class name {list(classes)} nor an integer index")
-            paths.append(str(base / name))
-            names.append(name)
-            origins.append(origin)
+    for name, label, origin in two_column_rows(csv_path, ("path", "label")):
+        if label in index:
+            labels.append(index[label])
+        elif label.lstrip("-").isdigit():
+            labels.append(int(label))
+        else:
+            raise DataError(f"{origin}: label {label!r} is neither a class name {list(classes)} nor an integer index")
+        paths.append(str(base / name))
+        names.append(name)
+        origins.append(origin)
     labels_array = np.asarray(labels, dtype=np.int64)
     check_label_range(labels_array, len(classes), origins)
     return Samples(paths, labels_array, tuple(classes), names, origins)

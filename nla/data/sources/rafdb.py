@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from nla.data.samples import DataError, Samples, check_label_range
+from nla.data.sources.generic import two_column_rows
 
 # Label codes 1..7 in the files map to indices 0..6 in this order.
 CLASSES = ("Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral")
@@ -84,17 +84,7 @@ def _read_folders(base: Path, split: str) -> list[tuple[str, int, str, str]]:
     if not label_file.is_file():
         raise DataError(f"RAF-DB label file {str(label_file)!r} does not exist")
     rows = []
-    with open(label_file, newline="") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header[:2]] != ["image", "label"]:
-            raise DataError(f"{label_file}:1: expected the header 'image,label', got {header!r}")
-        for number, record in enumerate(reader, start=2):
-            if not record:
-                continue
-            origin = f"{label_file}:{number}"
-            if len(record) < 2:
-                raise DataError(f"{origin}: expected '<image>,<label>', got {record!r}")
-            name, code = record[0].strip(), _parse_code(record[1].strip(), origin)
-            rows.append((str(base / split / str(code) / name), code, canonical_name(name), origin))
+    for name, code_text, origin in two_column_rows(label_file, ("image", "label")):
+        code = _parse_code(code_text, origin)
+        rows.append((str(base / split / str(code) / name), code, canonical_name(name), origin))
     return rows
