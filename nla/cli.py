@@ -74,7 +74,15 @@ class NLACLI(LightningCLI):
             )
 
 
+DESCRIPTION = (
+    "nla: facial expression recognition with NLA (AAAI 2025) and its baselines. "
+    "Besides the subcommands below: `nla experiment CONFIG` runs a grid of methods x protocols x seeds and writes "
+    "the paper's tables, and `nla export --ckpt_path CKPT` writes ONNX, TorchScript or torch.export models."
+)
+
+
 def run_cli(args: Optional[Sequence[str]] = None, **kwargs: Any) -> NLACLI:
+    kwargs.setdefault("parser_kwargs", {"prog": "nla", "description": DESCRIPTION})
     return NLACLI(
         NLAModule,
         FERDataModule,

@@ -133,3 +133,15 @@ def test_the_two_ways_of_filling_erasing_boxes_agree():
     sliced = fill_boxes_slices_(images.clone(), boxes, chosen, 0.0)
     assert torch.equal(masked, sliced)
     assert torch.equal(masked[~chosen], images[~chosen]) and not torch.equal(masked[chosen], images[chosen])
+
+
+def test_the_cpu_and_accelerator_resize_paths_agree():
+    from nla.data.batch_augment import resize_normalize_float, resize_normalize_uint8
+
+    images = torch.randint(0, 256, (6, 20, 30, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
+    for size in (20, 48, 12):  # same, up, down
+        cpu = resize_normalize_uint8(images, size, MEAN, STD)
+        accelerator = resize_normalize_float(images, size, MEAN, STD)
+        assert cpu.shape == accelerator.shape == (6, 3, size, size)
+        # The uint8 path rounds after resizing: at most one grey level apart.
+        assert (cpu - accelerator).abs().max().item() <= 1.01 / (255 * min(STD))

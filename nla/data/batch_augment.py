@@ -35,25 +35,38 @@ def gaussian_noise_(images: Tensor, variance: float, p: float, generator: Option
     return images
 
 
+def _normalisation(mean: Sequence[float], std: Sequence[float], device: torch.device) -> tuple[Tensor, Tensor]:
+    """``(scale, shift)`` with ``x * scale + shift == (x / 255 - mean) / std``, shaped 1 x C x 1 x 1."""
+    mean_t = torch.as_tensor(mean, device=device, dtype=torch.float32).view(1, -1, 1, 1)
+    std_t = torch.as_tensor(std, device=device, dtype=torch.float32).view(1, -1, 1, 1)
+    return 1.0 / (std_t * 255.0), -mean_t / std_t
+
+
+def resize_normalize_uint8(images: Tensor, size: int, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Resize the uint8 images (torch vectorises it, and it rounds as OpenCV does), then normalise into
+    contiguous N x C x H x W float32, where the mirror flip is cheapest. The CPU's path."""
+    if images.shape[-2:] != (size, size):
+        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+    scale, shift = _normalisation(mean, std, images.device)
+    # Reorder while still uint8 (a quarter of the bytes), then normalise while converting to float.
+    return torch.addcmul(shift, images.contiguous(), scale)
+
+
+def resize_normalize_float(images: Tensor, size: int, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Normalise to float first, then resize (the two commute: bilinear weights sum to one); keeps the
+    channels-last layout. The accelerator's path."""
+    scale, shift = _normalisation(mean, std, images.device)
+    x = torch.addcmul(shift, images.float(), scale)
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return x
+
+
 def resize_normalize(images: Tensor, size: int, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """uint8 N x C x H x W to float: bilinear resize with half-pixel centres (OpenCV's INTER_LINEAR), then
-    (x / 255 - mean) / std.
-
-    On the CPU the resize runs on uint8, which torch vectorises and which rounds like OpenCV does, and
-    the result is contiguous N x C x H x W, where the mirror flip is cheapest. On an accelerator it runs
-    in float after normalising (the two commute: bilinear weights sum to one) and stays channels-last.
-    """
-    shape = (1, -1, 1, 1)
-    scale = 1.0 / (torch.as_tensor(std, device=images.device) * 255.0).view(shape)
-    shift = (-torch.as_tensor(mean, device=images.device) / torch.as_tensor(std, device=images.device)).view(shape)
-    same = images.shape[-2:] == (size, size)
-    if images.device.type == "cpu":
-        if not same:
-            images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
-        # Reorder while still uint8 (a quarter of the bytes), then normalise while converting to float.
-        return torch.addcmul(shift, images.contiguous(), scale)
-    x = torch.addcmul(shift, images.float(), scale)
-    return x if same else F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    (x / 255 - mean) / std, by whichever path is fastest on the images' device."""
+    path = resize_normalize_uint8 if images.device.type == "cpu" else resize_normalize_float
+    return path(images, size, mean, std)
 
 
 def random_hflip_(images: Tensor, p: float, generator: Optional[torch.Generator] = None) -> Tensor:

@@ -268,7 +268,7 @@ class FERDataModule(LightningDataModule):
     def _check_images(self, samples: Samples, split: str) -> Samples:
         if not self.skip_unreadable:  # when skipping, a missing file is one more unreadable image
             check_files_exist(samples, split)
-        if self._cache_enabled():
+        if self._cache_enabled(samples):
             cache, failures = build_image_cache(
                 samples.paths, samples.boxes, self.cache_resolution, self.cache_dir, max(self.num_workers, 1)
             )
@@ -296,18 +296,18 @@ class FERDataModule(LightningDataModule):
             self.caches[split] = cache
         return samples
 
-    def _cache_enabled(self) -> bool:
+    def _cache_enabled(self, samples: Samples) -> bool:
+        """Decided once, on the first split loaded (the training split when fitting), for every split."""
         if self._use_cache is None:
             if self.pipeline != "auto":
                 self._use_cache = self.pipeline == "cached"
             else:
                 on_gpu = self.trainer is not None and isinstance(self.trainer.accelerator, CUDAAccelerator)
-                self._use_cache = on_gpu and self._estimated_cache_gb() <= self.max_cache_gb
+                self._use_cache = on_gpu and self._estimated_cache_gb(samples) <= self.max_cache_gb
             rank_zero_info(f"{type(self).__name__}: {'cached' if self._use_cache else 'albumentations'} pixel pipeline")
         return self._use_cache
 
-    def _estimated_cache_gb(self) -> float:
-        samples = self.read_split("train")
+    def _estimated_cache_gb(self, samples: Samples) -> float:
         side = self.cache_resolution
         if side is None:
             first = load_image(samples.paths[0], None if samples.boxes is None else samples.boxes[0])
