@@ -26,7 +26,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, WeightedRandomSampler
+from torch.utils.data import DataLoader, RandomSampler, SequentialSampler, WeightedRandomSampler
 
 from nla.data.batch_augment import batch_eval_transform, batch_train_augment
 from nla.data.cache import build_image_cache
@@ -370,9 +370,10 @@ class FERDataModule(LightningDataModule):
         return SequentialSampler(samples.labels)
 
     def _cached_loader(self, samples: Samples, cache: np.ndarray, sampler, drop_last: bool) -> DataLoader:
-        # One batch per index list; the uint8 batch is augmented after it reaches the device.
-        batches = BatchSampler(sampler, self.batch_size, drop_last)
-        return DataLoader(CachedImageDataset(samples, cache), batch_size=None, sampler=batches, num_workers=0, pin_memory=torch.cuda.is_available())
+        # Batches of uint8 images gathered from the cache in the main process; augmented once on the device.
+        dataset = CachedImageDataset(samples, cache)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=drop_last,
+                          collate_fn=dataset.collate, num_workers=0, pin_memory=torch.cuda.is_available())
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if not isinstance(batch, dict) or batch["image"].dtype != torch.uint8:

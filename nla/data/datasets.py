@@ -58,9 +58,10 @@ class FERImageDataset(Dataset):
 
 
 class CachedImageDataset(Dataset):
-    """Batches gathered from a uint8 cache (N x H x W x 3): ``image`` stays uint8 and is augmented on the device.
+    """Indices into a uint8 cache (N x H x W x 3); :meth:`collate` gathers a whole batch in one indexing operation.
 
-    Use with ``batch_size=None`` and a batch sampler: ``__getitem__`` takes a list of indices.
+    ``image`` stays uint8 and is augmented after it reaches the device. Being an ordinary map-style
+    dataset with an ordinary sampler, it is split across processes like any other under DDP.
     """
 
     def __init__(self, samples: Samples, cache: np.ndarray) -> None:
@@ -73,7 +74,10 @@ class CachedImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+    def __getitem__(self, index: int) -> int:
+        return index
+
+    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
         index = torch.as_tensor(indices, dtype=torch.long)
         return {"image": self.images[index], "label": self.labels[index], "index": index}
 
