@@ -40,9 +40,8 @@ from torchvision import transforms
 from nla import NLAModule
 from nla.backbone import create_backbone
 from nla.data import RAFDBDataModule, read_rafdb
-from nla.data.batch_augment import batch_train_augment
 from nla.data.synthetic import write_rafdb
-from nla.data.transforms import RAFDB_MEAN, RAFDB_STD, Augmentation
+from nla.data.transforms import RAFDB_MEAN, RAFDB_STD
 from nla.losses import nla_loss
 
 
@@ -121,11 +120,12 @@ class OfficialStyleDataset(Dataset):
         return self.transform(np.ascontiguousarray(image)), int(self.labels[index])
 
 
-def reference_loader(args, root: Path) -> DataLoader:
+def reference_loader(args, root: Path, persistent_workers: bool = True) -> DataLoader:
     train = read_rafdb(root, "train")
     dataset = OfficialStyleDataset(train.paths, train.labels, args.image_size)
     return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
-                      pin_memory=torch.cuda.is_available(), drop_last=True, persistent_workers=args.workers > 0)
+                      pin_memory=torch.cuda.is_available(), drop_last=True,
+                      persistent_workers=persistent_workers and args.workers > 0)
 
 
 def endless(loader: DataLoader):
@@ -183,47 +183,54 @@ def measure_roof(args, device: torch.device) -> float:
 
 
 def measure_pipelines(args, root: Path, device: torch.device) -> dict[str, float]:
-    """Images/s of each pipeline delivering the model's two inputs (view and mirror), in interleaved rounds.
+    """Images/s of each pipeline delivering the model's input (views and mirrors), in interleaved rounds.
 
-    Rounds alternate fast, reference, fast, ... so that a noisy machine slows both alike; each reference
-    round first drains what its workers prefetched while the fast path ran. Returns medians and ranges.
+    Rounds alternate fast, reference, fast, ... so that a noisy machine slows both alike. Each reference
+    round starts its workers, lets them fill their queues and drains those untimed, and shuts them down
+    after, so that they neither work for the reference during a fast round nor start a round with a
+    stock of batches. Returns medians and ranges.
     """
     data = RAFDBDataModule(str(root), batch_size=args.batch_size, image_size=args.image_size, num_workers=args.workers,
                            pipeline="cached", drop_last=True)
     data.setup("fit")
     fast_batches = endless(data.train_dataloader())
-    settings = Augmentation()
 
-    def fast_step():
-        batch = next(fast_batches)
-        images = batch["image"].to(device, non_blocking=True)
-        return batch_train_augment(images, settings, args.image_size, RAFDB_MEAN, RAFDB_STD)
+    def fast_round() -> float:
+        def step():
+            images = next(fast_batches)["image"].to(device, non_blocking=True)
+            return data.augment_train(images)
 
-    loader = reference_loader(args, root)
-    reference_batches = endless(loader)
-    prefetched = max(args.workers, 1) * (loader.prefetch_factor or 0)
+        return timed(step, untimed=1)
 
-    def reference_step():
-        images, _ = next(reference_batches)
-        images = images.to(device, non_blocking=True)
-        return images, torch.flip(images, dims=[3])  # the official loop flips for its second pass
+    loader = reference_loader(args, root, persistent_workers=False)
+    prefetched = max(args.workers, 1) * (loader.prefetch_factor or 1)
 
-    def timed(step_fn, untimed: int) -> float:
+    def reference_round() -> float:
+        batches = iter(loader)  # new workers
+
+        def step():
+            images = next(batches)[0].to(device, non_blocking=True)
+            return images, torch.flip(images, dims=[3])  # the official loop flips for its second pass
+
+        rate = timed(step, untimed=prefetched + 1)
+        del batches  # the workers stop
+        return rate
+
+    def timed(step, untimed: int) -> float:
         for _ in range(untimed):
-            step_fn()
+            step()
         synchronize(device)
         start = time.perf_counter()
         for _ in range(args.pipeline_steps):
-            step_fn()
+            step()
         synchronize(device)
         return args.pipeline_steps * args.batch_size / (time.perf_counter() - start)
 
-    timed(fast_step, args.warmup)
-    timed(reference_step, args.warmup)
+    fast_round(), reference_round()  # warm-up
     fast_rates, reference_rates = [], []
     for _ in range(args.rounds):
-        fast_rates.append(timed(fast_step, 0))
-        reference_rates.append(timed(reference_step, prefetched))
+        fast_rates.append(fast_round())
+        reference_rates.append(reference_round())
     ratios = [f / r for f, r in zip(fast_rates, reference_rates)]
     return {
         "fast_pipeline_images_per_s": float(np.median(fast_rates)),

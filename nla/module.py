@@ -174,6 +174,18 @@ class NLAModule(LightningModule):
         images, labels = batch[0], batch[1]
         return images, labels, None
 
+    @classmethod
+    def training_views(cls, batch: Any) -> tuple[Tensor, Tensor]:
+        """``(views, labels)``: the 2N images of one forward pass, the batch then its mirrors. The cached
+        pipeline delivers them ready as ``batch["views"]``; otherwise they are joined here, and a batch
+        without ``image_mirror`` is mirrored here."""
+        if isinstance(batch, dict) and "views" in batch:
+            return batch["views"], batch["label"]
+        images, labels, mirrors = cls.unpack(batch)
+        if mirrors is None:
+            mirrors = images.flip(-1)
+        return torch.cat([images, mirrors]), labels
+
     # --- training ------------------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
@@ -206,12 +218,10 @@ class NLAModule(LightningModule):
         return epochs
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
-        images, labels, mirrors = self.unpack(batch)
-        if mirrors is None:
-            mirrors = images.flip(-1)
-        n = len(images)
-        # One forward pass over the image and its mirror together.
-        features, logits = self._forward_all(torch.cat([images, mirrors]))
+        views, labels = self.training_views(batch)
+        n = len(labels)
+        # One forward pass over the images and their mirrors together.
+        features, logits = self._forward_all(views)
         logits = logits.float()
         z, z_mirror = logits[:n], logits[n:]
         probs = z.softmax(dim=1)

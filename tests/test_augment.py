@@ -27,8 +27,10 @@ def to_pixels(x: torch.Tensor) -> torch.Tensor:
 def test_shapes_ranges_and_the_exact_mirror():
     torch.manual_seed(0)
     images = torch.randint(0, 256, (16, 20, 24, 3), dtype=torch.uint8)
-    view, mirror = batch_train_augment(images, Augmentation(), 32, MEAN, STD)
-    assert view.shape == mirror.shape == (16, 3, 32, 32) and view.dtype == torch.float32
+    views = batch_train_augment(images, Augmentation(), 32, MEAN, STD)
+    assert views.shape == (32, 3, 32, 32) and views.dtype == torch.float32
+    assert views.is_contiguous(memory_format=torch.channels_last)  # the backbone's layout: no copy before the model
+    view, mirror = views.chunk(2)
     assert torch.equal(mirror, view.flip(-1))
     low = (0 - torch.tensor(MEAN)) / torch.tensor(STD)
     high = (1 - torch.tensor(MEAN)) / torch.tensor(STD)
@@ -40,7 +42,7 @@ def test_shapes_ranges_and_the_exact_mirror():
 
 def test_erasing_is_applied_identically_to_both_views():
     images = torch.full((32, 16, 16, 3), 200, dtype=torch.uint8)
-    view, mirror = batch_train_augment(images, dataclasses.replace(OFF, erasing_p=1.0), 16, MEAN, STD)
+    view, mirror = batch_train_augment(images, dataclasses.replace(OFF, erasing_p=1.0), 16, MEAN, STD).chunk(2)
     erased, erased_mirror = view == 0, mirror == 0
     assert erased.any(dim=(1, 2, 3)).all()  # p = 1: every image has a patch
     assert torch.equal(erased_mirror, erased.flip(-1))
@@ -49,7 +51,7 @@ def test_erasing_is_applied_identically_to_both_views():
 
 def test_mirror_flips_back_to_the_view_whatever_the_random_flip():
     gradient = torch.arange(16, dtype=torch.uint8).repeat(16, 1)[None, :, :, None].expand(64, 16, 16, 3).contiguous() * 10
-    view, mirror = batch_train_augment(gradient, dataclasses.replace(OFF, flip_p=0.5), 16, MEAN, STD)
+    view, mirror = batch_train_augment(gradient, dataclasses.replace(OFF, flip_p=0.5), 16, MEAN, STD).chunk(2)
     rising = view[:, 0, 0, -1] > view[:, 0, 0, 0]
     assert 10 < rising.sum() < 54  # about half flipped
     assert torch.equal(mirror[rising], view[rising].flip(-1))
@@ -71,7 +73,7 @@ def test_flip_rate_is_the_same_in_both_paths():
     settings = dataclasses.replace(OFF, flip_p=0.5)
     album = albumentations_batch(np.repeat(image[None], N, 0), settings, 12)
     torch.manual_seed(0)
-    device, _ = batch_train_augment(torch.from_numpy(np.repeat(image[None], N, 0)), settings, 12, MEAN, STD)
+    device, _ = batch_train_augment(torch.from_numpy(np.repeat(image[None], N, 0)), settings, 12, MEAN, STD).chunk(2)
     rate_album = (album[:, 0, 0, -1] > album[:, 0, 0, 0]).float().mean().item()
     rate_device = (device[:, 0, 0, -1] > device[:, 0, 0, 0]).float().mean().item()
     assert rate_album == pytest.approx(0.5, abs=0.05) and rate_device == pytest.approx(0.5, abs=0.05)
@@ -82,7 +84,7 @@ def test_gaussian_noise_matches_in_rate_and_variance():
     settings = dataclasses.replace(OFF, noise_p=0.5)
     album = to_pixels(albumentations_batch(image, settings, 16))
     torch.manual_seed(0)
-    device = to_pixels(batch_train_augment(torch.from_numpy(image), settings, 16, MEAN, STD)[0])
+    device = to_pixels(batch_train_augment(torch.from_numpy(image), settings, 16, MEAN, STD)[:N])
     for pixels in (album, device):
         per_image_var = pixels.reshape(N, -1).var(dim=1)
         noisy = per_image_var > 5
@@ -96,7 +98,7 @@ def test_erasing_draws_the_same_area_and_shape_distribution():
     settings = dataclasses.replace(OFF, erasing_p=0.5)
     album = albumentations_batch(image, settings, 32)
     torch.manual_seed(0)
-    device, _ = batch_train_augment(torch.from_numpy(image), settings, 32, MEAN, STD)
+    device, _ = batch_train_augment(torch.from_numpy(image), settings, 32, MEAN, STD).chunk(2)
     stats = {}
     for name, x in (("albumentations", album), ("device", device)):
         erased = (x[:, 0] == 0)
@@ -116,7 +118,7 @@ def test_whole_pipeline_pixel_statistics_agree():
     images = rng.integers(0, 256, size=(600, 20, 20, 3), dtype=np.uint8)
     album = albumentations_batch(images, Augmentation(), 40)
     torch.manual_seed(0)
-    device, _ = batch_train_augment(torch.from_numpy(images), Augmentation(), 40, MEAN, STD)
+    device, _ = batch_train_augment(torch.from_numpy(images), Augmentation(), 40, MEAN, STD).chunk(2)
     for c in range(3):
         assert device[:, c].mean().item() == pytest.approx(album[:, c].mean().item(), abs=0.03)
         assert device[:, c].std().item() == pytest.approx(album[:, c].std().item(), rel=0.03)
@@ -145,3 +147,24 @@ def test_the_cpu_and_accelerator_resize_paths_agree():
         assert cpu.shape == accelerator.shape == (6, 3, size, size)
         # The uint8 path rounds after resizing: at most one grey level apart.
         assert (cpu - accelerator).abs().max().item() <= 1.01 / (255 * min(STD))
+
+
+def test_the_output_buffer_is_reused_only_once_released():
+    from nla.data.batch_augment import ReusableBuffer
+
+    images = torch.randint(0, 256, (4, 20, 20, 3), dtype=torch.uint8)
+    pool = ReusableBuffer()
+    first = batch_train_augment(images, Augmentation(), 16, MEAN, STD, out=pool.get((8, 3, 16, 16), images.device))
+    kept = first.clone()
+    held_ptr = first.data_ptr()
+    # Still held (as a batch kept by a callback would be): the next batch gets new memory, the kept one is intact.
+    second = batch_train_augment(images, Augmentation(), 16, MEAN, STD, out=pool.get((8, 3, 16, 16), images.device))
+    assert second.data_ptr() != held_ptr and torch.equal(first, kept)
+    view = second[:4]
+    del first, second
+    # A view of the latest batch still holds it.
+    assert pool.get((8, 3, 16, 16), images.device).data_ptr() != view.data_ptr()
+    latest = pool.tensor.data_ptr()
+    # Held by nothing but the buffer: the same memory comes back; another shape gets a tensor of that shape.
+    assert pool.get((8, 3, 16, 16), images.device).data_ptr() == latest
+    assert pool.get((6, 3, 16, 16), images.device).shape == (6, 3, 16, 16)

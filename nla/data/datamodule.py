@@ -28,7 +28,7 @@ from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler, WeightedRandomSampler
 
-from nla.data.batch_augment import batch_eval_transform, batch_train_augment
+from nla.data.batch_augment import ReusableBuffer, batch_eval_transform, batch_train_augment
 from nla.data.cache import build_image_cache
 from nla.data.datasets import CachedImageDataset, FERImageDataset, PredictImageDataset
 from nla.data.images import find_unreadable, list_images, load_image
@@ -151,6 +151,7 @@ class FERDataModule(LightningDataModule):
         self.skipped: dict[str, list[str]] = {}
         self.protocol_notes: list[str] = []
         self._use_cache: Optional[bool] = None
+        self._train_views = ReusableBuffer()
 
     # --- what a subclass provides ---------------------------------------------------------
 
@@ -380,12 +381,21 @@ class FERDataModule(LightningDataModule):
             return batch
         trainer = self.trainer
         if trainer is not None and trainer.state.stage == RunningStage.TRAINING:
-            batch["image"], batch["image_mirror"] = batch_train_augment(
-                batch["image"], self.augmentation, self.image_size, self.mean, self.std
-            )
+            views = self.augment_train(batch["image"])
+            n = len(views) // 2
+            batch["views"], batch["image"], batch["image_mirror"] = views, views[:n], views[n:]
         else:
             batch["image"] = batch_eval_transform(batch["image"], self.image_size, self.mean, self.std)
         return batch
+
+    def augment_train(self, images: torch.Tensor) -> torch.Tensor:
+        """A uint8 N x H x W x C batch from the cache to the model's 2N training input: the augmented views,
+        then their mirrors. On the CPU it is written into a buffer reused once the last batch is released."""
+        n, _, _, channels = images.shape
+        out = None
+        if images.device.type == "cpu":
+            out = self._train_views.get((2 * n, channels, self.image_size, self.image_size), images.device)
+        return batch_train_augment(images, self.augmentation, self.image_size, self.mean, self.std, out=out)
 
     def state_dict(self) -> dict[str, Any]:
         return {"protocol_notes": self.protocol_notes, "class_names": self.class_names}
