@@ -1,6 +1,7 @@
 """``nla fit`` then ``nla test`` end to end through the CLI, on a tiny synthetic RAF-DB written by a fixture."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ def test_fit_then_test_through_the_cli(rafdb_root, tmp_path, capsys):
     assert "last.ckpt" in checkpoints
     assert any(n.startswith("best-acc-") for n in checkpoints) and any(n.startswith("best-mean-acc-") for n in checkpoints)
     assert (run_dir / "config.yaml").is_file()
+    assert type(cli.trainer.strategy.checkpoint_io).__name__ == "AtomicCheckpointIO"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [e["epoch"] for e in summary["epochs"]] == [0, 1]
     assert set(summary["last"]["class_acc"]) == {"Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"}
@@ -32,6 +34,8 @@ def test_fit_then_test_through_the_cli(rafdb_root, tmp_path, capsys):
     for key in ("val/acc", "val/mean_acc", "val/acc_Happiness", "train/loss_epoch", "train/naw_weight_epoch", "best/acc"):
         assert key in logged, f"{key} not logged to W&B; got {sorted(logged)}"
     assert logged["val/acc"] == pytest.approx(summary["last"]["acc"])
+    figures = {p.name.rsplit("_", 2)[0] for p in (Path(run.dir) / "media" / "images" / "figures").glob("*.png")}
+    assert {"naw_weights_per_class", "naw_kernel_scatter", "class_accuracy_curves", "confusion_matrix"} <= figures
     run.finish()
 
     capsys.readouterr()

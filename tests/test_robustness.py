@@ -82,6 +82,46 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_checkpoint(rafdb_roo
     assert (last.stat().st_mtime_ns, last.read_bytes()) == before
 
 
+def test_a_checkpoint_save_cut_short_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    from nla import checkpoint_io
+    from nla.checkpoint_io import AtomicCheckpointIO
+
+    io, path = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"epoch": 1, "weights": torch.arange(10.0)}, path)
+    assert io.load_checkpoint(path)["epoch"] == 1
+
+    def cut_short(obj, file):
+        file.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"epoch": 2, "weights": torch.zeros(10)}, path)
+    assert io.load_checkpoint(path)["epoch"] == 1 and torch.equal(io.load_checkpoint(path)["weights"], torch.arange(10.0))
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # the partial file is cleaned up
+
+
+def test_a_process_killed_while_saving_leaves_a_loadable_checkpoint(tmp_path):
+    """SIGKILL a process that keeps rewriting a large checkpoint: whenever it dies, the file is a whole one."""
+    path = tmp_path / "last.ckpt"
+    writer = (
+        "import sys, torch\n"
+        "from nla.checkpoint_io import AtomicCheckpointIO\n"
+        "io = AtomicCheckpointIO()\n"
+        "for version in range(10**6):\n"
+        "    io.save_checkpoint({'version': version, 'weights': torch.full((8_000_000,), float(version))}, sys.argv[1])\n"
+        "    print(version, flush=True)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", writer, str(path)], stdout=subprocess.PIPE, text=True)
+    for _ in range(3):  # let it finish a few saves, so that the kill lands while it overwrites one
+        assert process.stdout.readline(), "the writer stopped"
+    time.sleep(0.05)
+    process.kill()
+    process.wait()
+    checkpoint = torch.load(path)
+    assert checkpoint["version"] >= 2 and torch.equal(checkpoint["weights"], torch.full((8_000_000,), float(checkpoint["version"])))
+
+
 @pytest.mark.parametrize("pipeline, workers", [("albumentations", "2"), ("cached", "0")])
 def test_same_seed_gives_identical_metrics_on_the_cpu(pipeline, workers, rafdb_root, tmp_path):
     def run(name):
