@@ -13,6 +13,14 @@ MEAN, STD = RAFDB_MEAN, RAFDB_STD
 OFF = Augmentation(noise_p=0.0, flip_p=0.0, erasing_p=0.0)
 
 
+@pytest.fixture(params=["cpu", "accelerator"])
+def path(request, monkeypatch):
+    """Runs a test on each variant of the batched augmentation: the CPU's, and the accelerator's run on the CPU."""
+    if request.param == "accelerator":
+        monkeypatch.setattr("nla.data.batch_augment.cpu_path", lambda images: False)
+    return request.param
+
+
 def albumentations_batch(images: np.ndarray, augmentation: Augmentation, size: int, seed: int = 0) -> torch.Tensor:
     transform = train_transform(augmentation, size, MEAN, STD)
     transform.set_random_seed(seed)
@@ -24,7 +32,7 @@ def to_pixels(x: torch.Tensor) -> torch.Tensor:
     return (x * torch.tensor(STD)[:, None, None] + torch.tensor(MEAN)[:, None, None]) * 255
 
 
-def test_shapes_ranges_and_the_exact_mirror():
+def test_shapes_ranges_and_the_exact_mirror(path):
     torch.manual_seed(0)
     images = torch.randint(0, 256, (16, 20, 24, 3), dtype=torch.uint8)
     views = batch_train_augment(images, Augmentation(), 32, MEAN, STD)
@@ -40,7 +48,7 @@ def test_shapes_ranges_and_the_exact_mirror():
     assert torch.allclose(evaluated, reference, atol=0.02)  # OpenCV rounds the resized uint8; the device path does not
 
 
-def test_erasing_is_applied_identically_to_both_views():
+def test_erasing_is_applied_identically_to_both_views(path):
     images = torch.full((32, 16, 16, 3), 200, dtype=torch.uint8)
     view, mirror = batch_train_augment(images, dataclasses.replace(OFF, erasing_p=1.0), 16, MEAN, STD).chunk(2)
     erased, erased_mirror = view == 0, mirror == 0
@@ -49,7 +57,7 @@ def test_erasing_is_applied_identically_to_both_views():
     assert torch.equal(erased.all(dim=1), erased.any(dim=1))  # the patch covers all channels
 
 
-def test_mirror_flips_back_to_the_view_whatever_the_random_flip():
+def test_mirror_flips_back_to_the_view_whatever_the_random_flip(path):
     gradient = torch.arange(16, dtype=torch.uint8).repeat(16, 1)[None, :, :, None].expand(64, 16, 16, 3).contiguous() * 10
     view, mirror = batch_train_augment(gradient, dataclasses.replace(OFF, flip_p=0.5), 16, MEAN, STD).chunk(2)
     rising = view[:, 0, 0, -1] > view[:, 0, 0, 0]
@@ -79,7 +87,7 @@ def test_flip_rate_is_the_same_in_both_paths():
     assert rate_album == pytest.approx(0.5, abs=0.05) and rate_device == pytest.approx(0.5, abs=0.05)
 
 
-def test_gaussian_noise_matches_in_rate_and_variance():
+def test_gaussian_noise_matches_in_rate_and_variance(path):
     image = np.full((N, 16, 16, 3), 128, dtype=np.uint8)
     settings = dataclasses.replace(OFF, noise_p=0.5)
     album = to_pixels(albumentations_batch(image, settings, 16))
@@ -93,7 +101,7 @@ def test_gaussian_noise_matches_in_rate_and_variance():
         assert per_image_var[~noisy].max().item() < 1e-3
 
 
-def test_erasing_draws_the_same_area_and_shape_distribution():
+def test_erasing_draws_the_same_area_and_shape_distribution(path):
     image = np.full((N, 32, 32, 3), 255, dtype=np.uint8)
     settings = dataclasses.replace(OFF, erasing_p=0.5)
     album = albumentations_batch(image, settings, 32)
@@ -113,7 +121,7 @@ def test_erasing_draws_the_same_area_and_shape_distribution():
     assert ks_statistic(rows_a[rows_a > 0], rows_d[rows_d > 0]) < 0.08
 
 
-def test_whole_pipeline_pixel_statistics_agree():
+def test_whole_pipeline_pixel_statistics_agree(path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(600, 20, 20, 3), dtype=np.uint8)
     album = albumentations_batch(images, Augmentation(), 40)

@@ -87,8 +87,11 @@ def test_a_checkpoint_save_cut_short_leaves_the_previous_checkpoint_whole(tmp_pa
     from nla.checkpoint_io import AtomicCheckpointIO
 
     io, path = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
+    path.parent.mkdir()
+    (path.parent / ".last.ckpt.k1ll3d.partial").write_bytes(b"left by a killed save")
     io.save_checkpoint({"epoch": 1, "weights": torch.arange(10.0)}, path)
     assert io.load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
 
     def cut_short(obj, file):
         file.write(b"half a checkpoint")

@@ -16,6 +16,12 @@ from torch import Tensor
 from nla.data.transforms import Augmentation
 
 
+def cpu_path(images: Tensor) -> bool:
+    """Whether ``images`` take the CPU's variant of each step (uint8 resize, box-by-box erasing, mirroring in
+    slices) or the accelerator's (float resize, one erasing mask, one mirror copy): the two differ only in speed."""
+    return images.device.type == "cpu"
+
+
 def to_nchw(images: Tensor) -> Tensor:
     """uint8 N x H x W x C (the cache's layout) as N x C x H x W, a copy that is channels-last in memory."""
     return images.permute(0, 3, 1, 2).clone(memory_format=torch.channels_last)
@@ -78,7 +84,7 @@ def resize_normalize(
 ) -> Tensor:
     """uint8 N x C x H x W to float: bilinear resize with half-pixel centres (OpenCV's INTER_LINEAR), then
     (x / 255 - mean) / std, by whichever path is fastest on the images' device, into ``out`` if given."""
-    path = resize_normalize_uint8 if images.device.type == "cpu" else resize_normalize_float
+    path = resize_normalize_uint8 if cpu_path(images) else resize_normalize_float
     return path(images, size, mean, std, out)
 
 
@@ -138,7 +144,7 @@ def random_erasing_(images: Tensor, augmentation: Augmentation, generator: Optio
     n, _, height, width = images.shape
     chosen = torch.rand(n, device=images.device, generator=generator) < augmentation.erasing_p
     boxes = erasing_boxes(n, height, width, augmentation.erasing_scale, augmentation.erasing_ratio, images.device, generator)
-    fill = fill_boxes_slices_ if images.device.type == "cpu" else fill_boxes_mask_
+    fill = fill_boxes_slices_ if cpu_path(images) else fill_boxes_mask_
     return fill(images, boxes, chosen, augmentation.erasing_value)
 
 
@@ -180,7 +186,7 @@ def mirror_into_(out: Tensor, images: Tensor) -> Tensor:
     temporary of a couple of MB, where one of the whole batch would be new memory, page faults included,
     every batch."""
     step = len(images)
-    if images.device.type == "cpu":
+    if cpu_path(images):
         step = max(1, (2 << 20) // (images[0].numel() * images.element_size()))
     for i in range(0, len(images), step):
         out[i:i + step].copy_(images[i:i + step].flip(-1))
