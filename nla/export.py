@@ -20,6 +20,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from nla.data.batch_augment import normalisation
 from nla.data.transforms import RAFDB_MEAN, RAFDB_STD
 from nla.module import NLAModule
 
@@ -32,8 +33,9 @@ class ExportedClassifier(nn.Module):
     def __init__(self, backbone: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.backbone = backbone
-        self.register_buffer("scale", 1.0 / (torch.tensor(std) * 255.0).view(1, 3, 1, 1))
-        self.register_buffer("shift", (-torch.tensor(mean) / torch.tensor(std)).view(1, 3, 1, 1))
+        scale, shift = normalisation(mean, std)
+        self.register_buffer("scale", scale)
+        self.register_buffer("shift", shift)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.backbone(images * self.scale + self.shift)

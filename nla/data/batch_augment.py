@@ -41,19 +41,16 @@ def gaussian_noise_(images: Tensor, variance: float, p: float, generator: Option
     return images
 
 
-def _normalisation(mean: Sequence[float], std: Sequence[float], device: torch.device) -> tuple[Tensor, Tensor]:
+def normalisation(mean: Sequence[float], std: Sequence[float], device: Optional[torch.device] = None) -> tuple[Tensor, Tensor]:
     """``(scale, shift)`` with ``x * scale + shift == (x / 255 - mean) / std``, shaped 1 x C x 1 x 1."""
     mean_t = torch.as_tensor(mean, device=device, dtype=torch.float32).view(1, -1, 1, 1)
     std_t = torch.as_tensor(std, device=device, dtype=torch.float32).view(1, -1, 1, 1)
     return 1.0 / (std_t * 255.0), -mean_t / std_t
 
 
-def _output(images: Tensor, size: int, out: Optional[Tensor]) -> Tensor:
-    """``out``, or a new float32 N x C x size x size tensor, channels-last like the backbone's input."""
-    if out is not None:
-        return out
-    n, channels = images.shape[:2]
-    return torch.empty((n, channels, size, size), device=images.device, memory_format=torch.channels_last)
+def new_input(shape: Sequence[int], device: torch.device) -> Tensor:
+    """An uninitialised float32 tensor of ``shape`` (N x C x H x W), channels-last like the backbone's input."""
+    return torch.empty(tuple(shape), device=device, memory_format=torch.channels_last)
 
 
 def resize_normalize_uint8(
@@ -63,8 +60,10 @@ def resize_normalize_uint8(
     normalise them in one pass into the output. The CPU's path."""
     if images.shape[-2:] != (size, size):
         images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
-    scale, shift = _normalisation(mean, std, images.device)
-    return torch.addcmul(shift, images, scale, out=_output(images, size, out))
+    scale, shift = normalisation(mean, std, images.device)
+    if out is None:
+        out = new_input((*images.shape[:2], size, size), images.device)
+    return torch.addcmul(shift, images, scale, out=out)
 
 
 def resize_normalize_float(
@@ -72,7 +71,7 @@ def resize_normalize_float(
 ) -> Tensor:
     """Normalise to float first, then resize (the two commute: bilinear weights sum to one). The
     accelerator's path."""
-    scale, shift = _normalisation(mean, std, images.device)
+    scale, shift = normalisation(mean, std, images.device)
     x = torch.addcmul(shift, images.float(), scale)
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
@@ -173,7 +172,7 @@ def batch_train_augment(
         gaussian_noise_(x, augmentation.noise_variance, augmentation.noise_p, generator)
     random_hflip_(x, augmentation.flip_p, generator)
     if out is None:
-        out = torch.empty((2 * n, x.shape[1], size, size), device=x.device, memory_format=torch.channels_last)
+        out = new_input((2 * n, x.shape[1], size, size), x.device)
     views = resize_normalize(x, size, mean, std, out[:n])
     if augmentation.erasing_p > 0:
         random_erasing_(views, augmentation, generator)
@@ -208,7 +207,7 @@ class ReusableBuffer:
     def get(self, shape: Sequence[int], device: torch.device) -> Tensor:
         held = self.tensor
         if held is None or tuple(held.shape) != tuple(shape) or held.device != device or self.in_use(held):
-            held = self.tensor = torch.empty(tuple(shape), device=device, memory_format=torch.channels_last)
+            held = self.tensor = new_input(shape, device)
         # A new tensor over the same memory, so that whoever holds it counts as a user of that memory.
         return held.detach()
 
