@@ -37,12 +37,11 @@ from lightning.pytorch import Callback, Trainer
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from nla import NLAModule
+from nla import Criterion, NLAModule
 from nla.backbone import create_backbone
-from nla.data import RAFDBDataModule, read_rafdb
+from nla.data import RAFDBDataModule, batch_train_augment, read_rafdb
+from nla.data.sources.rafdb import MEAN, STD
 from nla.data.synthetic import write_rafdb
-from nla.data.transforms import RAFDB_MEAN, RAFDB_STD
-from nla.losses import nla_loss
 
 
 def synchronize(device: torch.device) -> None:
@@ -78,15 +77,30 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def measure_fast(args, root: Path, device: torch.device) -> tuple[float, float]:
-    data = RAFDBDataModule(str(root), batch_size=args.fast_batch_size, image_size=args.image_size,
-                           num_workers=args.workers, pipeline="cached", drop_last=True)
-    model = NLAModule(compile=args.compile, channels_last=True)
+    data = RAFDBDataModule(
+        str(root),
+        batch_size=args.fast_batch_size,
+        image_size=args.image_size,
+        num_workers=args.workers,
+        pipeline="cached",
+        drop_last=True,
+    )
+    model = NLAModule(compile=args.compile, channels_last=True)  # the classes come from the data
     timer = StepTimer(args.warmup, args.steps)
     trainer = Trainer(
-        accelerator=device.type, devices=1, precision="bf16-mixed" if device.type == "cuda" else "32-true",
-        max_steps=args.warmup + args.steps, max_epochs=60, limit_val_batches=0, num_sanity_val_steps=0,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[timer], default_root_dir=tempfile.mkdtemp(),
+        accelerator=device.type,
+        devices=1,
+        precision="bf16-mixed" if device.type == "cuda" else "32-true",
+        max_steps=args.warmup + args.steps,
+        max_epochs=60,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+        default_root_dir=tempfile.mkdtemp(),
     )
     trainer.fit(model, datamodule=data)
     return args.steps * args.fast_batch_size / (timer.end - timer.start), peak_memory_mb(device)
@@ -100,14 +114,16 @@ class OfficialStyleDataset(Dataset):
 
     def __init__(self, paths: list[str], labels: np.ndarray, image_size: int) -> None:
         self.paths, self.labels = paths, labels
-        self.transform = transforms.Compose([
-            transforms.ToPILImage(),
-            transforms.Resize((image_size, image_size)),
-            transforms.ToTensor(),
-            transforms.Normalize(RAFDB_MEAN, RAFDB_STD),
-            transforms.RandomHorizontalFlip(),
-            transforms.RandomErasing(scale=(0.02, 0.3)),
-        ])
+        self.transform = transforms.Compose(
+            [
+                transforms.ToPILImage(),
+                transforms.Resize((image_size, image_size)),
+                transforms.ToTensor(),
+                transforms.Normalize(MEAN, STD),
+                transforms.RandomHorizontalFlip(),
+                transforms.RandomErasing(scale=(0.02, 0.3)),
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -123,9 +139,15 @@ class OfficialStyleDataset(Dataset):
 def reference_loader(args, root: Path, persistent_workers: bool = True) -> DataLoader:
     train = read_rafdb(root, "train")
     dataset = OfficialStyleDataset(train.paths, train.labels, args.image_size)
-    return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
-                      pin_memory=torch.cuda.is_available(), drop_last=True,
-                      persistent_workers=persistent_workers and args.workers > 0)
+    return DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        shuffle=True,
+        num_workers=args.workers,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=True,
+        persistent_workers=persistent_workers and args.workers > 0,
+    )
 
 
 def endless(loader: DataLoader):
@@ -136,6 +158,7 @@ def endless(loader: DataLoader):
 def measure_reference(args, root: Path, device: torch.device) -> float:
     model = create_backbone("resnet18", 7).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-4)
+    criterion = Criterion()
     batches = endless(reference_loader(args, root))
     start = None
     for step in range(args.warmup + args.steps):
@@ -146,7 +169,7 @@ def measure_reference(args, root: Path, device: torch.device) -> float:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         logits = model(images)
         logits_mirror = model(torch.flip(images, dims=[3]))  # a second forward pass
-        loss = nla_loss(logits, logits_mirror, labels, epoch=0, max_epochs=60).total
+        loss = criterion(logits, labels, 0, 60, logits_mirror=logits_mirror).total
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -158,11 +181,14 @@ def measure_reference(args, root: Path, device: torch.device) -> float:
 
 
 def measure_roof(args, device: torch.device) -> float:
-    module = NLAModule(compile=args.compile, channels_last=True).to(device)
+    module = NLAModule(num_classes=7, compile=args.compile, channels_last=True).to(device)
+    criterion = Criterion()
     optimizer = torch.optim.Adam(module.parameters(), lr=1e-4, weight_decay=1e-4)
     n = args.fast_batch_size
     images = torch.randn(n, 3, args.image_size, args.image_size, device=device)
-    views = torch.cat([images, images.flip(-1)]).contiguous(memory_format=torch.channels_last)  # as the fast path delivers them
+    views = torch.cat([images, images.flip(-1)]).contiguous(
+        memory_format=torch.channels_last
+    )  # as the fast path delivers them
     labels = torch.randint(0, 7, (n,), device=device)
     start = None
     for step in range(args.warmup + args.steps):
@@ -172,7 +198,7 @@ def measure_roof(args, device: torch.device) -> float:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             _, logits = module.features_and_logits(views)
         logits = logits.float()
-        loss = nla_loss(logits[:n], logits[n:], labels, epoch=0, max_epochs=60).total
+        loss = criterion(logits[:n], labels, 0, 60, logits_mirror=logits[n:]).total
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -191,15 +217,21 @@ def measure_pipelines(args, root: Path, device: torch.device) -> dict[str, float
     after, so that they neither work for the reference during a fast round nor start a round with a
     stock of batches. Returns medians and ranges.
     """
-    data = RAFDBDataModule(str(root), batch_size=args.batch_size, image_size=args.image_size, num_workers=args.workers,
-                           pipeline="cached", drop_last=True)
+    data = RAFDBDataModule(
+        str(root),
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        num_workers=args.workers,
+        pipeline="cached",
+        drop_last=True,
+    )
     data.setup("fit")
     fast_batches = endless(data.train_dataloader())
 
     def fast_round() -> float:
         def step():
             images = next(fast_batches)["image"].to(device, non_blocking=True)
-            return data.augment_train(images)
+            return batch_train_augment(images, data.augmentation, data.image_size, MEAN, STD)
 
         return timed(step, untimed=1)
 
@@ -213,9 +245,7 @@ def measure_pipelines(args, root: Path, device: torch.device) -> dict[str, float
             images = next(batches)[0].to(device, non_blocking=True)
             return images, torch.flip(images, dims=[3])  # the official loop flips for its second pass
 
-        rate = timed(step, untimed=prefetched + 1)
-        del batches  # the workers stop
-        return rate
+        return timed(step, untimed=prefetched + 1)  # the iterator, and its workers, end with this round
 
     def timed(step, untimed: int) -> float:
         for _ in range(untimed):
@@ -245,7 +275,8 @@ def measure_pipelines(args, root: Path, device: torch.device) -> dict[str, float
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}"
 
 
 def main(argv=None) -> dict:
@@ -254,10 +285,19 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=50, help="timed training steps per measurement")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size of the reference (the paper's: 32)")
-    parser.add_argument("--fast-batch-size", type=int, default=None, help="batch size of the fast path and roof (default: --batch-size)")
+    parser.add_argument(
+        "--fast-batch-size", type=int, default=None, help="batch size of the fast path and roof (default: --batch-size)"
+    )
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers of the reference")
-    parser.add_argument("--pipeline-steps", type=int, default=None, help="timed batches per round of the pipelines-only measurement (default: --steps)")
+    parser.add_argument(
+        "--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers of the reference"
+    )
+    parser.add_argument(
+        "--pipeline-steps",
+        type=int,
+        default=None,
+        help="timed batches per round of the pipelines-only measurement (default: --steps)",
+    )
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the pipelines-only measurement")
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast path and the roof")
     parser.add_argument("--data-root", default=None, help="a RAF-DB copy; default: a synthetic one")
@@ -273,8 +313,9 @@ def main(argv=None) -> dict:
     if args.data_root:
         root = Path(args.data_root)
     else:
-        root = write_rafdb(Path(tempfile.mkdtemp()) / "rafdb", train_per_class=args.synthetic_images // 7,
-                           test_per_class=1, size=100)
+        root = write_rafdb(
+            Path(tempfile.mkdtemp()) / "rafdb", train_per_class=args.synthetic_images // 7, test_per_class=1, size=100
+        )
 
     fast, fast_peak = measure_fast(args, root, device)
     reference = measure_reference(args, root, device)
@@ -300,8 +341,10 @@ def main(argv=None) -> dict:
         "fast_over_roof": fast / roof,
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
     }
-    print(f"\ndevice: {results['device']}  image {args.image_size}px  reference batch {args.batch_size}, "
-          f"fast batch {args.fast_batch_size}, {args.steps} timed steps")
+    print(
+        f"\ndevice: {results['device']}  image {args.image_size}px  reference batch {args.batch_size}, "
+        f"fast batch {args.fast_batch_size}, {args.steps} timed steps"
+    )
     print(f"{'measurement':<42}{'per second':>12}")
     for label, value in [
         ("(a) fast path, samples (image + mirror)", fast),
@@ -312,9 +355,14 @@ def main(argv=None) -> dict:
     ]:
         print(f"{label:<42}{value:>12.1f}")
     low, high = pipelines["pipeline_ratio_range"]
-    print(f"fast / reference = {fast / reference:.2f}x   fast / roof = {fast / roof:.1%}   fast peak memory {fast_peak:.0f} MB")
-    print(f"pipeline fast / reference = {pipelines['pipeline_fast_over_reference']:.2f}x "
-          f"(median of {args.rounds} interleaved rounds, range {low:.2f}-{high:.2f})")
+    print(
+        f"fast / reference = {fast / reference:.2f}x   fast / roof = {fast / roof:.1%}   "
+        f"fast peak memory {fast_peak:.0f} MB"
+    )
+    print(
+        f"pipeline fast / reference = {pipelines['pipeline_fast_over_reference']:.2f}x "
+        f"(median of {args.rounds} interleaved rounds, range {low:.2f}-{high:.2f})"
+    )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2))

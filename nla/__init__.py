@@ -3,7 +3,14 @@
 Implements NLA (Navigating Label Ambiguity, AAAI 2025) and the baselines it is measured against.
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
+from nla.criterion import Criterion, CriterionConfig
 from nla.module import NLAModule
 
-__version__ = "0.1.0"
-__all__ = ["NLAModule", "__version__"]
+try:
+    __version__ = version("nla")  # the one place the version is written is pyproject.toml
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0+unknown"
+
+__all__ = ["Criterion", "CriterionConfig", "NLAModule", "__version__"]

@@ -5,8 +5,11 @@ from __future__ import annotations
 import fnmatch
 import logging
 import pickle
+import re
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -18,44 +21,75 @@ log = logging.getLogger(__name__)
 # the old classifier is dropped by name (see ``classifier_prefixes``); ``feature.*`` is the IJB-A
 # embedding layer that sits between the pooled features and its 87,020-way classifier.
 DEFAULT_IGNORED_KEYS: tuple[str, ...] = ("feature.*",)
+# Where NLAModule keeps its backbone, so that an nla checkpoint's state dict names it ``model.conv1.weight``, ...
+NLA_BACKBONE_PREFIX = "model."
 
 
 class WeightsMismatchError(RuntimeError):
     """A weights file whose keys or shapes do not fit the backbone."""
 
 
-def create_backbone(name: str = "resnet18", num_classes: int = 7, weights: str | None = None, **kwargs) -> nn.Module:
-    """A timm model with a fresh ``num_classes``-way head, randomly initialised or from ``weights``.
+def create_backbone(name: str = "resnet18", num_classes: int = 7) -> nn.Module:
+    """A randomly initialised timm model with a ``num_classes``-way head.
 
-    timm's hub weights are never fetched: pre-trained weights come from a file the user downloaded.
+    timm's hub weights are never fetched: pre-trained weights come from a file the user downloaded
+    (:func:`load_pretrained_weights`).
     """
     try:
-        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+        return timm.create_model(name, pretrained=False, num_classes=num_classes)
     except RuntimeError as error:  # timm's "Unknown model"
         raise ValueError(f"backbone {name!r} is not a timm model ({error}); see timm.list_models()") from None
-    if weights:
-        load_pretrained_weights(model, weights)
-    return model
 
 
 def classifier_prefixes(model: nn.Module) -> list[str]:
     """The state-dict prefixes of the model's classification head, e.g. ``["fc."]`` for a ResNet."""
-    names = model.pretrained_cfg.get("classifier", "fc") if hasattr(model, "pretrained_cfg") else "fc"
+    config: Any = getattr(model, "pretrained_cfg", None) or {}
+    names = config.get("classifier", "fc")
     names = [names] if isinstance(names, str) else list(names)
     return [f"{name}." for name in names]
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint file: a plain state dict, or a dict holding ``'state_dict'`` (or ``'model'``)."""
+class UnsafeWeightsError(WeightsMismatchError):
+    """A weights file that holds pickled Python objects, which would run code when loaded."""
+
+
+def load_trusted(path: str | Path, trust: bool = False, what: str = "weights file") -> Any:
+    """``torch.load`` a file of tensors on the CPU without unpickling arbitrary objects.
+
+    A file that holds other Python objects is refused with :class:`UnsafeWeightsError` unless ``trust``;
+    a file that is no PyTorch file at all raises :class:`WeightsMismatchError`. Both say so in one line.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"pre-trained weights file {str(path)!r} does not exist")
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
+    with open(path, "rb") as handle:
+        start = handle.read(2)
+    if not zipfile.is_zipfile(path) and start[:1] != b"\x80":  # torch.save writes a zip; older files a pickle
+        raise WeightsMismatchError(
+            f"{what} {str(path)!r} cannot be read as a PyTorch file: it is neither a zip archive nor a pickle"
+        )
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # Old checkpoints pickle extra Python objects; the user chose this file, so allow them.
-        log.warning("%s holds more than tensors; loading it with weights_only=False", path)
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if not trust:
+            found = re.search(r"GLOBAL ([\w.]+)", str(error))
+            reason = f"such as {found.group(1)}" if found else "that torch will not load as plain data"
+            raise UnsafeWeightsError(
+                f"{what} {str(path)!r} holds pickled Python objects besides tensors ({reason}); loading it would run "
+                "whatever code it contains, so it is refused. If you trust where it came from, pass "
+                "--model.trust_pretrained_weights true"
+            ) from None
+        log.warning("%s holds pickled Python objects; loading it because it is trusted", path)
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise WeightsMismatchError(f"{what} {str(path)!r} cannot be read as a PyTorch file: {first}") from None
+
+
+def read_state_dict(path: str | Path, trust: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file: a plain state dict, a dict holding ``'state_dict'`` (or ``'model'``), or
+    an nla checkpoint, whose backbone sits under ``model.``."""
+    checkpoint = load_trusted(path, trust, "pre-trained weights file")
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get(key), Mapping):
             checkpoint = checkpoint[key]
@@ -64,20 +98,26 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise WeightsMismatchError(
             f"{path} is not a state dict: expected a mapping of names to tensors, or a dict with 'state_dict'"
         )
-    return {key.removeprefix("module."): value for key, value in checkpoint.items()}
+    state = {key.removeprefix("module."): value for key, value in checkpoint.items()}
+    if any(key.startswith(NLA_BACKBONE_PREFIX) for key in state):  # an nla checkpoint: keep the backbone only
+        state = {
+            key.removeprefix(NLA_BACKBONE_PREFIX): v for key, v in state.items() if key.startswith(NLA_BACKBONE_PREFIX)
+        }
+    return state
 
 
 def load_pretrained_weights(
-    model: nn.Module, path: str | Path, ignore: Sequence[str] = DEFAULT_IGNORED_KEYS
+    model: nn.Module, path: str | Path, ignore: Sequence[str] = DEFAULT_IGNORED_KEYS, trust: bool = False
 ) -> list[str]:
     """Load a backbone's weights into ``model`` from ``path``, keeping the model's own head.
 
-    A ``module.`` prefix (DataParallel) is stripped, the file's classifier and keys matching ``ignore``
-    (fnmatch patterns) are dropped, and a missing ``num_batches_tracked`` (older torchvision files) is
-    tolerated. Anything else that does not fit raises :class:`WeightsMismatchError` listing the
-    missing, unexpected and mis-shaped keys. Returns the names that were loaded.
+    A ``module.`` prefix (DataParallel) is stripped, an nla checkpoint's backbone is taken from under
+    ``model.``, the file's classifier and keys matching ``ignore`` (fnmatch patterns) are dropped, and a
+    missing ``num_batches_tracked`` (older torchvision files) is tolerated. Anything else that does not fit
+    raises :class:`WeightsMismatchError` listing the missing, unexpected and mis-shaped keys. A file that
+    holds pickled objects besides tensors is refused unless ``trust``. Returns the names that were loaded.
     """
-    state = read_state_dict(path)
+    state = read_state_dict(path, trust)
     head = classifier_prefixes(model)
     kept = {
         key: value
@@ -93,13 +133,18 @@ def load_pretrained_weights(
         if k in own and kept[k].shape != own[k].shape
     )
     if missing or unexpected or mis_shaped:
+
         def listing(title: str, keys: list[str]) -> str:
             shown = ", ".join(keys[:20]) + (f", ... ({len(keys) - 20} more)" if len(keys) > 20 else "")
             return f"{len(keys)} {title} [{shown}]"
 
         raise WeightsMismatchError(
             f"pre-trained weights {str(path)!r} do not fit backbone {type(model).__name__}: "
-            + "; ".join(listing(t, k) for t, k in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped)) if k)
+            + "; ".join(
+                listing(t, k)
+                for t, k in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped))
+                if k
+            )
             + f". The head ({', '.join(head)}) and keys matching {list(ignore)} are dropped before the comparison."
         )
     model.load_state_dict(kept, strict=False)

@@ -1,17 +1,30 @@
-"""Callbacks for a run directory: its config, its accuracy summary and its predictions, never overwriting anything."""
+"""Callbacks for a run directory: its config, checkpoints, accuracy summary, predictions and what is printed.
+
+Nothing a command writes replaces what another wrote: a fit writes into its run directory, and every
+other command into a fresh sub-folder of it (see :mod:`nla.rundir`).
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import os
+import shlex
+import shutil
+import time
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
+
+from nla.results import Evaluation, RunSummary
+from nla.rundir import CHECKPOINTS
 
 
 def free_path(path: Path) -> Path:
@@ -23,11 +36,23 @@ def free_path(path: Path) -> Path:
     return candidate
 
 
-class RunConfigSaver(SaveConfigCallback):
-    """Saves the full config of every command in the run directory (``trainer.default_root_dir``).
+def say(trainer: Trainer, text: str) -> None:
+    """Print a line from the main process, above the progress bar when there is one."""
+    if not trainer.is_global_zero:
+        return
+    bar = trainer.progress_bar_callback
+    if isinstance(bar, TQDMProgressBar) and bar.is_enabled:
+        bar.print(text)
+    else:
+        print(text, flush=True)
 
-    The first fit writes ``config.yaml``; later commands (test, predict, a resumed fit) write
-    ``config-<command>.yaml``, ``config-<command>-1.yaml``, ... so no earlier config is overwritten.
+
+class RunConfigSaver(SaveConfigCallback):
+    """Saves the full config of a command in its run directory and sends it to the loggers.
+
+    A fit writes ``config.yaml``; a resumed fit ``config-fit.yaml`` (``-1``, ``-2``, ... when those exist).
+    The config of an earlier attempt that never trained is kept as ``config-unstarted.yaml``. W&B gets
+    the whole config (dataset, seed, epochs, precision, ...) and the file itself.
     """
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -38,141 +63,294 @@ class RunConfigSaver(SaveConfigCallback):
             root = Path(trainer.default_root_dir)
             root.mkdir(parents=True, exist_ok=True)
             target = root / "config.yaml"
-            if target.exists() or stage != "fit":
+            if target.exists() and stage == "fit" and not (root / CHECKPOINTS / "last.ckpt").exists():
+                target.rename(free_path(root / "config-unstarted.yaml"))  # an attempt that failed before training
+            elif target.exists():
                 target = free_path(root / f"config-{stage}.yaml")
-            self.parser.save(self.config, str(target), skip_none=False, multifile=self.multifile)
+            self.parser.save(self.config, str(target), skip_unset=False, multifile=self.multifile)
+            self.path = target
             self.save_config(trainer, pl_module, stage)
         self.already_saved = True
 
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        config = yaml.safe_load(self.path.read_text())  # what was just saved, rather than a second dump
+        config.pop("config", None)
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"config": config, "command": stage})
+            if isinstance(logger, WandbLogger):  # the file itself (W&B keeps its own config.yaml in the same folder)
+                shutil.copyfile(self.path, Path(logger.experiment.dir) / f"nla-{self.path.name}")
 
-def _metric(trainer: Trainer, key: str) -> Optional[float]:
-    value = trainer.callback_metrics.get(key)
-    return None if value is None else float(value)
+
+class RunCheckpoint(ModelCheckpoint):
+    """A :class:`~lightning.pytorch.callbacks.ModelCheckpoint` whose folder defaults to ``<run dir>/checkpoints``
+    (Lightning's own default is inside the logger's folder when there is a logger). A command that evaluates a
+    checkpoint saves none; its folder stays the checkpoint's own."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._evaluating = stage != "fit"
+        if self.dirpath is None:
+            self.dirpath = os.path.join(trainer.default_root_dir, CHECKPOINTS)
+        super().setup(trainer, pl_module, stage)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if getattr(self, "_evaluating", False) and state_dict.get("dirpath"):
+            self.dirpath = state_dict["dirpath"]
+        super().load_state_dict(state_dict)
 
 
 class AccuracySummary(Callback):
-    """Records the validation accuracy of every epoch and writes ``summary.json`` when fitting ends.
+    """Writes ``summary.json`` when a fit ends, and ``metrics.json`` for ``nla validate`` and ``nla test``.
 
-    FER papers validate on the test split and report the last epoch, the best epoch and the mean of
-    the last five; the summary holds all three, with overall, mean and per-class accuracy. The
-    history is part of the checkpoint, so a resumed run's summary covers every epoch.
+    FER papers validate on the test split and report the last epoch, the best epoch and the mean of the
+    last ``last_k``; the summary holds all three, with overall, mean and per-class accuracy, and what was
+    validated on (the split, its size, any batch limits). The history is part of the checkpoint, so a
+    resumed run's summary covers every epoch.
     """
 
-    def __init__(self, stage: str = "val", last_k: int = 5, filename: str = "summary.json") -> None:
-        self.stage, self.last_k, self.filename = stage, last_k, filename
-        self.history: list[dict[str, Any]] = []
+    def __init__(self, last_k: int = 5) -> None:
+        if last_k < 1:
+            raise ValueError(f"last_k {last_k} must be at least 1")
+        self.last_k = last_k
 
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        acc = _metric(trainer, f"{self.stage}/acc")
-        if acc is None:
-            return
-        names = getattr(pl_module, "class_names", [])
-        record = {
-            "epoch": trainer.current_epoch,
-            "acc": acc,
-            "mean_acc": _metric(trainer, f"{self.stage}/mean_acc"),
-            "class_acc": {name: _metric(trainer, f"{self.stage}/acc_{name}") for name in names},
+    def summary(self, trainer: Trainer, pl_module: Any) -> RunSummary:
+        datamodule = getattr(trainer, "datamodule", None)
+        history = list(getattr(pl_module, "validation_history", []))
+        validation = {
+            "split": getattr(datamodule, "val_split", None),
+            "images": history[-1].num_samples if history else None,
+            "limit_val_batches": trainer.limit_val_batches,
+            "limit_train_batches": trainer.limit_train_batches,
+            "max_epochs": trainer.max_epochs,
         }
-        self.history = [r for r in self.history if r["epoch"] != record["epoch"]] + [record]
-
-    def summary(self) -> dict[str, Any]:
-        if not self.history:
-            return {"epochs": []}
-        last = self.history[-1]
-        best = max(self.history, key=lambda r: r["acc"])
-        best_mean = max(self.history, key=lambda r: r["mean_acc"])
-        window = self.history[-self.last_k:]
-
-        def average(key: str, name: Optional[str] = None) -> float:
-            values = [r[key] if name is None else r[key][name] for r in window]
-            return math.fsum(values) / len(values)
-
-        mean_last = {
-            "epochs": [r["epoch"] for r in window],
-            "acc": average("acc"),
-            "mean_acc": average("mean_acc"),
-            "class_acc": {name: average("class_acc", name) for name in last["class_acc"]},
-        }
-        return {"last": last, "best": best, "best_by_mean_acc": best_mean, f"mean_last_{self.last_k}": mean_last,
-                "epochs": self.history}
+        return RunSummary(history, self.last_k, validation)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not trainer.is_global_zero or not self.history:
+        summary = self.summary(trainer, pl_module)
+        if not trainer.is_global_zero or not summary.epochs:
             return
-        summary = self.summary()
-        path = Path(trainer.default_root_dir) / self.filename
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(summary, indent=2))
+        summary.write(trainer.default_root_dir)
         for logger in trainer.loggers:
-            experiment_summary = getattr(getattr(logger, "experiment", None), "summary", None)
-            if experiment_summary is not None and hasattr(experiment_summary, "update"):  # W&B run summary
-                experiment_summary.update({f"{key}/{k}": summary[key][k] for key in ("last", "best") for k in ("acc", "mean_acc")})
+            run_summary = getattr(getattr(logger, "experiment", None), "summary", None)
+            if run_summary is not None and hasattr(run_summary, "update"):  # a W&B run's summary
+                run_summary.update(
+                    {
+                        f"{key}/{name}": getattr(getattr(summary, key), name)
+                        for key in ("last", "best")
+                        for name in ("acc", "mean_acc")
+                    }
+                )
+
+    def _write_metrics(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        record: Optional[Evaluation] = getattr(pl_module, "evaluations", {}).get(stage)
+        if not trainer.is_global_zero or record is None:
+            return
+        datamodule = getattr(trainer, "datamodule", None)
+        result = {
+            "checkpoint": trainer.ckpt_path,
+            "data": {
+                "class": type(datamodule).__name__ if datamodule else None,
+                "root": getattr(datamodule, "root", None),
+                "split": "test" if stage == "test" else getattr(datamodule, "val_split", None),
+            },
+            **record.to_dict(),
+        }
+        path = Path(trainer.default_root_dir) / "metrics.json"
+        path.write_text(json.dumps(result, indent=2))
+        excluded = f"; left out, the model has no such class: {record.excluded}" if record.excluded else ""
+        say(trainer, f"{stage}: {record.line()} on {record.num_samples} images{excluded}; written to {path}")
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """``nla test`` writes its metrics to ``test_metrics.json`` (or the next free ``test_metrics-<n>.json``)."""
-        if not trainer.is_global_zero:
+        self._write_metrics(trainer, pl_module, "test")
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self._write_metrics(trainer, pl_module, "val")
+
+
+class RunReport(Callback):
+    """What a fit prints: one line after each validation, an estimate of the whole run's time after the first
+    batches on a CPU, and at the end the best and last results, the run directory and how to test it.
+
+    Args:
+        estimate_after: Training batches of the first epoch to time before estimating (on a CPU).
+    """
+
+    def __init__(self, estimate_after: int = 10) -> None:
+        self.estimate_after = estimate_after
+        self._started: Optional[float] = None
+        self._estimated = False
+        self._loss_sum: Any = 0.0
+        self._loss_count = 0
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # An epoch shorter than Lightning's logging interval logs nothing until its end, and Lightning warns;
+        # log at least once per epoch instead.
+        batches = getattr(getattr(trainer, "datamodule", None), "train_batches", None)
+        if batches:
+            limit = trainer.limit_train_batches
+            if isinstance(limit, int):
+                batches = min(batches, limit)
+            elif limit is not None:
+                batches = max(1, int(batches * limit))
+            trainer.log_every_n_steps = max(1, min(trainer.log_every_n_steps, batches))  # type: ignore[attr-defined]
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._loss_sum, self._loss_count = 0.0, 0
+        if not self._estimated:
+            self._started = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if isinstance(outputs, dict) and "loss" in outputs:
+            self._loss_sum = self._loss_sum + outputs["loss"].detach()  # summed on the device: no sync per step
+            self._loss_count += 1
+        if (
+            self._estimated
+            or self._started is None
+            or batch_idx + 1 < min(self.estimate_after, trainer.num_training_batches)
+        ):
             return
-        metrics = {key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("test/")}
-        if metrics:
-            path = free_path(Path(trainer.default_root_dir) / "test_metrics.json")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"checkpoint": trainer.ckpt_path, "metrics": metrics}, indent=2))
+        self._estimated = True
+        if trainer.strategy.root_device.type != "cpu":
+            return
+        per_batch = (time.perf_counter() - self._started) / (batch_idx + 1)
+        batches = trainer.num_training_batches
+        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
+        remaining_epochs = epochs - trainer.current_epoch
+        if trainer.max_steps and trainer.max_steps > 0:
+            total_batches = max(0, trainer.max_steps - trainer.global_step)
+        else:
+            total_batches = int(batches * remaining_epochs) if math.isfinite(batches) else 0
+        hours = per_batch * total_batches / 3600
+        say(
+            trainer,
+            f"on the CPU: {per_batch:.2f} s per training batch, so about {format_hours(hours)} for the "
+            f"{total_batches} batches of this run (validation not counted). A GPU trains the paper's recipe "
+            "in minutes; docs/experiments.md has a CPU-scale recipe",
+        )
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        history = getattr(pl_module, "validation_history", [])
+        if trainer.sanity_checking or trainer.state.fn != "fit" or not history:
+            return
+        last = history[-1]
+        best = max(history, key=lambda r: r.acc)
+        best_mean = max(history, key=lambda r: r.mean_acc)
+        loss_text = f"train loss {float(self._loss_sum) / self._loss_count:.4f}  " if self._loss_count else ""
+        say(
+            trainer,
+            f"epoch {last.epoch + 1}/{trainer.max_epochs}  {loss_text}val {last.line()}  (best acc "
+            f"{100 * best.acc:.1f}% at epoch {best.epoch + 1}, best mean {100 * best_mean.mean_acc:.1f}% at "
+            f"epoch {best_mean.epoch + 1})",
+        )
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = list(state_dict.get("history", []))
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        history = getattr(pl_module, "validation_history", [])
+        if not trainer.is_global_zero or not history:
+            return
+        summary = RunSummary(history)
+        root = Path(trainer.default_root_dir)
+        best_checkpoint = next(
+            (
+                c.best_model_path
+                for c in trainer.checkpoint_callbacks
+                if isinstance(c, ModelCheckpoint) and c.monitor == "val/acc" and c.best_model_path
+            ),
+            None,
+        )
+        checkpoint = best_checkpoint or str(root / CHECKPOINTS / "last.ckpt")
+        say(
+            trainer,
+            f"done: last epoch {summary.last.line()}; best epoch {(summary.best.epoch or 0) + 1}: "
+            f"{summary.best.line()}; best mean accuracy {100 * summary.best_by_mean_acc.mean_acc:.1f}% at epoch "
+            f"{(summary.best_by_mean_acc.epoch or 0) + 1}",
+        )
+        say(trainer, f"run directory: {root}   test it: nla test --ckpt_path {shlex.quote(checkpoint)}")
+
+
+def format_hours(hours: float) -> str:
+    if hours >= 1:
+        return f"{hours:.1f} h"
+    return f"{60 * hours:.0f} min" if hours * 60 >= 1 else f"{3600 * hours:.0f} s"
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Writes ``nla predict`` results to a CSV: path, predicted class, then the probability of every class.
+    """Writes ``nla predict`` results to a CSV: path, predicted class, the probability of every class, error.
 
-    Unreadable files get a row with an empty prediction and the reason, and a warning counts them.
+    Unreadable files get a row with an empty prediction and the reason, and a warning counts them. Batches
+    without paths (another DataModule's) are numbered in order.
 
     Args:
-        output: The CSV to write; ``None`` writes ``predictions.csv`` in the run directory, or the next
-            free ``predictions-<n>.csv`` if that exists. An explicit path that exists is refused.
+        output: The CSV to write; ``None`` writes ``predictions.csv`` in the command's own folder. An explicit
+            path that exists is refused.
     """
 
     def __init__(self, output: Optional[str] = None) -> None:
         super().__init__(write_interval="batch")
         self.output = output
         self.path: Optional[Path] = None
-        self._handle = None
-        self._writer = None
+        self._handle: Any = None
+        self._writer: Any = None
+        self._rows = 0
         self.unreadable: list[str] = []
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.output:
             path = Path(self.output)
             if path.exists():
-                raise FileExistsError(f"prediction file {str(path)!r} exists and is not overwritten; choose another output")
+                raise FileExistsError(
+                    f"prediction file {str(path)!r} exists and is not overwritten; choose another output"
+                )
         else:
             path = free_path(Path(trainer.default_root_dir) / "predictions.csv")
         if trainer.world_size > 1:
             path = path.with_name(f"{path.stem}-rank{trainer.global_rank}{path.suffix}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.path, self.unreadable = path, []
-        self._handle = open(path, "w", newline="")
+        self.path, self.unreadable, self._rows = path, [], 0
+        self._handle = open(path, "w", newline="")  # noqa: SIM115  (written batch by batch, closed at the end)
         self._writer = csv.writer(self._handle)
-        self._writer.writerow(["path", "prediction", *[f"prob_{name}" for name in pl_module.class_names], "error"])
+        self._header_written = False
 
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
+    def write_on_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: Any,
+        prediction: Any,
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         names = pl_module.class_names
-        for path, probs, ok, error in zip(prediction["path"], prediction["probs"], prediction["ok"], prediction["error"]):
-            if bool(ok):
-                self._writer.writerow([path, names[int(probs.argmax())], *[f"{p:.6f}" for p in probs.tolist()], ""])
+        probs = prediction["probs"]
+        count = len(probs)
+        paths = prediction.get("path") or [str(self._rows + i) for i in range(count)]
+        ok = prediction.get("ok", [True] * count)
+        errors = prediction.get("error", [""] * count)
+        boxes = prediction.get("box")
+        if not self._header_written:
+            header = ["path", "prediction", *[f"prob_{name}" for name in names]]
+            header += ["face_x", "face_y", "face_width", "face_height"] if boxes is not None else []
+            self._writer.writerow([*header, "error"])
+            self._header_written = True
+        for i in range(count):
+            box = [] if boxes is None else ["" if v < 0 else f"{v:.0f}" for v in boxes[i].tolist()]
+            if bool(ok[i]):
+                row = [paths[i], names[int(probs[i].argmax())], *[f"{p:.6f}" for p in probs[i].tolist()]]
             else:
-                self.unreadable.append(path)
-                self._writer.writerow([path, "", *[""] * len(names), error])
+                self.unreadable.append(paths[i])
+                row = [paths[i], "", *[""] * len(names)]
+            self._writer.writerow(row + box + [errors[i]])
+        self._rows += count
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
         if self.unreadable:
-            rank_zero_warn(f"{len(self.unreadable)} unreadable image(s) were reported in {self.path}: {self.unreadable[:10]}")
-        print(f"predictions written to {self.path}")
+            rank_zero_warn(
+                f"{len(self.unreadable)} image(s) could not be predicted; their rows in {self.path} say why: "
+                f"{self.unreadable[:10]}"
+            )
+        say(trainer, f"predictions for {self._rows} images written to {self.path}")

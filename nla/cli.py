@@ -1,118 +1,544 @@
-"""The ``nla`` command: LightningCLI's ``fit``, ``validate``, ``test`` and ``predict``, plus ``experiment`` and ``export``.
+"""The ``nla`` command: LightningCLI's ``fit``, ``validate``, ``test`` and ``predict``, and nla's ``experiment``,
+``export`` and ``compare``, as subcommands of one parser.
 
-Everything a run writes lives in one run directory, ``trainer.default_root_dir``: ``config.yaml``,
-``checkpoints/``, ``wandb/``, ``summary.json`` and the figures. A fit refuses a directory that
-already holds a run unless it resumes it with ``--ckpt_path last``.
+Every Lightning subcommand starts from nla's defaults (``nla/defaults.yaml``: the paper's trainer, the
+callbacks, offline W&B) beneath any ``--config``. Run directories follow :mod:`nla.rundir`: a fit writes
+into ``trainer.default_root_dir`` (``runs/<dataset>`` unless given) and holds a lock on it; resuming
+(``--ckpt_path last``) is the only way back into a directory that holds a run, and may change only the
+settings that can change mid-run. ``validate``, ``test`` and ``predict`` take the model, its classes and its
+preprocessing from ``--ckpt_path`` and write into a fresh sub-folder of the checkpoint's run.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import importlib
+import inspect
+import logging
+import math
 import os
+import signal
 import sys
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
-from lightning.pytorch.cli import LightningCLI
+import yaml
+from jsonargparse import ArgumentParser, Namespace
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from nla.backbone import WeightsMismatchError
+from nla.backbone import WeightsMismatchError, load_trusted
 from nla.callbacks import RunConfigSaver
 from nla.data.datamodule import FERDataModule
-from nla.data.samples import DataError
-from nla.module import NLAModule, NonFiniteLossError
+from nla.errors import UserError
+from nla.module import NLAModule
+from nla.rundir import RunDirectoryError, RunLock, fresh_folder, holds_run, resolve_checkpoint, run_of_checkpoint
+
+DEFAULTS = Path(__file__).with_name("defaults.yaml")
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+EVALUATION_COMMANDS = ("validate", "test", "predict")
+DESCRIPTIONS = {
+    "fit": "Train a model (the paper's recipe unless told otherwise); resume a run with --ckpt_path last",
+    "validate": "Evaluate a checkpoint on the validation split of its data",
+    "test": "Evaluate a checkpoint on a test split, of its own dataset or of another (classes matched by name)",
+    "predict": "Predict the expression in every image of a folder from a checkpoint, into a CSV",
+}
+#: Set by the first process of a distributed evaluation, so that the others write into the same folder.
+OUTPUT_ENV = "NLA_COMMAND_DIR"
+
+#: Settings a resumed fit may not change: they define the model or the training data.
+FIXED_ON_RESUME = {  # by the setting's name within its group
+    "model": ("backbone",),
+    "data": (
+        "noise_rate",
+        "noise_seed",
+        "noise_source",
+        "train_label_file",
+        "imbalance_factor",
+        "long_tail_seed",
+        "long_tail_class_order",
+        "val_fraction",
+        "num_folds",
+        "fold",
+        "group_pattern",
+        "split_seed",
+        "num_classes",
+        "label_source",
+        "layout",
+        "crop_face",
+        "class_names",
+        "train_csv",
+        "image_size",
+        "mean",
+        "std",
+        "val_split",
+    ),
+}
 
 
-class RunDirectoryError(RuntimeError):
-    """The run directory already holds a run that this command would overwrite."""
+class ExtraCommand:
+    """A subcommand of nla's own: a parser and the function that runs a parsed config."""
+
+    def __init__(self, help: str, parser: Callable[[], ArgumentParser], run: Callable[[Namespace], None]) -> None:
+        self.help, self.parser, self.run = help, parser, run
 
 
-#: Errors that are the user's input, reported as one line rather than a traceback.
-USER_ERRORS = (DataError, NonFiniteLossError, WeightsMismatchError, RunDirectoryError, FileExistsError, FileNotFoundError)
+def _extra_commands() -> dict[str, ExtraCommand]:
+    from nla import compare, experiment, export
+
+    return {
+        "experiment": ExtraCommand(experiment.HELP, experiment.build_parser, experiment.run),
+        "export": ExtraCommand(export.HELP, export.build_parser, export.run),
+        "compare": ExtraCommand(compare.HELP, compare.build_parser, compare.run),
+    }
 
 
-def _class_name(entry: Any) -> str:
-    return str(getattr(entry, "class_path", "") or "")
+def launched_process() -> bool:
+    """Whether this is a second (or later) process of a distributed run; the first one makes the decisions."""
+    return any(int(os.environ.get(key, 0) or 0) for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def _import(class_path: str) -> Any:
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _plain(value: Any) -> Any:
+    """A jsonargparse namespace as plain dicts and lists."""
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {key: _plain(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _leaves(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested settings as ``{"model.criterion.lam": 0.5, ...}``."""
+    value = _plain(value)
+    if isinstance(value, dict):
+        leaves: dict[str, Any] = {}
+        for key, inner in value.items():
+            leaves.update(_leaves(inner, f"{prefix}{key}."))
+        return leaves
+    return {prefix[:-1]: value}
+
+
+NON_FINITE = {"nan": ".nan", "inf": ".inf", "+inf": ".inf", "-inf": "-.inf", "infinity": ".inf", "-infinity": "-.inf"}
+
+
+def _yaml_number(arg: str) -> str:
+    """``nan`` and ``inf`` as YAML writes them (``.nan``, ``.inf``), so that a value check can name them."""
+    name, equals, value = arg.rpartition("=") if arg.startswith("--") else ("", "", arg)
+    spelled = NON_FINITE.get(value.lower())
+    return f"{name}{equals}{spelled}" if spelled else arg
+
+
+def _option(args: Sequence[str], name: str) -> Optional[str]:
+    """The value of ``--name value`` or ``--name=value`` on a command line (the last one given)."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def _names_data(args: Sequence[str]) -> bool:
+    """Whether a command line chooses a dataset, itself or in one of its --config files."""
+    if any(arg in ("--data",) or arg.startswith("--data=") for arg in args):
+        return True
+    for i, arg in enumerate(args):
+        path = (
+            args[i + 1]
+            if arg in ("--config", "-c") and i + 1 < len(args)
+            else (arg.split("=", 1)[1] if arg.startswith("--config=") else None)
+        )
+        if path and Path(path).is_file():
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+            if isinstance(loaded, dict) and isinstance(loaded.get("data"), (dict, str)):
+                return True
+    return False
+
+
+def _explicit_init_args(data: Namespace, data_class: type) -> dict[str, Any]:
+    """The init arguments of a DataModule config that differ from the class's defaults: those a user gave."""
+    defaults: dict[str, Any] = {}
+    for klass in reversed([k for k in data_class.__mro__ if issubclass(k, FERDataModule)]):
+        defaults.update(
+            {
+                name: p.default
+                for name, p in inspect.signature(klass).parameters.items()
+                if p.default is not inspect.Parameter.empty
+            }
+        )
+    values = _plain(data.get("init_args") or Namespace())
+    return {key: value for key, value in values.items() if key in defaults and not _same(value, _plain(defaults[key]))}
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        try:
+            return math.isclose(float(a), float(b), rel_tol=1e-9)
+        except (TypeError, ValueError):
+            return False
+    return a == b
 
 
 class NLACLI(LightningCLI):
-    def add_arguments_to_parser(self, parser) -> None:
-        # The data decides the classes; the model follows.
-        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
-        parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+    """LightningCLI with nla's defaults, run directories, checkpoint handling and extra subcommands."""
 
-    def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        trainer = config.trainer
-        root = Path(trainer.default_root_dir or "runs/default")
-        trainer.default_root_dir = str(root)
-        if trainer.precision is None:
-            # bf16 mixed precision is the default on a GPU; the CPU trains in fp32.
-            on_gpu = torch.cuda.is_available() and trainer.accelerator not in ("cpu",)
-            trainer.precision = "bf16-mixed" if on_gpu else "32-true"
-        for callback in trainer.callbacks or []:
-            if _class_name(callback).endswith("ModelCheckpoint") and callback.init_args.dirpath is None:
-                callback.init_args.dirpath = str(root / "checkpoints")
-        loggers = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
-        for logger in loggers:
-            if _class_name(logger).endswith(("WandbLogger", "CSVLogger", "TensorBoardLogger")):
-                if logger.init_args.get("save_dir") in (None, ".", "./"):
-                    logger.init_args.save_dir = str(root)
+    def __init__(self, args: Optional[Sequence[str]] = None, **kwargs: Any) -> None:
+        self._extra = _extra_commands()
+        self._lock: Optional[RunLock] = None
+        self._checkpoint: Optional[dict[str, Any]] = None
+        self._checkpoint_path: Optional[Path] = None
+        self._data_from_run = False  # an evaluation command that named no dataset: the checkpoint's own
+        self._resume_note: Optional[str] = None
+        parser_kwargs: dict[str, Any] = {
+            "prog": "nla",
+            "description": "nla: facial expression recognition with NLA (AAAI 2025) and its baselines. "
+            "`nla <command> --help` describes each command.",
+        }
+        for command in LIGHTNING_COMMANDS:
+            parser_kwargs[command] = {"default_config_files": [str(DEFAULTS)]}
+        kwargs.setdefault("parser_kwargs", parser_kwargs)
+        try:
+            super().__init__(
+                NLAModule,
+                FERDataModule,
+                subclass_mode_data=True,
+                save_config_callback=RunConfigSaver,
+                auto_configure_optimizers=False,
+                args=list(args) if args is not None else None,
+                **kwargs,
+            )
+        finally:  # a failed command frees its run directory at once (a process could run another command)
+            if self._lock is not None:
+                self._lock.release()
 
-    def before_fit(self) -> None:
-        config = self.config[self.subcommand]
-        launched = any(int(os.environ.get(key, 0)) for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
-        if config.get("ckpt_path") or launched:  # the other processes of a distributed run share the first one's directory
+    # --- one parser: Lightning's subcommands and nla's ----------------------------------------------
+
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        self._subcommand_parsers: dict[str, Any] = {}
+        subcommands = parser.add_subcommands()
+        for name in self.subcommands():
+            description = DESCRIPTIONS[name]
+            options = {"description": description, **kwargs.get(name, {})}
+            subparser: Any = self._prepare_subcommand_parser(self.trainer_class, name, **options)  # type: ignore[arg-type]
+            subparser.set_defaults(weights_only=True)  # checkpoints are read without unpickling arbitrary objects
+            self._set_help(subparser)
+            self._subcommand_parsers[name] = subparser
+            subcommands.add_subcommand(name, subparser, help=description)
+        for name, command in self._extra.items():
+            subparser = command.parser()
+            self._subcommand_parsers[name] = subparser
+            subcommands.add_subcommand(name, subparser, help=command.help)
+
+    @staticmethod
+    def _set_help(parser: Any) -> None:
+        """Correct Lightning's help texts where nla does something else."""
+        corrections = {
+            "--trainer.precision": "Precision: null (nla's default) is bf16-mixed on a GPU and 32-true on a CPU; or "
+            "32-true, bf16-mixed, 16-mixed, ...",
+            "--trainer.default_root_dir": "The run directory: a fit writes its config, checkpoints, summary, figures "
+            "and logs here (null: runs/<dataset>); validate, test and predict write into a "
+            "fresh <command>[-n] folder inside it (null: the checkpoint's run).",
+        }
+        for action in parser._actions:
+            for option in action.option_strings:
+                if option in corrections:
+                    action.help = corrections[option]
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        if subcommand in self._extra:
+            self._extra[subcommand].run(self.config[subcommand])
             return
-        root = Path(self.trainer.default_root_dir)
-        held = [root / "config.yaml", *sorted((root / "checkpoints").glob("*.ckpt"))]
-        held = [path for path in held if path.exists()]
-        if held:
+        super()._run_subcommand(subcommand)
+
+    def _set_seed(self) -> None:
+        if self.config.get("subcommand") not in self._extra:
+            super()._set_seed()
+
+    def instantiate_classes(self) -> None:
+        if self.subcommand in self._extra:
+            self.model = self.datamodule = self.trainer = None  # type: ignore[assignment]
+            return
+        self.config_init = self.parser.instantiate(self.config)
+        self.datamodule = self._get(self.config_init, "data")
+        self.model = self._get(self.config_init, "model")
+        self.trainer = self.instantiate_trainer()
+
+    # --- checkpoints -----------------------------------------------------------------------------------
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """An evaluation command given a checkpoint and no dataset uses the dataset the checkpoint was trained on."""
+        given = (
+            list(sys.argv[1:] if args is None else args) if args is None or isinstance(args, (list, tuple)) else None
+        )
+        if given and any(_yaml_number(arg) != arg for arg in given):
+            args = given = [_yaml_number(arg) for arg in given]
+        if given and given[0] in EVALUATION_COMMANDS and not _names_data(given):
+            ckpt = _option(given, "--ckpt_path")
+            if ckpt:
+                root = Path(_option(given, "--trainer.default_root_dir") or ".")
+                checkpoint = self._load_checkpoint(resolve_checkpoint(ckpt, root))
+                class_path = (checkpoint.get("datamodule_hyper_parameters") or {}).get("_class_path")
+                if class_path:
+                    args = [given[0], "--data", class_path, *given[1:]]
+                    self._data_from_run = True
+        super().parse_arguments(parser, args)
+
+    def _load_checkpoint(self, path: Path) -> dict[str, Any]:
+        if self._checkpoint_path != path:
+            checkpoint = load_trusted(path, what="checkpoint")
+            if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+                raise WeightsMismatchError(f"{path} is not a checkpoint written by nla fit (it has no 'state_dict')")
+            self._checkpoint, self._checkpoint_path = checkpoint, path
+        assert self._checkpoint is not None
+        return self._checkpoint
+
+    def _parse_ckpt_path(self) -> None:
+        """Evaluation commands take the model (its classes and architecture) from ``--ckpt_path``; a fit's
+        checkpoint is checked in :meth:`before_instantiate_classes` instead."""
+        subcommand = self.config.get("subcommand")
+        if subcommand not in EVALUATION_COMMANDS or not self.config[subcommand].get("ckpt_path"):
+            return
+        config = self.config[subcommand]
+        path = resolve_checkpoint(config.ckpt_path, self._run_root(config))
+        config.ckpt_path = str(path)
+        hparams = dict(self._load_checkpoint(path).get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        hparams.pop("_class_path", None)
+        hparams["pretrained_weights"] = None  # the checkpoint holds the weights
+        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+
+    def _check_resume(self, path: Path, config: Namespace) -> None:
+        """Refuse a resume that changes what defines the run; say which settings change and take effect."""
+        checkpoint = self._load_checkpoint(path)
+        root = config.trainer.default_root_dir
+        saved_data = dict(checkpoint.get("datamodule_hyper_parameters") or {})
+        old_class, new_class = saved_data.get("_class_path"), config.data.get("class_path")
+        if old_class and new_class and old_class != new_class:
             raise RunDirectoryError(
-                f"run directory {str(root)!r} already holds a run ({held[0].name}); resume it with --ckpt_path last, "
-                "or start a new run with another --trainer.default_root_dir"
+                f"cannot resume {root!r} with --data {new_class}: the run was trained on "
+                f"{old_class}; start a new run with another --trainer.default_root_dir"
+            )
+        for key in ("mean", "std"):  # measured when the run started: keep what the model was trained with
+            if config.data.init_args.get(key) is None and saved_data.get(key) is not None:
+                config.data.init_args[key] = tuple(saved_data[key])
+        old = {**_leaves(checkpoint.get("hyper_parameters") or {}, "model."), **_leaves(saved_data, "data.")}
+        new = {**_leaves(config.model, "model."), **_leaves(config.data.init_args, "data.")}
+        changed = []
+        for key, value in new.items():
+            name = key.split(".", 1)[1]
+            if key not in old or name.startswith("_") or _same(old[key], value):
+                continue
+            if key.split(".")[0] == "model" and name in ("num_classes", "class_names", "pretrained_weights"):
+                continue  # derived from the data, or only used to initialise
+            if name in FIXED_ON_RESUME[key.split(".")[0]]:
+                raise RunDirectoryError(
+                    f"cannot resume {root!r} with {key}={value!r}: the run was trained with {old[key]!r}, and a "
+                    f"resumed run keeps its {'model' if key.startswith('model') else 'training data and input'}; start "
+                    "a new run "
+                    "with another --trainer.default_root_dir"
+                )
+            changed.append(f"{key} {old[key]!r} -> {value!r}")
+        if changed:
+            self._resume_note = (
+                f"nla: resuming {root} with changed settings, which apply from epoch "
+                f"{checkpoint.get('epoch', 0) + 1} on: {'; '.join(changed)}"
             )
 
+    def before_fit(self) -> None:
+        if self._resume_note:
+            print(self._resume_note, file=sys.stderr)
 
-DESCRIPTION = (
-    "nla: facial expression recognition with NLA (AAAI 2025) and its baselines. "
-    "Besides the subcommands below: `nla experiment CONFIG` runs a grid of methods x protocols x seeds and writes "
-    "the paper's tables, and `nla export --ckpt_path CKPT` writes ONNX, TorchScript or torch.export models."
-)
+    # --- run directories ----------------------------------------------------------------------------
+
+    def _run_root(self, config: Namespace) -> Path:
+        if config.trainer.default_root_dir:
+            return Path(config.trainer.default_root_dir)
+        ckpt = config.get("ckpt_path")
+        if ckpt and ckpt not in ("last", "best") and Path(ckpt).is_file():
+            run = run_of_checkpoint(Path(ckpt))
+            return run if run is not None else Path("runs") / Path(ckpt).stem
+        data = config.get("data")
+        data_class = (
+            _import(data.class_path) if isinstance(data, Namespace) and data.get("class_path") else FERDataModule
+        )
+        return Path("runs") / getattr(data_class, "name", "data")
+
+    def before_instantiate_classes(self) -> None:
+        subcommand = self.subcommand
+        if subcommand in self._extra or subcommand is None:
+            return
+        config = self.config[subcommand]
+        trainer = config.trainer
+        if trainer.precision is None:
+            on_gpu = torch.cuda.is_available() and trainer.accelerator not in ("cpu",)
+            trainer.precision = "bf16-mixed" if on_gpu else "32-true"
+        root = self._run_root(config)
+        if subcommand == "fit":
+            trainer.default_root_dir = str(root)
+            if config.ckpt_path:
+                path = resolve_checkpoint(config.ckpt_path, root)
+                config.ckpt_path = str(path)
+            if not launched_process():
+                self._lock = RunLock(root).acquire()
+                own = config.ckpt_path and run_of_checkpoint(Path(config.ckpt_path)) == root.resolve()
+                if own:
+                    self._check_resume(Path(config.ckpt_path), config)
+                elif holds_run(root):
+                    how = "resume it with --ckpt_path last, or " if not config.ckpt_path else ""
+                    raise RunDirectoryError(
+                        f"run directory {str(root)!r} already holds a run; {how}start this one in another "
+                        "--trainer.default_root_dir"
+                        + (
+                            " (a checkpoint of another run starts a new run, which needs a directory of its own)"
+                            if config.ckpt_path
+                            else ""
+                        )
+                    )
+        else:
+            if launched_process():
+                output = Path(os.environ.get(OUTPUT_ENV) or root)
+            else:
+                output = fresh_folder(root, subcommand)
+                os.environ[OUTPUT_ENV] = str(output)
+            trainer.default_root_dir = str(output)
+            if self._checkpoint is not None:
+                self._data_from_checkpoint(config)
+                config = self.config[subcommand]
+            elif config.get("data") is None:
+                raise UserError(
+                    f"nla {subcommand} needs a model and its data: pass --ckpt_path (a checkpoint of nla fit), "
+                    "or --data with a dataset"
+                )
+        self._name_loggers(config.trainer, root if subcommand == "fit" else Path(config.trainer.default_root_dir))
+
+    def _data_from_checkpoint(self, config: Namespace) -> None:
+        """Evaluate with the preprocessing the model was trained with; with no ``--data``, on the run's own data."""
+        assert self._checkpoint is not None
+        saved = dict(self._checkpoint.get("datamodule_hyper_parameters") or {})
+        class_path = saved.pop("_class_path", None)
+        saved = {key: value for key, value in saved.items() if not key.startswith("_")}
+        data = config.get("data")
+        chosen = data.get("class_path") if isinstance(data, Namespace) else None
+        if class_path and (chosen is None or self._data_from_run or _import(chosen) is FERDataModule):
+            given = _explicit_init_args(data, _import(chosen)) if chosen else {}  # no dataset named: the run's own
+            self.config = self.parser.parse_object(
+                {self.subcommand: {"data": {"class_path": class_path, "init_args": {**saved, **given}}}}, self.config
+            )
+            config = self.config[self.subcommand]
+        elif chosen is None:
+            raise UserError(
+                f"nla {self.subcommand}: {self._checkpoint_path} does not say what data it was trained on; "
+                "choose a dataset with --data (e.g. --data nla.data.ImageFolderDataModule --data.root DIR)"
+            )
+        for key in ("image_size", "mean", "std"):
+            if saved.get(key) is not None:
+                config.data.init_args[key] = tuple(saved[key]) if isinstance(saved[key], (list, tuple)) else saved[key]
+
+    @staticmethod
+    def _name_loggers(trainer: Namespace, run: Path) -> None:
+        """Loggers whose folder or run name is left unset write into the run directory and take its name."""
+        loggers = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
+        for logger in loggers:
+            init_args = logger.get("init_args") if isinstance(logger, Namespace) else None
+            if init_args is None:
+                continue
+            if "save_dir" in init_args and init_args.save_dir in (None, ".", "./"):
+                init_args.save_dir = str(run if trainer.default_root_dir is None else trainer.default_root_dir)
+            if "name" in init_args and init_args.name is None:
+                parent = run.parent.name if run.name.split("-")[0] in EVALUATION_COMMANDS else None
+                init_args.name = f"{parent}/{run.name}" if parent else run.name
 
 
 def run_cli(args: Optional[Sequence[str]] = None, **kwargs: Any) -> NLACLI:
-    kwargs.setdefault("parser_kwargs", {"prog": "nla", "description": DESCRIPTION})
-    return NLACLI(
-        NLAModule,
-        FERDataModule,
-        subclass_mode_data=True,
-        save_config_callback=RunConfigSaver,
-        args=list(args) if args is not None else None,
-        auto_configure_optimizers=False,
-        **kwargs,
+    return NLACLI(args, **kwargs)
+
+
+#: Mistakes in the user's input or environment, reported as one line rather than a traceback.
+USER_ERRORS = (UserError, RunDirectoryError, WeightsMismatchError, FileExistsError, FileNotFoundError)
+
+
+SIGTERM_MESSAGE = "stopped by SIGTERM; the checkpoints written so far are kept. Resume with --ckpt_path last"
+
+
+def quiet_known_warnings() -> None:
+    """Silence the few messages of the libraries nla uses that tell an nla user nothing and that nla cannot fix
+    at their cause, each matched exactly."""
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        module=r"lightning\.pytorch\.utilities\._pytree",
+    )
+    # LightningCLI itself calls jsonargparse functions that jsonargparse has deprecated.
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"lightning\.pytorch\.cli")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: not str(record.getMessage()).startswith("💡 Tip: For seamless cloud logging")
     )
 
 
 def main(args: Optional[Sequence[str]] = None) -> None:
-    argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] == "experiment":
-        from nla.experiment import main as experiment_main
+    quiet_known_warnings()
+    terminated: list[int] = []
 
-        return experiment_main(argv[1:])
-    if argv and argv[0] == "export":
-        from nla.export import main as export_main
+    def on_sigterm(number: int, frame: Any) -> None:
+        terminated.append(number)
+        if signal.getsignal(signal.SIGTERM) is on_sigterm:  # Lightning is not handling it (not training): stop now
+            raise SIGTERMException()
 
-        return export_main(argv[1:])
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         run_cli(args)
     except USER_ERRORS as error:
-        print(f"nla: error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
+        _fail(error)
     except SIGTERMException:
-        print("nla: stopped by SIGTERM; the checkpoints written so far are kept. Resume with --ckpt_path last.",
-              file=sys.stderr)
-        raise SystemExit(143) from None
+        _fail(SIGTERM_MESSAGE, code=143)
+    except RuntimeError as error:
+        if terminated and "DataLoader worker" in str(error):  # the workers got the same SIGTERM first
+            _fail(SIGTERM_MESSAGE, code=143)
+        _fail_if_users(error)
+        raise
+    except ValueError as error:  # jsonargparse wraps what a class raised while it instantiated it
+        _fail_if_users(error)
+        raise
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            where = f" writing {error.filename}" if error.filename else ""
+            _fail(f"{error.strerror}{where}; the files written before are kept")
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _fail_if_users(error: BaseException) -> None:
+    """Report the user's mistake at the root of ``error``, if there is one, as one line."""
+    seen: set[int] = set()
+    cause: Optional[BaseException] = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, USER_ERRORS):
+            _fail(cause)
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+
+
+def _fail(error: Any, code: int = 1) -> None:
+    lines = str(error).strip().splitlines()
+    print(f"nla: error: {lines[-1] if lines else type(error).__name__}", file=sys.stderr)
+    raise SystemExit(code) from None
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from matplotlib.figure import Figure  # figures without pyplot: no GUI backend, 
 from torchmetrics.functional.classification import binary_auroc
 
 from nla import losses
+from nla.results import Evaluation
 
 
 def naw_weight_boxplot(weights: np.ndarray, labels: np.ndarray, class_names: Sequence[str], epoch: int) -> Figure:
@@ -37,40 +39,50 @@ def naw_weight_boxplot(weights: np.ndarray, labels: np.ndarray, class_names: Seq
 
 
 def kernel_scatter(
-    p_gt: np.ndarray, p_nn: np.ndarray, prediction_true: np.ndarray, epoch: int, max_epochs: int,
-    settings: Optional[losses.NAWSettings] = None, max_points: int = 4000, seed: int = 0,
+    p_gt: np.ndarray,
+    p_nn: np.ndarray,
+    prediction_true: np.ndarray,
+    epoch: int,
+    schedule: float,
+    kernels: losses.NAWKernels = losses.NAWKernels(),
+    max_points: int = 4000,
+    seed: int = 0,
 ) -> Figure:
-    settings = settings or losses.PRESETS["official"]
     if len(p_gt) > max_points:
         keep = np.random.default_rng(seed).choice(len(p_gt), max_points, replace=False)
         p_gt, p_nn, prediction_true = p_gt[keep], p_nn[keep], prediction_true[keep]
     grid = torch.linspace(0, 1, 201, dtype=torch.float64)
     gx, gy = torch.meshgrid(grid, grid, indexing="xy")
-    schedule = losses.covariance_schedule(epoch, max_epochs, settings.schedule_slope)
-    true_cov = losses.kernel_covariance(settings.true_major_std, settings.true_axis_ratio, -1, schedule)
-    false_cov = losses.kernel_covariance(settings.false_major_std, settings.false_axis_ratio, +1)
+    true_cov = losses.kernel_covariance(kernels.true_major_std, kernels.true_axis_ratio, -1, schedule)
+    false_cov = losses.kernel_covariance(kernels.false_major_std, kernels.false_axis_ratio, +1)
     figure = Figure(figsize=(5, 4.6))
     axis = figure.subplots()
-    for cov, mean, colour in ((true_cov, settings.true_mean, "tab:blue"), (false_cov, settings.false_mean, "tab:red")):
+    for cov, mean, colour in ((true_cov, kernels.true_mean, "tab:blue"), (false_cov, kernels.false_mean, "tab:red")):
         density = losses.gaussian_kernel(gx, gy, mean, cov).numpy()
         axis.contour(gx.numpy(), gy.numpy(), density, levels=6, colors=colour, linewidths=0.8, alpha=0.7)
     axis.scatter(p_gt[prediction_true], p_nn[prediction_true], s=3, c="tab:blue", alpha=0.35, label="prediction true")
     axis.scatter(p_gt[~prediction_true], p_nn[~prediction_true], s=3, c="tab:red", alpha=0.35, label="prediction false")
     axis.plot([0, 1], [1, 0], color="grey", linewidth=0.6)
-    axis.set(xlim=(0, 1), ylim=(0, 1), xlabel="p_GT (given label)", ylabel="p_NN (nearest negative)",
-             title=f"NAW kernels and (p_GT, p_NN), epoch {epoch}, CS = {schedule:.2f}")
+    axis.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="p_GT (given label)",
+        ylabel="p_NN (nearest negative)",
+        title=f"NAW kernels and (p_GT, p_NN), epoch {epoch}, CS = {schedule:.2f}",
+    )
     axis.legend(loc="upper right", fontsize=8, markerscale=3)
     figure.tight_layout()
     return figure
 
 
-def class_accuracy_curves(history: Sequence[dict[str, Any]], class_names: Sequence[str]) -> Figure:
+def class_accuracy_curves(history: Sequence[Evaluation], class_names: Sequence[str]) -> Figure:
     figure = Figure(figsize=(6, 4))
     axis = figure.subplots()
-    epochs = [record["epoch"] for record in history]
+    epochs = [record.epoch or 0 for record in history]
     for name in class_names:
-        axis.plot(epochs, [100 * record["class_acc"][name] for record in history], marker=".", label=name)
-    axis.plot(epochs, [100 * record["mean_acc"] for record in history], color="black", linestyle="--", label="mean")
+        values = [record.class_acc.get(name) for record in history]
+        axis.plot(epochs, [np.nan if v is None else 100 * v for v in values], marker=".", label=name)
+    axis.plot(epochs, [100 * record.mean_acc for record in history], color="black", linestyle="--", label="mean")
     axis.set(xlabel="epoch", ylabel="accuracy (%)", title="Per-class accuracy over the epochs", ylim=(0, 100))
     axis.legend(fontsize=7, ncol=2)
     figure.tight_layout()
@@ -85,8 +97,15 @@ def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str], titl
     axis.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(class_names)):
         for j in range(len(class_names)):
-            axis.text(j, i, f"{100 * normalised[i, j]:.0f}", ha="center", va="center", fontsize=7,
-                      color="white" if normalised[i, j] > 0.5 else "black")
+            axis.text(
+                j,
+                i,
+                f"{100 * normalised[i, j]:.0f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if normalised[i, j] > 0.5 else "black",
+            )
     axis.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
     axis.set_yticks(range(len(class_names)), class_names)
     axis.set(xlabel="predicted", ylabel="true", title=title)
@@ -99,18 +118,38 @@ def noise_detection(weights: np.ndarray, flipped: np.ndarray) -> dict[str, float
     if flipped.all() or not flipped.any():
         return {}
     auroc = binary_auroc(torch.as_tensor(-weights), torch.as_tensor(flipped.astype(np.int64))).item()
-    return {"noise_auroc": auroc, "weight_flipped": float(weights[flipped].mean()), "weight_clean": float(weights[~flipped].mean())}
+    return {
+        "noise_auroc": auroc,
+        "weight_flipped": float(weights[flipped].mean()),
+        "weight_clean": float(weights[~flipped].mean()),
+    }
 
 
 def noise_weight_histogram(weights: np.ndarray, flipped: np.ndarray, epoch: int) -> Figure:
     stats = noise_detection(weights, flipped)
     figure = Figure(figsize=(5, 3.4))
     axis = figure.subplots()
-    bins = np.linspace(0, max(float(weights.max()), 1e-6), 40)
-    axis.hist(weights[~flipped], bins=bins, alpha=0.6, density=True, label=f"clean (mean {stats.get('weight_clean', math.nan):.3f})")
-    axis.hist(weights[flipped], bins=bins, alpha=0.6, density=True, label=f"flipped (mean {stats.get('weight_flipped', math.nan):.3f})")
-    axis.set(xlabel="NAW weight w", ylabel="density",
-             title=f"NAW weights of clean and flipped labels, epoch {epoch}\nAUROC of low weight as noise detector: {stats.get('noise_auroc', math.nan):.3f}")
+    bins = np.linspace(0, max(float(weights.max()), 1e-6), 40).tolist()
+    axis.hist(
+        weights[~flipped],
+        bins=bins,
+        alpha=0.6,
+        density=True,
+        label=f"clean (mean {stats.get('weight_clean', math.nan):.3f})",
+    )
+    axis.hist(
+        weights[flipped],
+        bins=bins,
+        alpha=0.6,
+        density=True,
+        label=f"flipped (mean {stats.get('weight_flipped', math.nan):.3f})",
+    )
+    axis.set(
+        xlabel="NAW weight w",
+        ylabel="density",
+        title=f"NAW weights of clean and flipped labels, epoch {epoch}\n"
+        f"AUROC of low weight as noise detector: {stats.get('noise_auroc', math.nan):.3f}",
+    )
     axis.legend(fontsize=8)
     figure.tight_layout()
     return figure
@@ -122,8 +161,10 @@ class NAWDiagnostics(Callback):
     Under label noise it also logs, every epoch, ``naw/noise_auroc`` (how well a low weight detects the
     flipped labels) and the mean weight of flipped and clean samples.
 
-    Weights, probabilities and labels are gathered on the device and moved to the host once per
-    epoch, so the training step never waits for them.
+    It reads what :class:`~nla.module.NLAModule` publishes: the outputs of ``training_step`` (probabilities,
+    labels, weights, sample indices), ``criterion``, ``class_names``, ``validation_history`` and
+    ``evaluations``. Weights, probabilities and labels are gathered on the device and moved to the host
+    once per epoch, so the training step never waits for them.
 
     Args:
         every_n_epochs: Draw the per-epoch figures every this many epochs (and always at the last).
@@ -134,7 +175,6 @@ class NAWDiagnostics(Callback):
     def __init__(self, every_n_epochs: int = 1, max_points: int = 4000, log_to_loggers: bool = True) -> None:
         self.every_n_epochs, self.max_points, self.log_to_loggers = every_n_epochs, max_points, log_to_loggers
         self._batches: list[dict[str, torch.Tensor]] = []
-        self.history: list[dict[str, Any]] = []
         self.noise_stats: list[dict[str, float]] = []
 
     # --- collecting -------------------------------------------------------------------------------
@@ -142,7 +182,9 @@ class NAWDiagnostics(Callback):
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._batches = []
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if not isinstance(outputs, dict) or "probs" not in outputs:
             return
         kept = {key: outputs[key].detach() for key in ("probs", "labels", "weights", "index") if key in outputs}
@@ -154,29 +196,32 @@ class NAWDiagnostics(Callback):
 
     # --- drawing ------------------------------------------------------------------------------------
 
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: Any) -> None:
         if not self._batches or not trainer.is_global_zero:
             self._batches = []
             return
         gathered = {key: torch.cat([b[key] for b in self._batches]).float().cpu() for key in self._batches[0]}
         self._batches = []
         probs, labels = gathered["probs"], gathered["labels"].long()
-        epoch, max_epochs = trainer.current_epoch, pl_module.schedule_epochs
-        settings = pl_module.settings
-        weights = gathered.get("weights")
-        if weights is None:  # a run without NAW: show the weights NAW would have given
-            weights = losses.naw_weight(probs, labels, epoch, max_epochs, **pl_module.naw_settings)
+        epoch = trainer.current_epoch
+        criterion = pl_module.criterion
+        schedule = criterion.schedule(epoch, pl_module.schedule_epochs)
+        given = gathered.get("weights")
+        if given is None:  # a run without NAW: show the weights NAW would have given
+            given = losses.naw_weight(probs, labels, schedule, criterion.config.kernels)
         p_gt = probs.gather(1, labels[:, None]).squeeze(1).numpy()
         p_nn = losses.nearest_negative(probs, labels).numpy()
-        prediction_true = (probs.argmax(1) == labels).numpy()
-        weights, labels_np = weights.numpy(), labels.numpy()
+        prediction_true = losses.prediction_true(probs, labels).numpy()
+        weights, labels_np = given.numpy(), labels.numpy()
         names, draw = pl_module.class_names, self._draws_this_epoch(trainer)
         if draw:
             self._emit(trainer, "naw_weights_per_class", naw_weight_boxplot(weights, labels_np, names, epoch))
-            self._emit(trainer, "naw_kernel_scatter",
-                       kernel_scatter(p_gt, p_nn, prediction_true, epoch, max_epochs, settings, self.max_points))
-        datamodule = getattr(trainer, "datamodule", None)
-        flipped_all = getattr(datamodule, "flipped", None)
+            self._emit(
+                trainer,
+                "naw_kernel_scatter",
+                kernel_scatter(p_gt, p_nn, prediction_true, epoch, schedule, criterion.config.kernels, self.max_points),
+            )
+        flipped_all = getattr(getattr(trainer, "datamodule", None), "flipped", None)
         if flipped_all is not None and "index" in gathered and flipped_all.any():
             flipped = np.asarray(flipped_all)[gathered["index"].long().numpy()]
             stats = noise_detection(weights, flipped)
@@ -187,31 +232,44 @@ class NAWDiagnostics(Callback):
                 if draw:
                     self._emit(trainer, "naw_weights_noise", noise_weight_histogram(weights, flipped, epoch))
 
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_validation_end(self, trainer: Trainer, pl_module: Any) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        metrics = trainer.callback_metrics
-        if "val/acc" not in metrics:
+        record: Optional[Evaluation] = pl_module.evaluations.get("val")
+        if record is None:
             return
-        names = pl_module.class_names
-        record = {
-            "epoch": trainer.current_epoch,
-            "mean_acc": float(metrics["val/mean_acc"]),
-            "class_acc": {name: float(metrics[f"val/acc_{name}"]) for name in names},
-        }
-        self.history = [r for r in self.history if r["epoch"] != record["epoch"]] + [record]
-        if self._draws_this_epoch(trainer):
-            self._emit(trainer, "class_accuracy_curves", class_accuracy_curves(self.history, names), per_epoch=False)
-            matrix = pl_module.confusion_matrices.get("val")
-            if matrix is not None:
-                figure = confusion_matrix_figure(matrix.numpy(), names, f"Confusion matrix (rows: true), epoch {trainer.current_epoch}")
-                self._emit(trainer, "confusion_matrix", figure)
+        fitting = trainer.state.fn == "fit"
+        if fitting and self._draws_this_epoch(trainer) and pl_module.validation_history:
+            self._emit(
+                trainer,
+                "class_accuracy_curves",
+                class_accuracy_curves(pl_module.validation_history, pl_module.class_names),
+                per_epoch=False,
+            )
+        if not fitting or self._draws_this_epoch(trainer):
+            title = (
+                f"Confusion matrix (rows: true), epoch {trainer.current_epoch}"
+                if fitting
+                else "Confusion matrix (rows: true)"
+            )
+            self._emit(
+                trainer,
+                "confusion_matrix",
+                confusion_matrix_figure(np.asarray(record.confusion), pl_module.class_names, title),
+                per_epoch=fitting,
+            )
 
-    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        matrix = pl_module.confusion_matrices.get("test")
-        if matrix is not None and trainer.is_global_zero:
-            self._emit(trainer, "test_confusion_matrix", confusion_matrix_figure(matrix.numpy(), pl_module.class_names,
-                                                                                 "Test confusion matrix (rows: true)"), per_epoch=False)
+    def on_test_end(self, trainer: Trainer, pl_module: Any) -> None:
+        record: Optional[Evaluation] = pl_module.evaluations.get("test")
+        if record is not None and trainer.is_global_zero:
+            self._emit(
+                trainer,
+                "confusion_matrix",
+                confusion_matrix_figure(
+                    np.asarray(record.confusion), pl_module.class_names, "Test confusion matrix (rows: true)"
+                ),
+                per_epoch=False,
+            )
 
     def _emit(self, trainer: Trainer, name: str, figure: Figure, per_epoch: bool = True) -> None:
         folder = Path(trainer.default_root_dir) / "figures"
@@ -224,8 +282,7 @@ class NAWDiagnostics(Callback):
                     logger.log_image(key=f"figures/{name}", images=[str(path)], step=trainer.global_step)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history, "noise_stats": self.noise_stats}
+        return {"noise_stats": self.noise_stats}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = list(state_dict.get("history", []))
         self.noise_stats = list(state_dict.get("noise_stats", []))

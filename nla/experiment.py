@@ -14,11 +14,12 @@ An experiment file names a grid of methods x protocols x seeds, each a stack of 
     paper:                       # optional published numbers, shown beside ours: [overall, mean]
       NLA: {clean: [89.93, 83.87]}
 
-Every cell is one ``nla fit`` process in ``<output_dir>/<protocol>/<method>/seed<k>``. A finished cell
-(it has ``summary.json``) is skipped, an interrupted one resumes from its ``last.ckpt``, and one that
+Every cell is one ``nla fit`` process in ``<output_dir>/<protocol>/<method>/seed<k>``; ``--jobs N`` runs N
+of them at once. A finished cell (it has ``summary.json``) is skipped, so a grid cut short (a machine
+taken back) goes on where it stopped; an interrupted cell resumes from its ``last.ckpt``, and one that
 died before its first checkpoint is moved aside, never deleted. The tables (``results.md``,
-``results.csv``) give overall and mean accuracy as mean ± std over seeds, and per-class accuracy,
-for the last epoch, the best epoch and the mean of the last five.
+``results.csv``) give overall and mean accuracy as mean ± std over seeds, and per-class accuracy, for
+the last epoch, the best epoch and the mean of the last k.
 
     nla experiment configs/experiments/table5_rafdb.yaml --data.root /path/to/RAF-DB
 """
@@ -33,15 +34,19 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import IO, Any, Optional
 
 import yaml
+from jsonargparse import ArgumentParser, Namespace
 
 from nla.callbacks import free_path
+from nla.results import RunSummary
 
-EVALUATIONS = {"last": "last epoch", "best": "best epoch", "mean_last_5": "mean of the last 5 epochs"}
+HELP = "Run a grid of methods x protocols x seeds (the paper's tables) and write its tables"
+EVALUATIONS = ("last", "best", "mean_last")
 
 
 class ExperimentError(ValueError):
@@ -60,7 +65,7 @@ class Experiment:
     paper: dict[str, dict[str, list[Optional[float]]]] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Experiment":
+    def load(cls, path: str | Path) -> Experiment:
         path = Path(path)
         if not path.is_file():
             raise ExperimentError(f"experiment file {str(path)!r} does not exist")
@@ -98,7 +103,7 @@ def slug(label: str) -> str:
 
 
 def cell_state(run_dir: Path) -> str:
-    if (run_dir / "summary.json").is_file():
+    if (run_dir / RunSummary.FILENAME).is_file():
         return "done"
     if (run_dir / "checkpoints" / "last.ckpt").is_file():
         return "resume"
@@ -107,19 +112,36 @@ def cell_state(run_dir: Path) -> str:
     return "new"
 
 
-def fit_command(experiment: Experiment, protocol: str, method: str, seed: int, extra: Sequence[str], resume: bool) -> list[str]:
+def fit_command(
+    experiment: Experiment, protocol: str, method: str, seed: int, extra: Sequence[str], resume: bool
+) -> list[str]:
     configs = [*experiment.base, *experiment.methods[method], *(experiment.protocols[protocol] or [])]
     command = [sys.executable, "-m", "nla", "fit"]
     for config in configs:
         command += ["--config", config]
-    command += ["--seed_everything", str(seed), "--trainer.default_root_dir", str(experiment.run_dir(protocol, method, seed))]
+    command += [
+        "--seed_everything",
+        str(seed),
+        "--trainer.default_root_dir",
+        str(experiment.run_dir(protocol, method, seed)),
+    ]
     command += [*experiment.args, *extra]
     return command + (["--ckpt_path", "last"] if resume else [])
 
 
-def run_grid(experiment: Experiment, extra: Sequence[str], dry_run: bool = False) -> list[str]:
-    """Run every unfinished cell; returns the cells that failed."""
-    failed = []
+@dataclass
+class Cell:
+    label: str
+    run_dir: Path
+    command: list[str]
+    process: Optional[subprocess.Popen] = None
+    log: Optional[IO[str]] = None
+    started: float = 0.0
+
+
+def run_grid(experiment: Experiment, extra: Sequence[str], dry_run: bool = False, jobs: int = 1) -> list[str]:
+    """Run every unfinished cell, ``jobs`` at a time, each in its own process; returns the cells that failed."""
+    pending: list[Cell] = []
     for protocol, method, seed in experiment.cells():
         run_dir = experiment.run_dir(protocol, method, seed)
         state = cell_state(run_dir)
@@ -134,22 +156,41 @@ def run_grid(experiment: Experiment, extra: Sequence[str], dry_run: bool = False
                 run_dir.rename(aside)
         command = fit_command(experiment, protocol, method, seed, extra, resume=state == "resume")
         print(f"[{'resume' if state == 'resume' else 'run':<7}] {label}: {' '.join(command[2:])}")
-        if dry_run:
-            continue
-        run_dir.mkdir(parents=True, exist_ok=True)
-        started = time.time()
-        with open(run_dir / "fit.log", "a") as log:
-            code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
-        wall = time.time() - started
-        timing = run_dir / "runner.json"
-        previous = json.loads(timing.read_text()) if timing.is_file() else {"wall_s": 0.0, "attempts": []}
-        previous["attempts"].append({"command": command[2:], "wall_s": wall, "exit_code": code})
-        previous["wall_s"] += wall
-        timing.write_text(json.dumps(previous, indent=2))
-        if code != 0 or not (run_dir / "summary.json").is_file():
-            failed.append(label)
-            print(f"[failed]  {label}: exit code {code}, see {run_dir / 'fit.log'}")
+        pending.append(Cell(label, run_dir, command))
+    if dry_run:
+        return []
+    failed: list[str] = []
+    running: list[Cell] = []
+    while pending or running:
+        while pending and len(running) < jobs:
+            cell = pending.pop(0)
+            cell.run_dir.mkdir(parents=True, exist_ok=True)
+            cell.log = open(cell.run_dir / "fit.log", "a")  # noqa: SIM115  (closed when the cell ends)
+            cell.started = time.time()
+            cell.process = subprocess.Popen(cell.command, stdout=cell.log, stderr=subprocess.STDOUT)
+            running.append(cell)
+        time.sleep(0.2)
+        for cell in [c for c in running if c.process is not None and c.process.poll() is not None]:
+            running.remove(cell)
+            finish(cell, failed)
     return failed
+
+
+def finish(cell: Cell, failed: list[str]) -> None:
+    """Record a finished cell's attempt (command, wall time, exit code) in its ``runner.json``."""
+    assert cell.process is not None and cell.log is not None
+    cell.log.close()
+    code, wall = cell.process.returncode, time.time() - cell.started
+    timing = cell.run_dir / "runner.json"
+    previous: dict[str, Any] = json.loads(timing.read_text()) if timing.is_file() else {"wall_s": 0.0, "attempts": []}
+    previous["attempts"].append({"command": cell.command[2:], "wall_s": wall, "exit_code": code})
+    previous["wall_s"] += wall
+    timing.write_text(json.dumps(previous, indent=2))
+    if code != 0 or not (cell.run_dir / RunSummary.FILENAME).is_file():
+        failed.append(cell.label)
+        print(f"[failed]  {cell.label}: exit code {code}, see {cell.run_dir / 'fit.log'}")
+    else:
+        print(f"[done]    {cell.label}: {wall / 60:.1f} min")
 
 
 # --- tables -----------------------------------------------------------------------------------------
@@ -161,11 +202,36 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, std
 
 
-def format_cell(values: Sequence[float]) -> str:
-    if not values:
+def format_cell(values: Sequence[Optional[float]]) -> str:
+    present = [v for v in values if v is not None]
+    if not present:
         return "—"
-    mean, std = mean_std([100 * v for v in values])
-    return f"{mean:.2f} ± {std:.2f}" if len(values) > 1 else f"{mean:.2f}"
+    mean, std = mean_std([100 * v for v in present])
+    return f"{mean:.2f} ± {std:.2f}" if len(present) > 1 else f"{mean:.2f}"
+
+
+def evaluation_title(evaluation: str, last_k: int) -> str:
+    return {"last": "last epoch", "best": "best epoch", "mean_last": f"mean of the last {last_k} epochs"}[evaluation]
+
+
+def summary_rows(summary: RunSummary, **identity: Any) -> list[dict[str, Any]]:
+    """One row per evaluation (last, best, mean of the last k) of a run's summary."""
+    rows = []
+    for evaluation in EVALUATIONS:
+        record = getattr(summary, evaluation)
+        epoch = record.epochs if evaluation == "mean_last" else record.epoch
+        rows.append(
+            {
+                **identity,
+                "evaluation": evaluation,
+                "epoch": epoch,
+                "acc": record.acc,
+                "mean_acc": record.mean_acc,
+                "class_acc": record.class_acc,
+                "last_k": summary.last_k,
+            }
+        )
+    return rows
 
 
 def collect(experiment: Experiment) -> list[dict[str, Any]]:
@@ -173,17 +239,17 @@ def collect(experiment: Experiment) -> list[dict[str, Any]]:
     rows = []
     for protocol, method, seed in experiment.cells():
         run_dir = experiment.run_dir(protocol, method, seed)
-        if not (run_dir / "summary.json").is_file():
+        if not (run_dir / RunSummary.FILENAME).is_file():
             continue
-        summary = json.loads((run_dir / "summary.json").read_text())
         timing = json.loads((run_dir / "runner.json").read_text()) if (run_dir / "runner.json").is_file() else {}
-        for evaluation in EVALUATIONS:
-            record = summary[evaluation]
-            rows.append({
-                "method": method, "protocol": protocol, "seed": seed, "evaluation": evaluation,
-                "epoch": record.get("epoch", record.get("epochs")), "acc": record["acc"], "mean_acc": record["mean_acc"],
-                "class_acc": record["class_acc"], "wall_s": timing.get("wall_s"), "run_dir": str(run_dir),
-            })
+        rows += summary_rows(
+            RunSummary.read(run_dir),
+            method=method,
+            protocol=protocol,
+            seed=seed,
+            wall_s=timing.get("wall_s"),
+            run_dir=str(run_dir),
+        )
     return rows
 
 
@@ -191,26 +257,46 @@ def write_tables(experiment: Experiment, rows: list[dict[str, Any]]) -> tuple[Pa
     root = experiment.root
     root.mkdir(parents=True, exist_ok=True)
     class_names = next((list(r["class_acc"]) for r in rows), [])
+    last_k = next((r["last_k"] for r in rows), 5)
     csv_path = root / "results.csv"
     with open(csv_path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["method", "protocol", "seed", "evaluation", "epoch", "acc", "mean_acc", *class_names, "wall_s", "run_dir"])
+        writer.writerow(
+            ["method", "protocol", "seed", "evaluation", "epoch", "acc", "mean_acc", *class_names, "wall_s", "run_dir"]
+        )
         for r in rows:
-            writer.writerow([r["method"], r["protocol"], r["seed"], r["evaluation"], r["epoch"], f"{r['acc']:.6f}",
-                             f"{r['mean_acc']:.6f}", *[f"{r['class_acc'][c]:.6f}" for c in class_names],
-                             f"{r['wall_s']:.1f}" if r["wall_s"] is not None else "", r["run_dir"]])
+            classes = ["" if r["class_acc"].get(c) is None else f"{r['class_acc'][c]:.6f}" for c in class_names]
+            writer.writerow(
+                [
+                    r["method"],
+                    r["protocol"],
+                    r["seed"],
+                    r["evaluation"],
+                    r["epoch"],
+                    f"{r['acc']:.6f}",
+                    f"{r['mean_acc']:.6f}",
+                    *classes,
+                    f"{r['wall_s']:.1f}" if r["wall_s"] is not None else "",
+                    r["run_dir"],
+                ]
+            )
 
-    def values(method: str, protocol: str, evaluation: str, key: str, name: Optional[str] = None) -> list[float]:
+    def values(
+        method: str, protocol: str, evaluation: str, key: str, name: Optional[str] = None
+    ) -> list[Optional[float]]:
         chosen = [r for r in rows if (r["method"], r["protocol"], r["evaluation"]) == (method, protocol, evaluation)]
-        return [r[key] if name is None else r[key][name] for r in chosen]
+        return [r[key] if name is None else r[key].get(name) for r in chosen]
 
     lines = [f"# {experiment.name}", ""]
-    lines += [f"Configs: {', '.join(experiment.base)}; seeds {experiment.seeds}; extra arguments: "
-              f"`{' '.join(experiment.args) or '(none)'}`. Accuracy in %, mean ± sample std over the seeds that finished "
-              "(n per cell in results.csv). Evaluated on the validation split of each run's config (the test split for "
-              "RAF-DB and AffectNet, as FER papers do).", ""]
-    for evaluation, title in EVALUATIONS.items():
-        lines += [f"## Overall / mean accuracy, {title}", ""]
+    lines += [
+        f"Configs: {', '.join(experiment.base)}; seeds {experiment.seeds}; extra arguments: "
+        f"`{' '.join(experiment.args) or '(none)'}`. Accuracy in %, mean ± sample std over the seeds that finished "
+        "(n per cell in results.csv). Evaluated on the validation split of each run's config (the test split for "
+        "RAF-DB and AffectNet, as FER papers do).",
+        "",
+    ]
+    for evaluation in EVALUATIONS:
+        lines += [f"## Overall / mean accuracy, {evaluation_title(evaluation, last_k)}", ""]
         header = ["method"]
         for protocol in experiment.protocols:
             header += [f"{protocol} overall", f"{protocol} mean"]
@@ -220,20 +306,32 @@ def write_tables(experiment: Experiment, rows: list[dict[str, Any]]) -> tuple[Pa
         for method in experiment.methods:
             cells = [method]
             for protocol in experiment.protocols:
-                cells += [format_cell(values(method, protocol, evaluation, "acc")),
-                          format_cell(values(method, protocol, evaluation, "mean_acc"))]
+                cells += [
+                    format_cell(values(method, protocol, evaluation, "acc")),
+                    format_cell(values(method, protocol, evaluation, "mean_acc")),
+                ]
                 if experiment.paper:
                     published = experiment.paper.get(method, {}).get(protocol)
                     cells += [" / ".join("—" if v is None else f"{v:.2f}" for v in published) if published else "—"]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     for protocol in experiment.protocols:
-        for evaluation, title in EVALUATIONS.items():
-            lines += [f"## Per-class accuracy, {protocol}, {title}", "",
-                      "| method | " + " | ".join(class_names) + " |", "|" + "---|" * (len(class_names) + 1)]
+        for evaluation in EVALUATIONS:
+            lines += [
+                f"## Per-class accuracy, {protocol}, {evaluation_title(evaluation, last_k)}",
+                "",
+                "| method | " + " | ".join(class_names) + " |",
+                "|" + "---|" * (len(class_names) + 1),
+            ]
             for method in experiment.methods:
-                lines.append("| " + " | ".join([method] + [format_cell(values(method, protocol, evaluation, "class_acc", c))
-                                                          for c in class_names]) + " |")
+                lines.append(
+                    "| "
+                    + " | ".join(
+                        [method]
+                        + [format_cell(values(method, protocol, evaluation, "class_acc", c)) for c in class_names]
+                    )
+                    + " |"
+                )
             lines.append("")
     times = [r["wall_s"] for r in rows if r["evaluation"] == "last" and r["wall_s"] is not None]
     if times:
@@ -243,36 +341,81 @@ def write_tables(experiment: Experiment, rows: list[dict[str, Any]]) -> tuple[Pa
     return markdown_path, csv_path
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="nla experiment", description="Run a grid of methods x protocols x seeds and write the paper's tables. "
-        "Arguments this command does not know are passed to every `nla fit`, e.g. --data.root /path/to/RAF-DB.")
+# --- the command ----------------------------------------------------------------------------------
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        description="Run a grid of methods x protocols x seeds and write the paper's tables. Arguments after the "
+        "experiment file that are not this command's own go to every `nla fit`, e.g. --data.root /path/to/RAF-DB."
+    )
+    add_options(parser)
+    parser.add_argument("fit_args", nargs=argparse.REMAINDER, help="arguments for every nla fit")
+    return parser
+
+
+def add_options(parser: Any) -> None:
     parser.add_argument("config", help="an experiment YAML, e.g. configs/experiments/table5_rafdb.yaml")
-    parser.add_argument("--seeds", type=int, nargs="+", help="run only these seeds")
-    parser.add_argument("--methods", nargs="+", help="run only these methods")
-    parser.add_argument("--protocols", nargs="+", help="run only these protocols")
-    parser.add_argument("--output-dir", help="override the experiment's output_dir")
-    parser.add_argument("--dry-run", action="store_true", help="print what would run")
-    parser.add_argument("--tables-only", action="store_true", help="only rebuild the tables from finished runs")
-    args, extra = parser.parse_known_args(argv)
+    parser.add_argument("--seeds", type=Optional[list[int]], default=None, help="run only these seeds, e.g. [0,1]")
+    parser.add_argument("--methods", type=Optional[list[str]], default=None, help="run only these methods")
+    parser.add_argument("--protocols", type=Optional[list[str]], default=None, help="run only these protocols")
+    parser.add_argument("--output_dir", type=Optional[str], default=None, help="override the experiment's output_dir")
+    parser.add_argument("--jobs", type=int, default=1, help="cells run at once, each in its own process")
+    parser.add_argument("--dry_run", action="store_true", help="print what would run")
+    parser.add_argument("--tables_only", action="store_true", help="only rebuild the tables from finished runs")
+
+
+OPTIONS = ("--seeds", "--methods", "--protocols", "--output_dir", "--jobs", "--dry_run", "--tables_only")
+FLAGS = ("--dry_run", "--tables_only")
+
+
+def split_options(config: Namespace) -> tuple[Namespace, list[str]]:
+    """This command's own options may also follow the experiment file; the rest goes to every fit."""
+    own = ArgumentParser()
+    add_options(own)
+    remaining, known = [], [config.config]
+    args = list(config.fit_args or [])
+    while args:
+        arg = args.pop(0)
+        name = arg.split("=", 1)[0]
+        if name in OPTIONS:
+            known.append(arg)
+            if "=" not in arg and name not in FLAGS and args:
+                known.append(args.pop(0))
+        else:
+            remaining.append(arg)
+    parsed = own.parse_args(known, defaults=True)
+    for key in ("seeds", "methods", "protocols", "output_dir", "dry_run", "tables_only"):
+        if config.get(key) not in (None, False):
+            parsed[key] = config[key]
+    if config.jobs != 1:
+        parsed.jobs = config.jobs
+    return parsed, remaining
+
+
+def run(config: Namespace) -> None:
+    options, extra = split_options(config)
     try:
-        experiment = Experiment.load(args.config)
-        for name, chosen in (("methods", args.methods), ("protocols", args.protocols)):
+        experiment = Experiment.load(options.config)
+        for name in ("methods", "protocols"):
+            chosen = options.get(name)
             if chosen:
                 grid = getattr(experiment, name)
                 unknown = [c for c in chosen if c not in grid]
                 if unknown:
-                    raise ExperimentError(f"{args.config}: no {name} {unknown}; it has {list(grid)}")
+                    raise ExperimentError(f"{options.config}: no {name} {unknown}; it has {list(grid)}")
                 setattr(experiment, name, {c: grid[c] for c in chosen})
+        if options.jobs < 1:
+            raise ExperimentError(f"--jobs {options.jobs} must be at least 1")
     except ExperimentError as error:
         print(f"nla experiment: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    if args.seeds:
-        experiment.seeds = args.seeds
-    if args.output_dir:
-        experiment.output_dir = args.output_dir
-    failed = [] if args.tables_only else run_grid(experiment, extra, args.dry_run)
-    if args.dry_run:
+    if options.seeds:
+        experiment.seeds = list(options.seeds)
+    if options.output_dir:
+        experiment.output_dir = options.output_dir
+    failed = [] if options.tables_only else run_grid(experiment, extra, options.dry_run, options.jobs)
+    if options.dry_run:
         return
     markdown, table = write_tables(experiment, collect(experiment))
     print(f"tables: {markdown} and {table}")

@@ -1,34 +1,50 @@
 """``nla export``: a trained checkpoint as ONNX, TorchScript or a ``torch.export`` program, with its preprocessing.
 
 The exported graph takes **float32 RGB images, N x 3 x S x S, with values 0..255**, already resized to
-S x S (bilinear), and returns **logits** (softmax gives probabilities). Normalisation with the training
-mean and std is inside the graph. A JSON file beside the model records S, the mean and std, the class
-names and this contract.
+S x S, and returns **logits** (softmax gives probabilities). Normalisation with the training mean and std
+is inside the graph. The resize must be the one training used: bilinear with half-pixel centres and no
+antialiasing, as OpenCV's ``cv2.resize(image, (S, S), interpolation=cv2.INTER_LINEAR)`` does (PIL's
+bilinear antialiases when shrinking and gives other pixels). A JSON file beside the model records S, the
+resize, the mean and std, the class names and this contract. An ONNX export is one self-contained file.
 
     nla export --ckpt_path runs/rafdb-nla/checkpoints/last.ckpt --format onnx --output model.onnx
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Literal, Optional
 
 import torch
+from jsonargparse import ArgumentParser, Namespace
 from torch import Tensor, nn
 
+from nla.backbone import WeightsMismatchError, load_trusted
 from nla.data.batch_augment import normalisation
-from nla.data.transforms import RAFDB_MEAN, RAFDB_STD
+from nla.errors import UserError
 from nla.module import NLAModule
 
+HELP = "Write a trained checkpoint as ONNX, TorchScript or a torch.export program, with its preprocessing"
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "exported_program": ".pt2"}
+Format = Literal["onnx", "torchscript", "exported_program"]
+RESIZE = {
+    "interpolation": "bilinear",
+    "pixel_centres": "half-pixel (align_corners=False)",
+    "antialias": False,
+    "opencv": "cv2.resize(image, (S, S), interpolation=cv2.INTER_LINEAR)",
+    "torch": "torch.nn.functional.interpolate(x, size=(S, S), mode='bilinear', align_corners=False, antialias=False)",
+}
 
 
 class ExportedClassifier(nn.Module):
     """Normalisation plus backbone: 0..255 RGB images in, logits out."""
+
+    scale: Tensor
+    shift: Tensor
 
     def __init__(self, backbone: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
@@ -42,20 +58,26 @@ class ExportedClassifier(nn.Module):
 
 
 def load_checkpoint(ckpt_path: str | Path) -> tuple[NLAModule, dict[str, Any]]:
-    """The trained module, in eval mode on the CPU, and its preprocessing (image size, mean, std, class names)."""
-    ckpt_path = Path(ckpt_path)
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(ckpt_path)!r} does not exist")
+    """The trained module, in eval mode on the CPU, and its preprocessing (image size, mean, std, class names).
+
+    The file is read once, without unpickling arbitrary objects.
+    """
+    checkpoint = load_trusted(ckpt_path, what="checkpoint")
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise WeightsMismatchError(f"{ckpt_path} is not a checkpoint written by nla fit (it has no 'state_dict')")
+    hparams = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if not k.startswith("_")}
     # The backbone's weights come from the checkpoint, so the original pre-trained file is not needed.
-    module = NLAModule.load_from_checkpoint(ckpt_path, map_location="cpu", pretrained_weights=None, compile=False,
-                                            channels_last=False)
+    module = NLAModule(**{**hparams, "pretrained_weights": None, "compile": False, "channels_last": False})
+    module.on_load_checkpoint(checkpoint)
+    module.load_state_dict(checkpoint["state_dict"])
     module.eval()
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    data = checkpoint.get("datamodule_hyper_parameters", {})
+    data = checkpoint.get("datamodule_hyper_parameters") or {}
+    if data.get("mean") is None or data.get("std") is None:
+        raise WeightsMismatchError(f"{ckpt_path} does not record the normalisation its model was trained with")
     preprocessing = {
         "image_size": int(data.get("image_size", 224)),
-        "mean": list(data.get("mean", RAFDB_MEAN)),
-        "std": list(data.get("std", RAFDB_STD)),
+        "mean": list(data["mean"]),
+        "std": list(data["std"]),
         "class_names": list(module.class_names),
     }
     return module, preprocessing
@@ -64,7 +86,7 @@ def load_checkpoint(ckpt_path: str | Path) -> tuple[NLAModule, dict[str, Any]]:
 def export(ckpt_path: str | Path, output: str | Path, fmt: str = "onnx", image_size: Optional[int] = None) -> Path:
     """Write the model to ``output`` and its preprocessing to ``output`` + ``.json``; returns the model's path."""
     if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; expected one of {list(FORMATS)}")
+        raise UserError(f"unknown format {fmt!r}; expected one of {list(FORMATS)}")
     output = Path(output)
     sidecar = output.with_name(output.name + ".json")
     for path in (output, sidecar):
@@ -78,36 +100,60 @@ def export(ckpt_path: str | Path, output: str | Path, fmt: str = "onnx", image_s
     batch = torch.export.Dim("batch", min=1)
     with torch.no_grad():
         if fmt == "onnx":
-            torch.onnx.export(model, (example,), str(output), dynamo=True, input_names=["images"],
-                              output_names=["logits"], dynamic_shapes=({0: batch},))
+            program = torch.onnx.export(
+                model,
+                (example,),
+                dynamo=True,
+                input_names=["images"],
+                output_names=["logits"],
+                dynamic_shapes=({0: batch},),
+            )
+            assert program is not None
+            program.save(str(output), external_data=False)  # one file: the weights inside, no .onnx.data beside it
         elif fmt == "torchscript":
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated in recent torch; it still works
+                warnings.simplefilter(
+                    "ignore", FutureWarning
+                )  # TorchScript is deprecated in recent torch; it still works
                 torch.jit.trace(model, example).save(str(output))
         else:
             torch.export.save(torch.export.export(model, (example,), dynamic_shapes=({0: batch},)), str(output))
-    sidecar.write_text(json.dumps({
-        "format": fmt,
-        "checkpoint": str(ckpt_path),
-        "input": f"float32 RGB images, N x 3 x {size} x {size}, values 0..255, resized to {size} x {size} with bilinear interpolation",
-        "normalisation": "inside the graph: (x / 255 - mean) / std",
-        "output": "logits, N x num_classes; softmax gives probabilities",
-        **{**preprocessing, "image_size": size},
-    }, indent=2))
+    sidecar.write_text(
+        json.dumps(
+            {
+                "format": fmt,
+                "checkpoint": str(ckpt_path),
+                "input": f"float32 RGB images, N x 3 x {size} x {size}, values 0..255, resized to {size} x {size} "
+                "as 'resize' says",
+                "resize": {**RESIZE, "size": [size, size]},
+                "normalisation": "inside the graph: (x / 255 - mean) / std",
+                "output": "logits, N x num_classes; softmax gives probabilities",
+                **{**preprocessing, "image_size": size},
+            },
+            indent=2,
+        )
+    )
     return output
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="nla export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by nla fit")
-    parser.add_argument("--format", default="onnx", choices=list(FORMATS))
-    parser.add_argument("--output", help="the file to write (default: beside the checkpoint)")
-    parser.add_argument("--image-size", type=int, help="input side S (default: the training image size)")
-    args = parser.parse_args(argv)
-    output = args.output or str(Path(args.ckpt_path).with_suffix(FORMATS[args.format]))
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__)
+    parser.add_argument("--ckpt_path", type=str, required=True, help="a checkpoint written by nla fit")
+    parser.add_argument("--format", type=Format, default="onnx", help="onnx, torchscript or exported_program")
+    parser.add_argument(
+        "--output", type=Optional[str], default=None, help="the file to write (default: beside the checkpoint)"
+    )
+    parser.add_argument(
+        "--image_size", type=Optional[int], default=None, help="input side S (default: the training image size)"
+    )
+    return parser
+
+
+def run(config: Namespace) -> None:
+    output = config.output or str(Path(config.ckpt_path).with_suffix(FORMATS[config.format]))
     try:
-        path = export(args.ckpt_path, output, args.format, args.image_size)
-    except (FileExistsError, FileNotFoundError, ValueError) as error:
+        path = export(config.ckpt_path, output, config.format, config.image_size)
+    except (UserError, FileExistsError, FileNotFoundError) as error:
         print(f"nla export: error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
-    print(f"exported {args.format} to {path} (preprocessing in {path.name}.json)")
+    print(f"exported {config.format} to {path} (preprocessing in {path.name}.json)")

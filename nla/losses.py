@@ -2,83 +2,57 @@
 
 Nothing here knows about Lightning, configs or files. Equation numbers refer to the AAAI 2025
 paper "Navigating Label Ambiguity for Facial Expression Recognition in the Wild"; where the
-authors' public code differs from the paper, the ``"official"`` preset follows the code (it
-produced the published numbers) and the ``"paper"`` preset follows the text.
-See ``docs/method.md`` for the derivation of every constant.
+authors' public code differs from the paper, the defaults follow the code (it produced the published
+numbers). :mod:`nla.criterion` assembles eq. 8 from these pieces and holds the two presets;
+``docs/method.md`` derives every constant.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, Optional, Sequence
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-Preset = Literal["official", "paper"]
+from nla.errors import ConfigError
+
 Reduction = Literal["sum", "mean"]
 JSDDirection = Literal["mixture_to_view", "view_to_mixture"]
 
 
 @dataclass(frozen=True)
-class NAWSettings:
-    """Every constant of the NAW weight (eqs. 4 and 6) and of the total loss (eq. 8).
+class NAWKernels:
+    """The two Gaussian kernels of the NAW weight (eq. 4); the defaults are the authors' code.
 
-    The defaults are the authors' code (the ``"official"`` preset).
+    Args:
+        true_mean: Mean of the kernel for samples whose prediction is true, on the decision boundary.
+        true_major_std: Major std ``s`` of that kernel's ellipse.
+        true_axis_ratio: Axis ratio ``r`` of that ellipse; the covariance scheduler stretches it along y = -x.
+        true_scale: Scale of the true-prediction weight (``t_lambda`` in the authors' code).
+        false_mean: Mean of the kernel for samples whose prediction is false.
+        false_major_std: Major std of the false-prediction ellipse (the paper's text: 0.8823, see docs/method.md).
+        false_axis_ratio: Axis ratio of the false-prediction ellipse, laid along y = x.
     """
 
-    # Kernel for samples whose prediction is true: centred on the decision boundary.
     true_mean: tuple[float, float] = (0.50, 0.50)
     true_major_std: float = 0.8
     true_axis_ratio: float = 2.0
-    true_scale: float = 1.0  # `t_lambda` in the authors' code
-    # Kernel for samples whose prediction is false.
+    true_scale: float = 1.0
     false_mean: tuple[float, float] = (0.30, 0.15)
     false_major_std: float = 0.91
     false_axis_ratio: float = 6.0
-    # Covariance scheduler, eq. 6: CS(e, E) = 1 - exp(-slope * e / E).
-    schedule_slope: float = 15.0
-    # Eq. 8: lam * (1 + w) * CE + consistency_weight * consistency.
-    lam: float = 0.5
-    consistency_weight: float = 0.5
-    consistency_reduction: Reduction = "sum"
-    jsd_direction: JSDDirection = "mixture_to_view"
 
-    def replace(self, **overrides: object) -> "NAWSettings":
-        """A copy with the given fields changed; ``None`` values are ignored."""
-        unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise TypeError(f"unknown NAW setting(s) {sorted(unknown)}; expected some of {self.field_names()}")
-        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-
-PRESETS: dict[str, NAWSettings] = {
-    "official": NAWSettings(),
-    # The paper gives the false kernel sigma_11 = 0.8 with axes 6:1, i.e. s^2 (1 + 1/r^2) = 0.8,
-    # and CS slope 10. It writes the regulariser as (1 - lam) * [KL(z||m) + KL(z'||m)] with no
-    # batch reduction stated; with jsd_consistency = 0.5 * (KL + KL) that is weight 2 (1 - lam).
-    "paper": NAWSettings(
-        false_major_std=math.sqrt(0.8 / (1.0 + 1.0 / 6.0**2)),
-        schedule_slope=10.0,
-        consistency_weight=1.0,
-        consistency_reduction="mean",
-        jsd_direction="view_to_mixture",
-    ),
-}
-
-
-def resolve_settings(preset: Preset = "official", **overrides: object) -> NAWSettings:
-    """The settings of ``preset`` with ``overrides`` applied (``None`` keeps the preset's value)."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
-    return PRESETS[preset].replace(**overrides)
+    def __post_init__(self) -> None:
+        for name in ("true_major_std", "false_major_std"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"NAW kernel {name}={getattr(self, name)} must be a positive number")
+        for name in ("true_axis_ratio", "false_axis_ratio"):
+            if not getattr(self, name) >= 1:
+                raise ConfigError(f"NAW kernel {name}={getattr(self, name)} must be at least 1")
 
 
 def covariance_schedule(epoch: float, max_epochs: float, slope: float = 15.0) -> float:
@@ -121,30 +95,30 @@ def nearest_negative(probs: Tensor, targets: Tensor) -> Tensor:
     return probs.masked_fill(given, float("-inf")).amax(dim=1)
 
 
-def naw_weight(
-    probs: Tensor,
-    targets: Tensor,
-    epoch: float,
-    max_epochs: float,
-    preset: Preset = "official",
-    **overrides: object,
-) -> Tensor:
+def naw_weight(probs: Tensor, targets: Tensor, schedule: float, kernels: NAWKernels = NAWKernels()) -> Tensor:
     """Noise-aware adaptive weight w* of eq. 4, one per sample, differentiable in ``probs``.
 
     Each sample is placed at q = (p_GT, p_NN). A sample whose prediction is true is weighted by the
-    kernel centred on the decision boundary, whose covariance the scheduler of eq. 6 stretches along
-    y = -x as training goes on; a false prediction is weighted by the kernel along y = x.
+    kernel centred on the decision boundary, whose covariance the scheduler value ``schedule`` (eq. 6)
+    stretches along y = -x; a false prediction is weighted by the kernel along y = x.
     """
-    settings = resolve_settings(preset, **overrides)
     p_gt = probs.gather(1, targets[:, None]).squeeze(1)
     p_nn = nearest_negative(probs, targets)
-    schedule = covariance_schedule(epoch, max_epochs, settings.schedule_slope)
-    true_cov = kernel_covariance(settings.true_major_std, settings.true_axis_ratio, -1, schedule)
-    false_cov = kernel_covariance(settings.false_major_std, settings.false_axis_ratio, +1)
-    w_true = settings.true_scale * gaussian_kernel(p_gt, p_nn, settings.true_mean, true_cov)
-    w_false = gaussian_kernel(p_gt, p_nn, settings.false_mean, false_cov)
-    prediction_true = probs.argmax(dim=1) == targets
-    return torch.where(prediction_true, w_true, w_false)
+    true_cov = kernel_covariance(kernels.true_major_std, kernels.true_axis_ratio, -1, schedule)
+    false_cov = kernel_covariance(kernels.false_major_std, kernels.false_axis_ratio, +1)
+    w_true = kernels.true_scale * gaussian_kernel(p_gt, p_nn, kernels.true_mean, true_cov)
+    w_false = gaussian_kernel(p_gt, p_nn, kernels.false_mean, false_cov)
+    return torch.where(prediction_true(probs, targets), w_true, w_false)
+
+
+def prediction_true(probs: Tensor, targets: Tensor) -> Tensor:
+    """Which samples' most probable class is the given label: the branch of eq. 4 they fall in."""
+    return probs.argmax(dim=1) == targets
+
+
+def prediction_entropy(probs: Tensor) -> Tensor:
+    """Per-sample entropy of the predicted distribution, in nats (log K for a uniform prediction)."""
+    return -(probs * probs.clamp_min(1e-12).log()).sum(dim=1)
 
 
 # --- per-sample classification losses -------------------------------------------------------
@@ -261,7 +235,9 @@ def cam_consistency(features: Tensor, features_flipped: Tensor, classifier_weigh
 # --- eq. 8 ------------------------------------------------------------------------------------
 
 
-def weighted_loss(per_sample_loss: Tensor, weights: Optional[Tensor], lam: float = 0.5, detach_weight: bool = False) -> Tensor:
+def weighted_loss(
+    per_sample_loss: Tensor, weights: Optional[Tensor], lam: float = 0.5, detach_weight: bool = False
+) -> Tensor:
     """Eq. 5 scaled by lam: lam * mean((1 + w) * l). With ``weights=None`` (no NAW) it is lam * mean(l).
 
     The official code does not detach w, so gradients flow through the weight by default.
@@ -271,29 +247,3 @@ def weighted_loss(per_sample_loss: Tensor, weights: Optional[Tensor], lam: float
     if detach_weight:
         weights = weights.detach()
     return lam * (per_sample_loss.mean() + (weights * per_sample_loss).mean())
-
-
-class NLALoss(NamedTuple):
-    total: Tensor
-    classification: Tensor
-    consistency: Tensor
-    weights: Tensor
-
-
-def nla_loss(
-    logits: Tensor,
-    logits_flipped: Tensor,
-    targets: Tensor,
-    epoch: float,
-    max_epochs: float,
-    preset: Preset = "official",
-    detach_weight: bool = False,
-    **overrides: object,
-) -> NLALoss:
-    """Eq. 8 for NLA itself: lam * mean((1 + w) CE) + consistency_weight * JSD, with w from the image's view."""
-    settings = resolve_settings(preset, **overrides)
-    weights = naw_weight(logits.softmax(dim=1), targets, epoch, max_epochs, **dataclasses.asdict(settings))
-    classification = weighted_loss(F.cross_entropy(logits, targets, reduction="none"), weights, settings.lam, detach_weight)
-    consistency = jsd_consistency(logits, logits_flipped, settings.consistency_reduction, settings.jsd_direction)
-    total = classification + settings.consistency_weight * consistency
-    return NLALoss(total, classification, consistency, weights)

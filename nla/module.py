@@ -1,290 +1,342 @@
 """The training loop glued together: :class:`NLAModule`, a LightningModule that trains any timm backbone with NLA.
 
-The maths lives in :mod:`nla.losses`; this module only wires the backbone, the loss terms, the
-metrics and the optimiser together, and exposes every knob as a typed init argument.
+The loss is :class:`nla.criterion.Criterion`; this module wires the backbone, the criterion, the
+metrics and the optimiser together and exposes every knob as a typed init argument.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Literal, Optional, Sequence
+import math
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+from torchmetrics.classification import MulticlassConfusionMatrix
 
-from nla import losses
-from nla.backbone import DEFAULT_IGNORED_KEYS, create_backbone
+from nla.backbone import DEFAULT_IGNORED_KEYS, create_backbone, load_pretrained_weights
+from nla.classes import ClassMatch, match_classes
+from nla.criterion import Criterion, CriterionConfig, CriterionOutput
 from nla.data.samples import DataError
+from nla.errors import ConfigError, UserError
+from nla.losses import prediction_entropy
+from nla.results import Evaluation
 
-Consistency = Literal["none", "jsd", "l1", "cam"]
+EVALUATION_STAGES = ("val", "test")
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; raised before the step changes any weight."""
+class NonFiniteError(UserError, FloatingPointError):
+    """The loss or the weights became NaN or infinite; raised before anything non-finite is saved."""
+
+
+def _positive_finite(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ConfigError(f"model.{name}={value} must be a finite positive number")
 
 
 class NLAModule(LightningModule):
     """Facial expression recognition with NLA: NAW-weighted classification plus a mirror-consistency term.
 
-    The default is NLA as the authors' code runs it: cross-entropy weighted by NAW, plus the JSD between
-    an image and its mirror, with the ``"official"`` constants. Every baseline of the paper is a
-    combination of ``loss``, ``naw`` and ``consistency`` (see ``configs/methods/``).
+    The default criterion is NLA as the authors' code runs it; every baseline of the paper is another
+    :class:`~nla.criterion.CriterionConfig` (see ``configs/methods/``). The classes follow the data: with
+    ``num_classes=None`` the backbone is built when the DataModule is set up, with its classes.
 
     Args:
         backbone: Any timm model name.
-        num_classes: Number of expression classes.
-        class_names: Class names in label order, for logs and predictions (``None``: the DataModule's).
-        pretrained_weights: A weights file for the backbone (plain state dict, or a dict with
-            ``'state_dict'``); ``module.`` prefixes are stripped and the old classifier is dropped.
+        num_classes: Number of expression classes; ``None`` takes the DataModule's.
+        class_names: Class names in label order (``None``: the DataModule's, else ``"0"``, ``"1"``, ...).
+        pretrained_weights: A weights file for the backbone: a state dict, a dict holding ``'state_dict'``,
+            or an nla checkpoint (``.ckpt``). ``module.`` and ``model.`` prefixes are stripped and the old
+            classifier is dropped.
+        trust_pretrained_weights: Allow a weights file that holds pickled Python objects besides tensors.
+            Loading such a file runs whatever code it holds, so it is refused unless you trust its source.
         ignore_weight_keys: Further key patterns of the weights file to drop (fnmatch), such as the
             IJB-A checkpoint's ``feature.*`` embedding.
-        loss: Per-sample classification loss: ``ce``, ``focal``, ``label_smoothing``, ``class_balanced``
-            (Cui et al. 2019) or ``balanced_softmax`` (Ren et al. 2020).
-        naw: Weight the classification loss by NAW, ``(1 + w)`` in eq. 8.
-        consistency: Mirror-consistency term: ``jsd`` (NLA), ``l1``, ``cam`` (EAC-style) or ``none``.
-        preset: ``official`` (the authors' code, which produced the published numbers) or ``paper`` (the text).
-        lam: lambda of eq. 8 (``None``: the preset's, 0.5).
-        consistency_weight: Weight of the consistency term (``None``: the preset's).
-        consistency_reduction: ``sum`` over batch and classes (code) or ``mean`` over the batch (``None``: preset).
-        jsd_direction: ``mixture_to_view`` (code) or ``view_to_mixture`` (paper) (``None``: preset).
-        true_mean: Mean of the true-prediction kernel (``None``: preset, (0.5, 0.5)).
-        true_major_std: Major std of the true-prediction kernel (``None``: preset, 0.8).
-        true_axis_ratio: Axis ratio of the true-prediction kernel (``None``: preset, 2).
-        true_scale: Scale of the true-prediction weight, ``t_lambda`` (``None``: preset, 1).
-        false_mean: Mean of the false-prediction kernel (``None``: preset, (0.3, 0.15)).
-        false_major_std: Major std of the false-prediction kernel (``None``: preset, 0.91 or 0.882).
-        false_axis_ratio: Axis ratio of the false-prediction kernel (``None``: preset, 6).
-        schedule_slope: Slope of the covariance scheduler, eq. 6 (``None``: preset, 15 or 10).
-        schedule_epochs: ``E`` of eq. 6 (``None``: the trainer's ``max_epochs``).
-        detach_weight: Stop gradients through the NAW weight (the code lets them flow).
-        focal_gamma: Focusing parameter of the focal loss.
-        label_smoothing: Smoothing of the label-smoothing loss.
-        class_balanced_beta: beta of the class-balanced loss's effective number.
-        class_counts: Training class counts for the class-imbalance losses (``None``: the DataModule's).
+        criterion: The training objective, eq. 8: the loss, NAW, the consistency term and all their constants.
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
         lr_gamma: ExponentialLR decay, stepped once per epoch.
         channels_last: Run the backbone in channels-last memory format (faster convolutions on GPUs).
         compile: ``torch.compile`` the backbone.
+        class_counts: Training class counts for the class-imbalance losses (``None``: the DataModule's).
     """
+
+    label_lookup: Tensor  # data class index -> model class index (-1: a class the model lacks), once set up
+    excluded_counts: Tensor  # images of such classes met in the current evaluation
 
     def __init__(
         self,
         backbone: str = "resnet18",
-        num_classes: int = 7,
+        num_classes: Optional[int] = None,
         class_names: Optional[list[str]] = None,
         pretrained_weights: Optional[str] = None,
+        trust_pretrained_weights: bool = False,
         ignore_weight_keys: Sequence[str] = DEFAULT_IGNORED_KEYS,
-        loss: losses.ClassificationLoss = "ce",
-        naw: bool = True,
-        consistency: Consistency = "jsd",
-        preset: losses.Preset = "official",
-        lam: Optional[float] = None,
-        consistency_weight: Optional[float] = None,
-        consistency_reduction: Optional[losses.Reduction] = None,
-        jsd_direction: Optional[losses.JSDDirection] = None,
-        true_mean: Optional[tuple[float, float]] = None,
-        true_major_std: Optional[float] = None,
-        true_axis_ratio: Optional[float] = None,
-        true_scale: Optional[float] = None,
-        false_mean: Optional[tuple[float, float]] = None,
-        false_major_std: Optional[float] = None,
-        false_axis_ratio: Optional[float] = None,
-        schedule_slope: Optional[float] = None,
-        schedule_epochs: Optional[int] = None,
-        detach_weight: bool = False,
-        focal_gamma: float = 2.0,
-        label_smoothing: float = 0.1,
-        class_balanced_beta: float = 0.9999,
-        class_counts: Optional[list[int]] = None,
+        criterion: CriterionConfig = CriterionConfig(),
         lr: float = 1e-4,
         weight_decay: float = 1e-4,
         lr_gamma: float = 0.9,
         channels_last: bool = True,
         compile: bool = False,
+        class_counts: Optional[list[int]] = None,
     ) -> None:
         super().__init__()
+        _positive_finite("lr", lr)
+        _positive_finite("lr_gamma", lr_gamma)
+        if not (math.isfinite(weight_decay) and weight_decay >= 0):
+            raise ConfigError(f"model.weight_decay={weight_decay} must be a finite number >= 0")
+        if class_names is not None and num_classes is not None and len(class_names) != num_classes:
+            raise ConfigError(f"{len(class_names)} class names {class_names} for model.num_classes={num_classes}")
         self.save_hyperparameters()
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"{len(class_names)} class names {class_names} for num_classes={num_classes}")
-        self.settings = losses.resolve_settings(
-            preset, lam=lam, consistency_weight=consistency_weight, consistency_reduction=consistency_reduction,
-            jsd_direction=jsd_direction, true_mean=true_mean, true_major_std=true_major_std,
-            true_axis_ratio=true_axis_ratio, true_scale=true_scale, false_mean=false_mean,
-            false_major_std=false_major_std, false_axis_ratio=false_axis_ratio, schedule_slope=schedule_slope,
-        )
-        self.class_names = list(class_names) if class_names else [str(k) for k in range(num_classes)]
-        self.register_buffer("class_counts", torch.tensor(class_counts or [0] * num_classes, dtype=torch.long))
-        self.configure_backbone()
-        self.configure_metrics()
-        self._forward_all = torch.compile(self.features_and_logits) if compile else self.features_and_logits
-        self.confusion_matrices: dict[str, Tensor] = {}
+        criterion = CriterionConfig.coerce(criterion)
+        self.hparams["criterion"] = criterion.to_dict()  # plain types: checkpoints load with weights_only=True
+        self.criterion = Criterion(criterion, class_counts)
+        self.class_names: list[str] = []
+        self.model: Any = None  # the timm backbone, once the classes are known
+        self._forward = self.features_and_logits
+        self.validation_history: list[Evaluation] = []  # one record per validated epoch; part of the checkpoint
+        self.evaluations: dict[str, Evaluation] = {}  # the latest evaluation of each stage
+        self.class_match: Optional[ClassMatch] = None
+        self._resumed_hparams: Optional[dict[str, Any]] = None
+        if num_classes is not None or class_names is not None:
+            self.build(list(class_names) if class_names else [str(k) for k in range(num_classes or 0)])
 
     # --- building blocks ---------------------------------------------------------------------
 
-    def configure_backbone(self) -> None:
+    def build(self, class_names: Sequence[str]) -> None:
+        """Create the backbone with a ``len(class_names)``-way head, its weights and the metrics."""
         hp = self.hparams
-        self.model = create_backbone(hp.backbone, hp.num_classes)
-        if hp.pretrained_weights:
-            from nla.backbone import load_pretrained_weights
-
-            load_pretrained_weights(self.model, hp.pretrained_weights, hp.ignore_weight_keys)
-        if hp.consistency == "cam" and not isinstance(self.model.get_classifier(), nn.Linear):
-            raise ValueError(f"consistency 'cam' needs a linear classifier; {hp.backbone} has {self.model.get_classifier()}")
-        if hp.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-
-    def configure_metrics(self) -> None:
-        k = self.hparams.num_classes
-        for stage in ("val", "test"):
-            metrics = MetricCollection(
-                {
-                    "acc": MulticlassAccuracy(k, average="micro"),
-                    "mean_acc": MulticlassAccuracy(k, average="macro"),
-                    "class_acc": MulticlassAccuracy(k, average=None),
-                    "confusion": MulticlassConfusionMatrix(k),
-                },
-                compute_groups=False,
+        self.class_names = list(class_names)
+        hp["num_classes"], hp["class_names"] = len(self.class_names), list(self.class_names)
+        model: Any = create_backbone(hp["backbone"], len(self.class_names))
+        if hp["pretrained_weights"]:
+            load_pretrained_weights(
+                model, hp["pretrained_weights"], hp["ignore_weight_keys"], trust=hp["trust_pretrained_weights"]
             )
-            setattr(self, f"{stage}_metrics", metrics)
+        if self.criterion.config.consistency == "cam" and not isinstance(model.get_classifier(), nn.Linear):
+            raise ConfigError(
+                f"consistency 'cam' needs a linear classifier; {hp['backbone']} has {model.get_classifier()}"
+            )
+        self.model = model.to(memory_format=torch.channels_last) if hp["channels_last"] else model
+        self._forward = torch.compile(self.features_and_logits) if hp["compile"] else self.features_and_logits
+        for stage in EVALUATION_STAGES:
+            setattr(self, f"{stage}_confusion", MulticlassConfusionMatrix(len(self.class_names)))
 
-    @property
-    def naw_settings(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.settings)
+    def _require_model(self) -> Any:
+        if self.model is None:
+            raise RuntimeError(
+                "the backbone is built from the data's classes when fitting; pass num_classes or "
+                "class_names to use NLAModule before that"
+            )
+        return self.model
 
     # --- forward -------------------------------------------------------------------------------
 
     def features_and_logits(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        if self.hparams.channels_last:
+        model = self._require_model()
+        if self.hparams["channels_last"]:
             images = images.contiguous(memory_format=torch.channels_last)
-        features = self.model.forward_features(images)
-        return features, self.model.forward_head(features)
+        features = model.forward_features(images)
+        return features, model.forward_head(features)
 
     def forward(self, images: Tensor) -> Tensor:
-        return self._forward_all(images)[1]
+        return self._forward(images)[1]
 
     @staticmethod
-    def unpack(batch: Any) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-        """``(images, labels, mirrors)`` from a dict batch of the nla DataModules or an ``(images, labels)`` pair."""
+    def unpack(batch: Any) -> tuple[Tensor, Optional[Tensor]]:
+        """``(images, labels)`` from a dict batch of the nla DataModules or an ``(images, labels)`` pair;
+        ``labels`` is ``None`` for a batch of images alone."""
         if isinstance(batch, dict):
-            return batch["image"], batch["label"], batch.get("image_mirror")
-        images, labels = batch[0], batch[1]
-        return images, labels, None
+            return batch["image"], batch.get("label")
+        if isinstance(batch, Tensor):
+            return batch, None
+        return batch[0], (batch[1] if len(batch) > 1 else None)
 
-    @classmethod
-    def training_views(cls, batch: Any) -> tuple[Tensor, Tensor]:
-        """``(views, labels)``: the 2N images of one forward pass, the batch then its mirrors. The cached
-        pipeline delivers them ready as ``batch["views"]``; otherwise they are joined here, and a batch
-        without ``image_mirror`` is mirrored here."""
+    def training_views(self, batch: Any) -> tuple[Tensor, Tensor]:
+        """``(images, labels)`` for one forward pass: the batch, then its mirrors when the criterion has a
+        consistency term. The cached pipeline delivers them ready as ``batch["views"]``."""
         if isinstance(batch, dict) and "views" in batch:
             return batch["views"], batch["label"]
-        images, labels, mirrors = cls.unpack(batch)
-        if mirrors is None:
-            mirrors = images.flip(-1)
-        return torch.cat([images, mirrors]), labels
+        images, labels = self.unpack(batch)
+        if labels is None:
+            raise ValueError("a training batch needs labels: (images, labels) or a dict with 'image' and 'label'")
+        if not self.criterion.config.uses_mirror:
+            return images, labels
+        mirrors = batch.get("image_mirror") if isinstance(batch, dict) else None
+        return torch.cat([images, images.flip(-1) if mirrors is None else mirrors]), labels
 
-    # --- training ------------------------------------------------------------------------------
+    # --- setup: the data decides the classes ----------------------------------------------------
 
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        data_classes = getattr(datamodule, "num_classes", None)
-        if data_classes is not None and data_classes != self.hparams.num_classes:
+        datamodule = getattr(self._trainer, "datamodule", None)
+        data_classes = list(getattr(datamodule, "class_names", None) or [])
+        if self.model is None:
+            if not data_classes:
+                raise DataError("NLAModule needs num_classes or class_names, or a DataModule that names its classes")
+            self.build(data_classes)
+        if data_classes and stage == "fit" and data_classes != self.class_names:
             raise DataError(
-                f"the model has num_classes={self.hparams.num_classes} but the data has {data_classes} classes "
-                f"{getattr(datamodule, 'class_names', '')}"
+                f"the model has classes {self.class_names} but the training data has {data_classes}; "
+                "a model is trained on the classes of its data"
             )
-        if self.hparams.class_names is None and getattr(datamodule, "class_names", None):
-            self.class_names = list(datamodule.class_names)
-        needs_counts = self.hparams.loss in ("class_balanced", "balanced_softmax")
-        if stage == "fit" and needs_counts and self.hparams.class_counts is None:
+        if data_classes and stage in ("fit", "validate", "test"):
+            self.class_match = match_classes(data_classes, self.class_names)
+            if not self.class_match.identity:
+                rank_zero_info(f"classes: {self.class_match.describe()}")
+            lookup = [-1 if k is None else k for k in self.class_match.to_model]
+            self.register_buffer("label_lookup", torch.tensor(lookup, device=self.device), persistent=False)
+            self.register_buffer(
+                "excluded_counts", torch.zeros(len(lookup), dtype=torch.long, device=self.device), persistent=False
+            )
+        if stage == "fit" and self.criterion.needs_class_counts and self.hparams["class_counts"] is None:
             counts = getattr(datamodule, "train_class_counts", None)
             if counts is None:
-                raise ValueError(f"loss {self.hparams.loss!r} needs class counts: pass class_counts or use an nla DataModule")
-            self.class_counts.copy_(torch.as_tensor(counts))
-
-    def on_fit_start(self) -> None:
-        # The logged config shows the constants actually used, not only the preset's name.
-        for logger in self.loggers:
-            logger.log_hyperparams({f"resolved/{k}": v for k, v in self.naw_settings.items()})
+                raise ValueError(
+                    f"loss {self.criterion.config.loss!r} needs class counts: pass class_counts or use an nla "
+                    "DataModule"
+                )
+            self.criterion.set_class_counts(counts)
 
     @property
     def schedule_epochs(self) -> int:
-        epochs = self.hparams.schedule_epochs or (self.trainer.max_epochs if self._trainer is not None else None)
+        """``E`` of the covariance scheduler: the criterion's, else the trainer's ``max_epochs``."""
+        epochs = self.criterion.config.schedule_epochs or (
+            self.trainer.max_epochs if self._trainer is not None else None
+        )
         if not epochs or epochs < 1:
-            raise ValueError("NAW's covariance scheduler needs the number of epochs: set trainer.max_epochs or model.schedule_epochs")
+            raise ValueError(
+                "NAW's covariance scheduler needs the number of epochs: set trainer.max_epochs or "
+                "model.criterion.schedule_epochs"
+            )
         return epochs
+
+    # --- training ------------------------------------------------------------------------------
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         views, labels = self.training_views(batch)
         n = len(labels)
-        # One forward pass over the images and their mirrors together.
-        features, logits = self._forward_all(views)
+        features, logits = self._forward(views)  # one forward pass over the images and their mirrors
         logits = logits.float()
-        z, z_mirror = logits[:n], logits[n:]
-        probs = z.softmax(dim=1)
-        s = self.settings
-        weights = (
-            losses.naw_weight(probs, labels, self.current_epoch, self.schedule_epochs, **self.naw_settings)
-            if self.hparams.naw
-            else None
+        mirrored = len(logits) == 2 * n
+        z = logits[:n]
+        output = self.criterion(
+            z,
+            labels,
+            self.current_epoch,
+            self.schedule_epochs,
+            logits_mirror=logits[n:] if mirrored else None,
+            features=features[:n] if mirrored else None,
+            features_mirror=features[n:] if mirrored else None,
+            classifier_weight=getattr(self.model.get_classifier(), "weight", None) if mirrored else None,
         )
-        per_sample = losses.classification_loss(
-            z, labels, self.hparams.loss, class_counts=self.class_counts, focal_gamma=self.hparams.focal_gamma,
-            label_smoothing=self.hparams.label_smoothing, class_balanced_beta=self.hparams.class_balanced_beta,
-        )
-        classification = losses.weighted_loss(per_sample, weights, s.lam, self.hparams.detach_weight)
-        consistency = self.consistency_term(z, z_mirror, features, n)
-        loss = classification + s.consistency_weight * consistency
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
+        if not torch.isfinite(output.total):
+            raise NonFiniteError(
                 f"non-finite loss at epoch {self.current_epoch}, step {self.global_step}: classification="
-                f"{classification.item():.4g}, consistency={consistency.item():.4g}. The run stops before this step "
-                "changes any weight; the checkpoints already written are kept (resume with --ckpt_path last, "
-                "perhaps with a lower --model.lr)."
+                f"{output.classification.item():.4g}, consistency={output.consistency.item():.4g}. The run stops "
+                "before this step changes any weight; the checkpoints already written are kept. Resume with "
+                "--ckpt_path last "
+                "and a lower --model.lr"
             )
-        logged = {"train/loss": loss, "train/classification": classification, "train/consistency": consistency}
-        if weights is not None:
-            logged["train/naw_weight"] = weights.mean()
-        self.log_dict(logged, on_step=True, on_epoch=True, batch_size=n, prog_bar=False)
-        epoch_values = {
-            "train/covariance_schedule": losses.covariance_schedule(self.current_epoch, self.schedule_epochs, s.schedule_slope),
-            "train/lr": self.optimizers().param_groups[0]["lr"] if self._trainer is not None else self.hparams.lr,
-        }
+        self.log("train/loss", output.total, on_step=True, on_epoch=True, batch_size=n, prog_bar=True)
+        self.log_dict(self.mechanism(z, output, labels), on_step=False, on_epoch=True, batch_size=n)
+        epoch_values = {"train/covariance_schedule": output.schedule}
+        if self._trainer is not None and self.trainer.optimizers:
+            epoch_values["train/lr"] = self.trainer.optimizers[0].param_groups[0]["lr"]
         self.log_dict(epoch_values, on_step=False, on_epoch=True, batch_size=n)
-        output = {"loss": loss, "probs": probs.detach(), "labels": labels}
-        if weights is not None:
-            output["weights"] = weights.detach()
+        result = {"loss": output.total, "probs": output.probs, "labels": labels}
+        if output.weights is not None:
+            result["weights"] = output.weights.detach()
         if isinstance(batch, dict) and "index" in batch:
-            output["index"] = batch["index"]
-        return output
+            result["index"] = batch["index"]
+        return result
 
-    def consistency_term(self, z: Tensor, z_mirror: Tensor, features: Tensor, n: int) -> Tensor:
-        s, kind = self.settings, self.hparams.consistency
-        if kind == "jsd":
-            return losses.jsd_consistency(z, z_mirror, s.consistency_reduction, s.jsd_direction)
-        if kind == "l1":
-            return losses.l1_consistency(z, z_mirror, s.consistency_reduction)
-        if kind == "cam":
-            weight = self.model.get_classifier().weight
-            return losses.cam_consistency(features[:n].float(), features[n:].float(), weight.float())
-        return z.new_zeros(())
+    def mechanism(self, logits: Tensor, output: CriterionOutput, labels: Tensor) -> dict[str, Tensor]:
+        """Per-epoch means of what the loss does: its parts, the NAW weight per branch of eq. 4, the share of
+        samples in the false branch, the gradient that reaches the logits through ``w``, and the entropy of
+        the predictions."""
+        false_branch = (~output.prediction_true).float()
+        logged = {
+            "train/classification": output.classification,
+            "train/consistency": output.consistency,
+            "train/false_branch_share": false_branch.mean(),
+            "train/prediction_entropy": prediction_entropy(output.probs).mean(),
+        }
+        if output.weights is not None:
+            w = output.weights.detach()
+            logged["train/naw_weight"] = w.mean()
+            # Means over the branch's samples of this batch (0 when the batch has none of them).
+            logged["train/naw_weight_true_branch"] = (w * (1 - false_branch)).sum() / (
+                1 - false_branch
+            ).sum().clamp_min(1)
+            logged["train/naw_weight_false_branch"] = (w * false_branch).sum() / false_branch.sum().clamp_min(1)
+            gradient = self.criterion.weight_gradient_norm(logits, output, labels)
+            if gradient is not None:
+                logged["train/weight_gradient_norm"] = gradient
+        return logged
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> Any:
         hp = self.hparams
-        optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=hp.lr_gamma)
+        optimizer = torch.optim.Adam(self.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=hp["lr_gamma"])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def on_train_start(self) -> None:
+        """A resumed run takes the optimiser settings it is given now, not the ones its checkpoint restored."""
+        if self._resumed_hparams is None:
+            return
+        old, hp = self._resumed_hparams, self.hparams
+        scale = hp["lr"] / float(old.get("lr") or hp["lr"])  # the schedule so far is kept: the rate scales
+        for optimizer in self.trainer.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] *= scale
+                group["weight_decay"] = hp["weight_decay"]
+                if "initial_lr" in group:
+                    group["initial_lr"] = hp["lr"]
+        for config in self.trainer.lr_scheduler_configs:
+            config.scheduler.base_lrs = [hp["lr"] for _ in config.scheduler.base_lrs]
+            if hasattr(config.scheduler, "gamma"):
+                config.scheduler.gamma = hp["lr_gamma"]
+        if scale != 1.0:
+            rank_zero_info(
+                f"resumed with lr {hp['lr']:g} instead of {float(old['lr']):g}: the learning rate is now "
+                f"{self.trainer.optimizers[0].param_groups[0]['lr']:.3g} at epoch {self.current_epoch}"
+            )
+        self._resumed_hparams = None
+
+    def check_finite_weights(self) -> None:
+        """Stop the run when any parameter or buffer is NaN or infinite, before it is evaluated or saved."""
+        for name, tensor in self.state_dict().items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise NonFiniteError(
+                    f"the weights became non-finite ({name}) at epoch {self.current_epoch}, step {self.global_step}; "
+                    "they are not evaluated or saved, and the last good checkpoint is kept. Resume with "
+                    "--ckpt_path last and a lower --model.lr"
+                )
+
+    def on_validation_start(self) -> None:
+        if self.trainer.state.fn == "fit":
+            self.check_finite_weights()
+
+    def on_train_epoch_end(self) -> None:
+        self.check_finite_weights()  # before an epoch-end checkpoint, when this epoch is not validated
 
     # --- evaluation ----------------------------------------------------------------------------
 
     def _evaluation_step(self, batch: Any, stage: str) -> None:
-        images, labels, _ = self.unpack(batch)
+        images, labels = self.unpack(batch)
+        if labels is None:
+            raise ValueError(f"a {stage} batch needs labels")
         logits = self(images).float()
-        getattr(self, f"{stage}_metrics").update(logits, labels)
-        self.log(f"{stage}/loss", torch.nn.functional.cross_entropy(logits, labels), batch_size=len(images))
+        if self.class_match is not None and not self.class_match.identity:  # data labels to the model's classes
+            mapped = self.label_lookup[labels]
+            kept = mapped >= 0
+            self.excluded_counts += torch.bincount(labels[~kept], minlength=len(self.label_lookup))
+            logits, labels = logits[kept], mapped[kept]
+        getattr(self, f"{stage}_confusion").update(logits, labels)
+        if len(labels):
+            self.log(f"{stage}/loss", nn.functional.cross_entropy(logits, labels), batch_size=len(labels))
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._evaluation_step(batch, "val")
@@ -292,30 +344,57 @@ class NLAModule(LightningModule):
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._evaluation_step(batch, "test")
 
-    def _log_epoch_metrics(self, stage: str) -> None:
-        metrics = getattr(self, f"{stage}_metrics")
-        values = metrics.compute()
-        logged = {f"{stage}/acc": values["acc"], f"{stage}/mean_acc": values["mean_acc"]}
-        for name, accuracy in zip(self.class_names, values["class_acc"]):
-            logged[f"{stage}/acc_{name}"] = accuracy
-        self.log_dict(logged, sync_dist=False)  # torchmetrics already synced the states across processes
-        self.confusion_matrices[stage] = values["confusion"].detach().cpu()
-        metrics.reset()
+    def _end_evaluation(self, stage: str) -> Evaluation:
+        confusion = getattr(self, f"{stage}_confusion")
+        excluded = {}
+        if self.class_match is not None and self.class_match.unmatched:
+            counts = self.trainer.strategy.reduce(self.excluded_counts, reduce_op="sum").tolist()
+            excluded = {
+                name: int(n)
+                for name, n in zip(self.class_match.data_classes, counts)
+                if name in self.class_match.unmatched
+            }
+            self.excluded_counts.zero_()
+        record = Evaluation.from_confusion(
+            confusion.compute().cpu(),
+            self.class_names,
+            epoch=self.current_epoch if stage == "val" else None,
+            excluded=excluded,
+        )
+        confusion.reset()
+        self.log_dict({f"{stage}/acc": record.acc, f"{stage}/mean_acc": record.mean_acc}, prog_bar=True)
+        logged = {}
+        logged.update({f"{stage}/acc_{name}": value for name, value in record.class_acc.items() if value is not None})
+        self.log_dict(logged, sync_dist=False)  # torchmetrics already synced the counts
+        self.evaluations[stage] = record
+        return record
 
     def on_validation_epoch_end(self) -> None:
-        self._log_epoch_metrics("val")
+        record = self._end_evaluation("val")
+        if not self.trainer.sanity_checking and self.trainer.state.fn == "fit":
+            self.validation_history = [r for r in self.validation_history if r.epoch != record.epoch] + [record]
 
     def on_test_epoch_end(self) -> None:
-        self._log_epoch_metrics("test")
+        self._end_evaluation("test")
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
-        probs = self(batch["image"]).float().softmax(dim=1)
-        return {"path": batch["path"], "probs": probs.cpu(), "ok": batch["ok"], "error": batch["error"]}
+        """Class probabilities of a batch: a dict batch of :class:`~nla.data.PredictImageDataset`, or
+        ``(images, labels)`` / images alone from any DataModule."""
+        images, labels = self.unpack(batch)
+        probs = self(images).float().softmax(dim=1).cpu()
+        if isinstance(batch, dict):
+            return {**{k: v for k, v in batch.items() if k != "image"}, "probs": probs}
+        return {"probs": probs} if labels is None else {"probs": probs, "label": labels.cpu()}
 
-    # --- checkpoints carry the class names, so predict needs no dataset -----------------------
+    # --- checkpoints carry the classes and the history, so test and predict need no dataset -----------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["class_names"] = self.class_names
+        checkpoint["class_names"] = list(self.class_names)
+        checkpoint["validation_history"] = [r.to_dict() for r in self.validation_history]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.class_names = list(checkpoint.get("class_names", self.class_names))
+        names = checkpoint.get("class_names") or checkpoint.get("hyper_parameters", {}).get("class_names")
+        if names and self.model is None:
+            self.build(names)
+        self.validation_history = [Evaluation.from_dict(r) for r in checkpoint.get("validation_history", [])]
+        self._resumed_hparams = dict(checkpoint.get("hyper_parameters") or {})

@@ -1,9 +1,11 @@
-"""Shared fixtures: tiny synthetic datasets in the real layouts, and the real data when it is present."""
+"""Shared fixtures: tiny synthetic datasets in the real layouts, the real data when it is present, and the
+settings that make a CLI run take seconds on 2 CPU cores."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 
@@ -12,8 +14,28 @@ from nla.data.synthetic import write_affectnet, write_ferplus, write_image_folde
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+CONFIGS = REPO / "configs"
+
+# A CLI run on a synthetic dataset in seconds: timm's 0.4 M-parameter test ResNet, 32 px, no workers, no bar.
+TINY = [
+    "--model.backbone",
+    "test_resnet",
+    "--data.image_size",
+    "32",
+    "--data.batch_size",
+    "8",
+    "--data.num_workers",
+    "0",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+]
+NO_LOGGER = ["--trainer.logger", "false"]
+# The same, and without the figures or a sanity check, for the tests that are not about them (after the dataset config).
+QUICK = ["--config", str(REPO / "tests" / "conf" / "tiny.yaml")]
 
 
 def real_dataset(name: str) -> Path:
@@ -21,6 +43,16 @@ def real_dataset(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"real {name} data not found at {path} (it is licensed for research and not shipped with nla)")
     return path
+
+
+def fit_args(
+    root: Path, run_dir: Path, *extra: str, config: str = "rafdb.yaml", epochs: int = 1, figures: bool = False
+) -> list[str]:
+    """``nla fit`` on a synthetic dataset, tiny and without a logger unless ``extra`` sets one; with ``figures``,
+    with every default callback."""
+    settings = [*TINY, *NO_LOGGER] if figures else QUICK
+    run = ["--data.root", str(root), "--trainer.default_root_dir", str(run_dir), "--trainer.max_epochs", str(epochs)]
+    return ["fit", "--config", str(CONFIGS / config), *settings, *run, *extra]
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +68,9 @@ def rafdb_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def rafdb_folders_root(tmp_path_factory) -> Path:
-    return write_rafdb(tmp_path_factory.mktemp("rafdb_folders"), train_per_class=6, test_per_class=3, size=24, layout="folders")
+    return write_rafdb(
+        tmp_path_factory.mktemp("rafdb_folders"), train_per_class=6, test_per_class=3, size=24, layout="folders"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -54,9 +88,12 @@ def folder_root(tmp_path_factory) -> Path:
     return write_image_folder(tmp_path_factory.mktemp("folders"), per_class=3, size=24)
 
 
-# Settings that make a CLI run take seconds on 2 CPU cores.
-TINY = [
-    "--data.image_size", "32", "--data.batch_size", "8", "--data.num_workers", "0",
-    "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-    "--trainer.log_every_n_steps", "1",
-]
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, rafdb_root) -> Path:
+    """A finished two-epoch run on the synthetic RAF-DB, shared by the tests that only read it (copy it to change it)."""
+    from nla.cli import main
+
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    with patch("sys.argv", ["nla"]):
+        main(fit_args(rafdb_root, run_dir, epochs=2))
+    return run_dir

@@ -5,7 +5,7 @@ import torch
 import torchvision
 
 from nla import NLAModule
-from nla.backbone import WeightsMismatchError, create_backbone, load_pretrained_weights
+from nla.backbone import UnsafeWeightsError, WeightsMismatchError, create_backbone, load_pretrained_weights
 
 
 def msceleb_style_state_dict() -> dict[str, torch.Tensor]:
@@ -40,12 +40,15 @@ def test_dataparallel_prefix_and_extra_embedding_are_handled(tmp_path):
 
 
 def test_weights_that_do_not_fit_list_missing_and_unexpected_keys(tmp_path):
-    path = tmp_path / "resnet34.pth"
-    torch.save(torchvision.models.resnet34().state_dict(), path)
+    state = msceleb_style_state_dict()
+    state["layer5.0.conv1.weight"] = torch.randn(8, 8, 3, 3)  # a deeper network's block
+    del state["layer4.1.bn2.running_var"]
+    torch.save(state, tmp_path / "deeper.pth")
     with pytest.raises(WeightsMismatchError) as error:
-        load_pretrained_weights(create_backbone("resnet18", 7), path)
+        load_pretrained_weights(create_backbone("resnet18", 7), tmp_path / "deeper.pth")
     message = str(error.value)
-    assert "resnet34.pth" in message and "unexpected" in message and "layer1.2.conv1.weight" in message
+    assert "deeper.pth" in message and "1 unexpected [layer5.0.conv1.weight]" in message
+    assert "1 missing [layer4.1.bn2.running_var]" in message
     bad_shape = msceleb_style_state_dict()
     bad_shape["conv1.weight"] = torch.randn(64, 1, 7, 7)
     torch.save(bad_shape, tmp_path / "gray.pth")
@@ -58,3 +61,38 @@ def test_weights_that_do_not_fit_list_missing_and_unexpected_keys(tmp_path):
 def test_unknown_backbone_is_a_clear_error():
     with pytest.raises(ValueError, match="not a timm model"):
         create_backbone("resnet_does_not_exist", 7)
+
+
+def test_an_nla_checkpoint_gives_its_backbone(trained_run):
+    """A model trained by nla (here on 7 classes) starts another run, whatever that run's classes."""
+    checkpoint = trained_run / "checkpoints" / "last.ckpt"
+    trained = torch.load(checkpoint, weights_only=True)["state_dict"]
+    module = NLAModule(backbone="test_resnet", num_classes=3, pretrained_weights=str(checkpoint), channels_last=False)
+    loaded = module.model.state_dict()
+    backbone = [key for key in loaded if not key.startswith("fc.")]
+    assert backbone and all(torch.equal(loaded[key], trained[f"model.{key}"]) for key in backbone)
+    assert module.model.fc.weight.shape[0] == 3  # a new head
+    with pytest.raises(WeightsMismatchError, match="do not fit backbone"):
+        NLAModule(backbone="resnet18", num_classes=3, pretrained_weights=str(checkpoint))
+
+
+class Pickled:
+    """Not a tensor: unpickling it would run this class's code."""
+
+
+def test_a_file_with_pickled_objects_is_refused_unless_trusted(tmp_path, capsys):
+    path = tmp_path / "weights.pth"
+    torch.save({"state_dict": msceleb_style_state_dict(), "extra": Pickled()}, path)
+    with pytest.raises(
+        UnsafeWeightsError, match=r"holds pickled Python objects .* --model.trust_pretrained_weights true"
+    ):
+        NLAModule(num_classes=7, pretrained_weights=str(path))
+    module = NLAModule(num_classes=7, pretrained_weights=str(path), trust_pretrained_weights=True, channels_last=False)
+    assert module.model.fc.weight.shape == (7, 512)
+
+
+def test_a_file_that_is_not_a_weights_file_is_one_line(tmp_path):
+    path = tmp_path / "weights.pth"
+    path.write_bytes(b"not a torch file at all")
+    with pytest.raises(WeightsMismatchError, match=r"weights.pth' cannot be read as a PyTorch file"):
+        load_pretrained_weights(create_backbone("resnet18", 7), path)

@@ -1,97 +1,282 @@
-"""``nla fit`` then ``nla test`` end to end through the CLI, on a tiny synthetic RAF-DB written by a fixture."""
+"""The ``nla`` command as a researcher uses it day to day, on small synthetic datasets the tests write."""
 
+import csv
 import json
-from pathlib import Path
+import shutil
 
 import pytest
-import torch
+import yaml
 
 from nla.cli import main, run_cli
-from tests.conftest import CONFIGS, TINY
+from nla.data.synthetic import write_ferplus, write_image_folder
+from tests.conftest import CONFIGS, NO_LOGGER, TINY, fit_args
+
+RAFDB_CLASSES = {"Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"}
+NOISE = (
+    "litlogger",
+    "anonymous setting",
+    "git root",
+    "LeafSpec",
+    "log_every_n_steps",
+    "does not have many workers",
+    "Symlinked",
+    "Traceback",
+)
 
 
-def fit_args(root, run_dir, *extra):
-    return ["fit", "--config", str(CONFIGS / "rafdb.yaml"), "--data.root", str(root),
-            "--trainer.default_root_dir", str(run_dir), "--trainer.max_epochs", "2",
-            "--trainer.limit_train_batches", "3", *TINY, *extra]
+def test_help_lists_every_command_and_print_config_shows_the_resolved_constants(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    printed = capsys.readouterr().out
+    for command in ("fit", "validate", "test", "predict", "experiment", "export", "compare"):
+        assert f"    {command} " in printed, command
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "fit",
+                "--config",
+                str(CONFIGS / "rafdb.yaml"),
+                "--config",
+                str(CONFIGS / "presets" / "paper.yaml"),
+                "--print_config",
+            ]
+        )
+    config = yaml.safe_load(capsys.readouterr().out)
+    criterion = config["model"]["criterion"]
+    assert criterion["schedule_slope"] == 10.0 and criterion["consistency_reduction"] == "mean"
+    assert criterion["kernels"]["false_major_std"] == pytest.approx(0.88225755)  # resolved, not null
+    assert criterion["kernels"]["true_major_std"] == 0.8 and criterion["lam"] == 0.5
+    assert config["data"]["init_args"]["mean"] == [0.577, 0.4494, 0.4001]
+    assert config["data"]["init_args"]["augmentation"]["erasing_scale"] == [0.02, 0.3]
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "bf16-mixed on a GPU and 32-true on a CPU" in help_text and "fresh <command>[-n] folder" in help_text
+    with pytest.raises(SystemExit):
+        main(["fit", "--data.help", "nla.data.RAFDBDataModule"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "Probability of a horizontal flip" in help_text and "Variance of the Gaussian noise" in help_text
 
 
-def test_fit_then_test_through_the_cli(rafdb_root, tmp_path, capsys):
+@pytest.mark.slow
+def test_fit_shows_progress_and_then_tests_from_the_checkpoint_alone(rafdb_root, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    cli = run_cli(fit_args(rafdb_root, run_dir))
-    checkpoints = {p.name for p in (run_dir / "checkpoints").glob("*.ckpt")}
-    assert "last.ckpt" in checkpoints
-    assert any(n.startswith("best-acc-") for n in checkpoints) and any(n.startswith("best-mean-acc-") for n in checkpoints)
-    assert (run_dir / "config.yaml").is_file()
-    assert type(cli.trainer.strategy.checkpoint_io).__name__ == "AtomicCheckpointIO"
+    wandb = ["--trainer.logger", "nla.loggers.WandbLogger", "--trainer.logger.offline", "true"]
+    cli = run_cli(fit_args(rafdb_root, run_dir, *wandb, epochs=2, figures=True))
+    out = capsys.readouterr()
+    printed = out.out + out.err
+    assert "epoch 1/2  train loss" in printed and "epoch 2/2  train loss" in printed and "(best acc" in printed
+    assert "on the CPU:" in printed and "s per training batch, so about" in printed
+    assert f"run directory: {run_dir}" in printed and "test it: nla test --ckpt_path" in printed
+    assert not [word for word in NOISE if word in printed], printed
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert [e["epoch"] for e in summary["epochs"]] == [0, 1]
-    assert set(summary["last"]["class_acc"]) == {"Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"}
+    assert [e["epoch"] for e in summary["epochs"]] == [0, 1] and set(summary["last"]["class_acc"]) == RAFDB_CLASSES
+    assert summary["validation"]["images"] == 21 and summary["validation"]["split"] == "test"
+    assert summary["mean_last"]["k"] == 5 and "limit_val_batches" in summary["validation"]
+    assert {p.name for p in (run_dir / "checkpoints").glob("*.ckpt")} >= {"last.ckpt"}
 
-    run = cli.trainer.logger.experiment  # the offline W&B run
-    assert run.settings.mode in ("offline", "dryrun") and list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    run = cli.trainer.logger.experiment  # the offline W&B run: named after the run, with the whole config
+    assert run.name == "run" and run.settings.mode in ("offline", "dryrun")
+    assert run.config["config"]["data"]["class_path"] == "nla.data.RAFDBDataModule"
+    assert run.config["config"]["seed_everything"] == 0 and run.config["config"]["trainer"]["precision"] == "32-true"
+    assert run_dir.glob("wandb/offline-run-*/files/nla-config.yaml")
     logged = dict(run.summary)
-    for key in ("val/acc", "val/mean_acc", "val/acc_Happiness", "train/loss_epoch", "train/naw_weight_epoch", "best/acc"):
+    for key in (
+        "val/acc",
+        "val/mean_acc",
+        "val/acc_Happiness",
+        "train/loss_epoch",
+        "train/naw_weight",
+        "best/acc",
+        "train/false_branch_share",
+        "train/weight_gradient_norm",
+        "figures/naw_kernel_scatter",
+    ):
         assert key in logged, f"{key} not logged to W&B; got {sorted(logged)}"
-    assert logged["val/acc"] == pytest.approx(summary["last"]["acc"])
-    figures = {p.name.rsplit("_", 2)[0] for p in (Path(run.dir) / "media" / "images" / "figures").glob("*.png")}
-    assert {"naw_weights_per_class", "naw_kernel_scatter", "class_accuracy_curves", "confusion_matrix"} <= figures
     run.finish()
 
-    capsys.readouterr()
-    main(["test", "--config", str(run_dir / "config.yaml"), "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")])
-    printed = capsys.readouterr().out
-    for key in ("test/acc", "test/mean_acc", "test/acc_Fear"):
-        assert key in printed
-    assert (run_dir / "config-test.yaml").is_file()  # the fit's config is kept
+    best = next((run_dir / "checkpoints").glob("best-acc-*.ckpt"))
+    main(["test", "--ckpt_path", str(best), *NO_LOGGER, "--trainer.enable_progress_bar", "false"])
+    metrics = json.loads((run_dir / "test" / "metrics.json").read_text())
+    assert metrics["data"] == {"class": "RAFDBDataModule", "root": str(rafdb_root), "split": "test"}
+    assert metrics["num_samples"] == 21 and set(metrics["class_acc"]) == RAFDB_CLASSES
+    assert (run_dir / "test" / "config.yaml").is_file() and (
+        run_dir / "test" / "figures" / "confusion_matrix.png"
+    ).is_file()
+    assert "test: acc" in capsys.readouterr().out
 
 
-def test_fit_refuses_a_run_directory_that_holds_a_run(rafdb_root, tmp_path, capsys):
-    run_dir = tmp_path / "run"
-    main(fit_args(rafdb_root, run_dir, "--trainer.max_epochs", "1", "--trainer.logger", "false"))
-    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
-    with pytest.raises(SystemExit) as exit_info:
-        main(fit_args(rafdb_root, run_dir, "--trainer.max_epochs", "1", "--trainer.logger", "false"))
-    assert exit_info.value.code == 1
-    assert "already holds a run" in capsys.readouterr().err
-    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == before
+def test_predict_from_a_checkpoint_alone(trained_run, tmp_path, capsys):
+    import cv2
+    import numpy as np
+
+    from nla.data.synthetic import synthetic_image
+
+    faces = tmp_path / "faces"
+    (faces / "a").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(faces / "one.jpg"), synthetic_image(0, 7, 40, rng))
+    cv2.imwrite(str(faces / "a" / "two.png"), synthetic_image(3, 7, 30, rng, gray=True))
+    (faces / "a" / "broken.jpg").write_bytes(b"not really a jpeg")
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    args = [
+        "predict",
+        "--ckpt_path",
+        str(run / "checkpoints" / "last.ckpt"),
+        "--data.predict_root",
+        str(faces),
+        *NO_LOGGER,
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
+    main(args)
+    rows = list(csv.DictReader(open(run / "predict" / "predictions.csv")))
+    assert [r["path"].split("faces/")[1] for r in rows] == ["a/broken.jpg", "a/two.png", "one.jpg"]
+    assert list(rows[0]) == [
+        "path",
+        "prediction",
+        *[f"prob_{c}" for c in ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]],
+        "error",
+    ]
+    for row in rows[1:]:
+        assert row["prediction"] in RAFDB_CLASSES and row["error"] == ""
+        assert sum(float(v) for k, v in row.items() if k.startswith("prob_")) == pytest.approx(1.0, abs=1e-4)
+    assert rows[0]["prediction"] == "" and "cannot decode" in rows[0]["error"]
+    first = (run / "predict" / "predictions.csv").read_bytes()
+    main(args)  # a second prediction never overwrites the first
+    assert (run / "predict-1" / "predictions.csv").is_file() and (
+        run / "predict" / "predictions.csv"
+    ).read_bytes() == first
+    assert "predictions for 3 images written to" in capsys.readouterr().out
 
 
-def test_print_config_shows_every_method_knob(capsys):
+def test_testing_on_another_dataset_matches_classes_by_name(trained_run, tmp_path, capsys):
+    """A 7-class RAF-DB model tested on 8-class FER+: the classes are matched by name, contempt is left out."""
+    ferplus = write_ferplus(tmp_path / "ferplus", per_class=3, size=24)
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    main(
+        [
+            "test",
+            "--ckpt_path",
+            str(run / "checkpoints" / "last.ckpt"),
+            "--data",
+            "nla.data.FERPlusDataModule",
+            "--data.root",
+            str(ferplus),
+            *NO_LOGGER,
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
+    metrics = json.loads((run / "test" / "metrics.json").read_text())
+    assert metrics["excluded"] == {"contempt": 3} and metrics["num_samples"] == 21  # 24 test images less contempt's
+    assert set(metrics["class_acc"]) == RAFDB_CLASSES  # in the model's names
+    assert all(v == 3 for v in metrics["support"].values())
+    printed = capsys.readouterr()
+    assert "on 21 images; left out, the model has no such class: {'contempt': 3}" in printed.out
+
+    numbered = write_image_folder(
+        tmp_path / "numbered", classes=("0", "1", "2"), per_class=2, size=24, splits=("test",)
+    )
     with pytest.raises(SystemExit):
-        main(["fit", "--config", str(CONFIGS / "rafdb.yaml"), "--print_config"])
-    printed = capsys.readouterr().out
-    for knob in ("preset:", "lam:", "consistency_weight:", "consistency_reduction:", "jsd_direction:", "true_mean:",
-                 "true_major_std:", "true_axis_ratio:", "true_scale:", "false_mean:", "false_major_std:",
-                 "false_axis_ratio:", "schedule_slope:", "detach_weight:", "noise_variance:", "erasing_scale:",
-                 "noise_rate:", "imbalance_factor:", "image_size:", "pipeline:"):
-        assert knob in printed, knob
-
-
-def test_missing_root_fails_before_training_with_one_line(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        main(["fit", "--config", str(CONFIGS / "rafdb.yaml"), "--trainer.default_root_dir", str(tmp_path / "r"),
-              "--data.root", str(tmp_path / "nowhere"), "--trainer.logger", "false", *TINY])
+        main(
+            [
+                "test",
+                "--ckpt_path",
+                str(run / "checkpoints" / "last.ckpt"),
+                "--data",
+                "nla.data.ImageFolderDataModule",
+                "--data.root",
+                str(numbered),
+                *NO_LOGGER,
+            ]
+        )
     err = capsys.readouterr().err
-    assert "RAF-DB root" in err and "nowhere" in err and "does not exist" in err and "Traceback" not in err
-    assert not (tmp_path / "r" / "checkpoints").exists()
+    assert "none of the data's classes ['0', '1', '2'] matches a class of the model" in err and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("config, fixture", [("ferplus.yaml", "ferplus_root"), ("affectnet.yaml", "affectnet_root")])
-def test_dataset_recipes_run_through_the_cli(config, fixture, request, tmp_path):
-    root = request.getfixturevalue(fixture)
-    main(["fit", "--config", str(CONFIGS / config), "--config", str(CONFIGS / "noise" / "10.yaml"),
-          "--data.root", str(root), "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.fast_dev_run", "1",
-          "--trainer.logger", "false", *TINY])
+@pytest.mark.slow
+def test_a_face_folder_without_splits_trains_with_a_grouped_fold(tmp_path):
+    root = write_image_folder(tmp_path / "ck", classes=("anger", "happy", "sad"), per_class=12, size=24, splits=("",))
+    for path in sorted(root.rglob("*.png")):  # CK+-style names: the subject first
+        path.rename(path.with_name(f"S{int(path.stem) % 4:03d}_{path.stem}.png"))
+    run_dir = tmp_path / "run"
+    main(
+        [
+            "fit",
+            "--data",
+            "nla.data.ImageFolderDataModule",
+            "--data.root",
+            str(root),
+            "--data.num_folds",
+            "4",
+            "--data.fold",
+            "1",
+            "--data.group_pattern",
+            r"S(\d+)_",
+            "--trainer.default_root_dir",
+            str(run_dir),
+            "--trainer.max_epochs",
+            "1",
+            *TINY,
+            *NO_LOGGER,
+        ]
+    )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["validation"]["split"] == "valid" and summary["last"]["support"] == {
+        "anger": 3,
+        "happy": 3,
+        "sad": 3,
+    }
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["data"]["init_args"]["class_names"] is None  # taken from the folders
+    checkpoint = __import__("torch").load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["hyper_parameters"]["class_names"] == ["anger", "happy", "sad"]
+    assert checkpoint["datamodule_hyper_parameters"]["mean"] is not None  # measured on this folder's images
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "config, fixture, split, classes",
+    [("ferplus.yaml", "ferplus_root", "valid", 8), ("affectnet.yaml", "affectnet_root", "test", 7)],
+)
+def test_dataset_recipes_train_on_their_data(config, fixture, split, classes, request, tmp_path):
+    run_dir = tmp_path / "run"
+    main(
+        fit_args(
+            request.getfixturevalue(fixture), run_dir, "--config", str(CONFIGS / "noise" / "10.yaml"), config=config
+        )
+    )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["validation"]["split"] == split and len(summary["last"]["class_acc"]) == classes
+    labels = (run_dir / "train_labels.txt").read_text().splitlines()
+    assert len(labels) == classes * 3 and len(labels) > 0  # the generated noise's labels, one per training image
+
+
+@pytest.mark.slow
 def test_protocol_run_writes_its_training_labels_and_they_load_back(rafdb_root, tmp_path):
     run_dir = tmp_path / "run"
-    main(fit_args(rafdb_root, run_dir, "--config", str(CONFIGS / "imbalance" / "50.yaml"), "--trainer.max_epochs", "1",
-                  "--trainer.logger", "false"))
+    main(fit_args(rafdb_root, run_dir, "--config", str(CONFIGS / "imbalance" / "50.yaml")))
     labels = (run_dir / "train_labels.txt").read_text().splitlines()
     assert 0 < len(labels) < 42 and labels[0].split()[0].startswith("train_")
     again = tmp_path / "again"
-    main(fit_args(rafdb_root, again, "--data.train_label_file", str(run_dir / "train_labels.txt"),
-                  "--trainer.max_epochs", "1", "--trainer.logger", "false"))
+    main(fit_args(rafdb_root, again, "--data.train_label_file", str(run_dir / "train_labels.txt")))
     assert (again / "train_labels.txt").read_text().splitlines() == labels
+
+
+def test_compare_prints_last_best_and_mean_of_the_last_epochs(trained_run, tmp_path, capsys):
+    other = tmp_path / "other"
+    shutil.copytree(trained_run, other)
+    main(["compare", str(trained_run), str(other)])
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("| run | evaluation | epoch | acc | mean_acc | Surprise |") and len(table) == 2 + 2 * 3
+    assert "mean of the last 5 epochs" in table[4] and "| 0-1 |" in table[4]
+    main(["compare", str(trained_run), "--csv", "--evaluations", "[best]"])
+    rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert len(rows) == 1 and float(rows[0]["acc"]) == pytest.approx(100 * summary["best"]["acc"], abs=0.01)
+    with pytest.raises(SystemExit):
+        main(["compare", str(tmp_path / "nowhere")])
+    assert "no summary.json" in capsys.readouterr().err

@@ -5,7 +5,7 @@ import pytest
 
 from nla.cli import run_cli
 from nla.diagnostics import noise_detection
-from tests.conftest import CONFIGS, TINY
+from tests.conftest import CONFIGS, fit_args
 
 
 def test_noise_detection_on_known_weights():
@@ -17,16 +17,14 @@ def test_noise_detection_on_known_weights():
     assert noise_detection(weights, np.zeros(5, dtype=bool)) == {}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["nla", "ce"])
 def test_figures_are_written_beside_the_run(method, rafdb_root, tmp_path):
     run_dir = tmp_path / "run"
-    cli = run_cli([
-        "fit", "--config", str(CONFIGS / "rafdb.yaml"), "--config", str(CONFIGS / "methods" / f"{method}.yaml"),
-        "--config", str(CONFIGS / "noise" / "30.yaml"), "--data.root", str(rafdb_root),
-        "--trainer.default_root_dir", str(run_dir), "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3",
-        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(run_dir),
-        "--model.backbone", "resnet10t", *TINY,
-    ])
+    overlays = ["--config", str(CONFIGS / "methods" / f"{method}.yaml"), "--config", str(CONFIGS / "noise" / "30.yaml")]
+    csv_logger = ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(run_dir)]
+    settings = ["--data.noise_source", "generate", "--trainer.limit_train_batches", "3", *csv_logger]
+    cli = run_cli(fit_args(rafdb_root, run_dir, *overlays, *settings, epochs=2, figures=True))
     figures = {p.name for p in (run_dir / "figures").glob("*.png")}
     for epoch in ("000", "001"):
         for name in ("naw_weights_per_class", "naw_kernel_scatter", "naw_weights_noise", "confusion_matrix"):
@@ -36,5 +34,8 @@ def test_figures_are_written_beside_the_run(method, rafdb_root, tmp_path):
     diagnostics = next(c for c in cli.trainer.callbacks if type(c).__name__ == "NAWDiagnostics")
     assert [r["epoch"] for r in diagnostics.noise_stats] == [0, 1]
     assert 0.0 <= diagnostics.noise_stats[-1]["noise_auroc"] <= 1.0
-    (metrics,) = run_dir.glob("lightning_logs/*/metrics.csv")
-    assert "naw/noise_auroc" in metrics.read_text().splitlines()[0]
+    (metrics,) = run_dir.glob("**/metrics.csv")
+    header = metrics.read_text().splitlines()[0]
+    assert "naw/noise_auroc" in header and "train/false_branch_share" in header and "train/prediction_entropy" in header
+    assert ("train/naw_weight_false_branch" in header) == (method == "nla")
+    assert ("train/weight_gradient_norm" in header) == (method == "nla")

@@ -1,4 +1,4 @@
-"""The experiment runner on a tiny 2 x 2 grid: runs, tables, and resuming a half-finished grid."""
+"""The experiment runner on a tiny 2 x 2 grid: runs (two at a time), tables, and resuming a half-finished grid."""
 
 import csv
 import json
@@ -6,8 +6,11 @@ import json
 import pytest
 import yaml
 
-from nla.experiment import Experiment, ExperimentError, main
-from tests.conftest import CONFIGS
+from nla.cli import main
+from nla.experiment import Experiment, ExperimentError
+from tests.conftest import CONFIGS, QUICK
+
+GRID_SETTINGS = "--trainer.max_epochs 2 --trainer.limit_train_batches 2 --data.noise_source generate"
 
 
 def write_experiment(tmp_path, rafdb_root) -> str:
@@ -18,9 +21,7 @@ def write_experiment(tmp_path, rafdb_root) -> str:
         "protocols": {"clean": [], "noise 20%": [str(CONFIGS / "noise" / "20.yaml")]},
         "seeds": [0],
         "output_dir": str(tmp_path / "grid"),
-        "args": ["--data.root", str(rafdb_root), "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2",
-                 "--trainer.logger", "false", "--data.image_size", "32", "--data.batch_size", "8", "--data.num_workers", "0",
-                 "--model.backbone", "resnet10t", "--trainer.enable_progress_bar", "false"],
+        "args": [*QUICK, "--data.root", str(rafdb_root), *GRID_SETTINGS.split()],
         "paper": {"NLA": {"clean": [89.93, 83.87]}},
     }
     path = tmp_path / "tiny.yaml"
@@ -35,7 +36,7 @@ def attempts(run_dir) -> list:
 @pytest.mark.slow
 def test_grid_runs_writes_tables_and_resumes(tmp_path, rafdb_root, capsys):
     config = write_experiment(tmp_path, rafdb_root)
-    main([config])
+    main(["experiment", "--jobs", "2", config])
     experiment = Experiment.load(config)
     cells = experiment.cells()
     assert len(cells) == 4
@@ -43,10 +44,15 @@ def test_grid_runs_writes_tables_and_resumes(tmp_path, rafdb_root, capsys):
         assert (experiment.run_dir(*cell) / "summary.json").is_file()
     rows = list(csv.DictReader(open(tmp_path / "grid" / "results.csv")))
     assert len(rows) == 4 * 3  # cells x (last, best, mean of last 5)
-    assert {r["evaluation"] for r in rows} == {"last", "best", "mean_last_5"}
+    assert {r["evaluation"] for r in rows} == {"last", "best", "mean_last"}
     assert all(0 <= float(r["acc"]) <= 1 and r["Fear"] != "" for r in rows)
     markdown = (tmp_path / "grid" / "results.md").read_text()
-    assert "| NLA |" in markdown and "89.93 / 83.87" in markdown and "Per-class accuracy, noise 20%, best epoch" in markdown
+    assert (
+        "| NLA |" in markdown
+        and "89.93 / 83.87" in markdown
+        and "Per-class accuracy, noise 20%, best epoch" in markdown
+    )
+    assert "mean of the last 5 epochs" in markdown
     noisy_nla = experiment.run_dir("noise 20%", "NLA", 0)
     assert (noisy_nla / "train_labels.txt").is_file()
 
@@ -58,7 +64,7 @@ def test_grid_runs_writes_tables_and_resumes(tmp_path, rafdb_root, capsys):
     stale = experiment.run_dir("clean", "CE", 0)
     untouched = {p: p.stat().st_mtime_ns for p in noisy_nla.rglob("*") if p.is_file()}
     capsys.readouterr()
-    main([config])
+    main(["experiment", config])
     printed = capsys.readouterr().out
     assert "[done]    NLA / noise 20% / seed 0" in printed and "[done]    CE / clean / seed 0" in printed
     assert "[resume ] NLA / clean / seed 0" in printed and "[run    ] CE / noise 20% / seed 0" in printed
@@ -72,16 +78,22 @@ def test_grid_runs_writes_tables_and_resumes(tmp_path, rafdb_root, capsys):
 
 def test_dry_run_and_bad_experiment_files(tmp_path, rafdb_root, capsys):
     config = write_experiment(tmp_path, rafdb_root)
-    main([config, "--dry-run", "--methods", "NLA", "--protocols", "clean"])
+    main(
+        ["experiment", config, "--dry_run", "--methods", "[NLA]", "--protocols", "[clean]", "--data.root", "/elsewhere"]
+    )
     printed = capsys.readouterr().out
-    assert printed.count("[run    ]") == 1 and "--config" in printed
+    assert (
+        printed.count("[run    ]") == 1
+        and "--config" in printed
+        and printed.rstrip().endswith("--data.root /elsewhere")
+    )
     assert not (tmp_path / "grid").exists()
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"name": "x", "base": ["configs/absent.yaml"], "methods": {"CE": []}}))
     with pytest.raises(ExperimentError, match="names config 'configs/absent.yaml', which does not exist"):
         Experiment.load(bad)
     with pytest.raises(SystemExit):
-        main([config, "--methods", "Nope"])
+        main(["experiment", config, "--methods", "[Nope]"])
     assert "no methods ['Nope']" in capsys.readouterr().err
 
 
@@ -89,3 +101,19 @@ def test_shipped_experiment_files_are_valid():
     for path in (CONFIGS / "experiments").glob("*.yaml"):
         experiment = Experiment.load(path)
         assert experiment.cells(), path
+
+
+def test_the_tables_read_any_last_k(tmp_path):
+    """The runner reads the mean of the last k epochs whatever k the run's summary used (the typed summary)."""
+    from nla.experiment import collect, write_tables
+    from nla.results import Evaluation, RunSummary
+
+    spec = {"name": "k3", "base": [str(CONFIGS / "rafdb.yaml")], "methods": {"CE": []}, "output_dir": str(tmp_path)}
+    (tmp_path / "k3.yaml").write_text(yaml.safe_dump(spec))
+    experiment = Experiment.load(tmp_path / "k3.yaml")
+    records = [Evaluation(a, a, {"x": a}, {"x": 1}, [[1]], 1, epoch=k) for k, a in enumerate([0.1, 0.2, 0.4, 0.6])]
+    RunSummary(records, last_k=3).write(experiment.run_dir("clean", "CE", 0))
+    rows = {r["evaluation"]: r for r in collect(experiment)}
+    assert rows["mean_last"]["acc"] == pytest.approx((0.2 + 0.4 + 0.6) / 3) and rows["mean_last"]["epoch"] == [1, 2, 3]
+    markdown, _ = write_tables(experiment, list(rows.values()))
+    assert "mean of the last 3 epochs" in markdown.read_text()

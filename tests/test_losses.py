@@ -7,6 +7,16 @@ import torch
 import torch.nn.functional as F
 
 from nla import losses
+from nla.criterion import PRESETS
+
+OFFICIAL, PAPER = PRESETS["official"], PRESETS["paper"]
+
+
+def weight(probs, epoch, config=OFFICIAL, targets=None):
+    """The NAW weight at ``epoch`` of 60 under a preset: the scheduler's value, then eq. 4."""
+    schedule = losses.covariance_schedule(epoch, 60, config.schedule_slope)
+    return losses.naw_weight(probs, LABEL if targets is None else targets, schedule, config.kernels)
+
 
 # Reference values: scipy.stats.multivariate_normal.pdf at q with the covariances of docs/method.md.
 TRUE_E0 = 0.18341874518335502  # q = (0.7, 0.2), mu = (0.5, 0.5), Sigma = [[0.8, 0], [0, 0.8]] (CS = 0)
@@ -32,8 +42,7 @@ def test_kernel_covariances_match_the_method_table():
     assert (d, o) == pytest.approx((0.80, -0.48))
     (d, o), _ = losses.kernel_covariance(0.91, 6.0, +1)
     assert (d, o) == pytest.approx((0.8281 + 0.0230028, 0.8281 - 0.0230028), abs=1e-6)
-    paper = losses.PRESETS["paper"]
-    (d, o), _ = losses.kernel_covariance(paper.false_major_std, paper.false_axis_ratio, +1)
+    (d, o), _ = losses.kernel_covariance(PAPER.kernels.false_major_std, PAPER.kernels.false_axis_ratio, +1)
     assert (d, o) == pytest.approx((0.80, 0.8 * 35 / 37))
     (d, o), _ = losses.kernel_covariance(0.8, 2.0, -1, coupling=0.0)
     assert o == 0.0 and d == pytest.approx(0.8)
@@ -51,16 +60,14 @@ def test_kernel_covariances_match_the_method_table():
     ],
 )
 def test_naw_weight_matches_bivariate_normal(probs, epoch, preset, expected):
-    w = losses.naw_weight(probs, LABEL, epoch, 60, preset=preset)
-    assert w.item() == pytest.approx(expected, rel=1e-9)
+    assert weight(probs, epoch, PRESETS[preset]).item() == pytest.approx(expected, rel=1e-9)
 
 
 def test_branch_selection_uses_the_prediction():
     probs = torch.cat([PROBS_TRUE, PROBS_FALSE])
-    w = losses.naw_weight(probs, torch.tensor([0, 0]), 0, 60)
-    assert w.tolist() == pytest.approx([TRUE_E0, FALSE_OFFICIAL])
+    assert weight(probs, 0, targets=torch.tensor([0, 0])).tolist() == pytest.approx([TRUE_E0, FALSE_OFFICIAL])
     # The same point q scored by the other branch gives a different weight.
-    swapped = losses.naw_weight(torch.tensor([[0.2, 0.5, 0.3]], dtype=torch.float64), torch.tensor([1]), 0, 60)
+    swapped = weight(torch.tensor([[0.2, 0.5, 0.3]], dtype=torch.float64), 0, targets=torch.tensor([1]))
     assert swapped.item() != pytest.approx(FALSE_OFFICIAL)
 
 
@@ -69,22 +76,28 @@ def test_nearest_negative_ignores_the_given_class():
     assert losses.nearest_negative(probs, torch.tensor([0, 2])).tolist() == pytest.approx([0.3, 0.2])
 
 
-def test_overrides_change_the_weight_and_unknown_names_fail():
-    base = losses.naw_weight(PROBS_TRUE, LABEL, 0, 60).item()
-    assert losses.naw_weight(PROBS_TRUE, LABEL, 0, 60, true_scale=2.0).item() == pytest.approx(2 * base)
-    assert losses.naw_weight(PROBS_TRUE, LABEL, 0, 60, true_mean=(0.7, 0.2)).item() == pytest.approx(1 / (2 * math.pi * 0.8))
-    with pytest.raises(TypeError, match="unknown NAW setting"):
-        losses.naw_weight(PROBS_TRUE, LABEL, 0, 60, sigma=1.0)
+def test_kernel_constants_change_the_weight_and_bad_ones_fail():
+    base = losses.naw_weight(PROBS_TRUE, LABEL, 0.0).item()
+    assert losses.naw_weight(PROBS_TRUE, LABEL, 0.0, losses.NAWKernels(true_scale=2.0)).item() == pytest.approx(
+        2 * base
+    )
+    centred = losses.NAWKernels(true_mean=(0.7, 0.2))
+    assert losses.naw_weight(PROBS_TRUE, LABEL, 0.0, centred).item() == pytest.approx(1 / (2 * math.pi * 0.8))
+    with pytest.raises(ValueError, match="false_axis_ratio=0.5 must be at least 1"):
+        losses.NAWKernels(false_axis_ratio=0.5)
+    with pytest.raises(ValueError, match="true_major_std=nan must be a positive number"):
+        losses.NAWKernels(true_major_std=float("nan"))
 
 
 def test_weight_is_differentiable_and_gradients_flow_through_it_unless_detached():
     logits = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
     targets = torch.tensor([0, 1, 2, 3, 0, 1])
-    torch.autograd.gradcheck(lambda z: losses.naw_weight(z.softmax(1), targets, 10, 60), (logits,))
+    schedule = losses.covariance_schedule(10, 60)
+    torch.autograd.gradcheck(lambda z: losses.naw_weight(z.softmax(1), targets, schedule), (logits,))
 
     def grad(detach: bool) -> torch.Tensor:
         ce = F.cross_entropy(logits, targets, reduction="none")
-        w = losses.naw_weight(logits.softmax(1), targets, 10, 60)
+        w = losses.naw_weight(logits.softmax(1), targets, schedule)
         (g,) = torch.autograd.grad(losses.weighted_loss(ce, w, 0.5, detach_weight=detach), logits)
         return g
 
@@ -92,7 +105,7 @@ def test_weight_is_differentiable_and_gradients_flow_through_it_unless_detached(
     assert not torch.allclose(attached, detached)
     # With w detached, the gradient is exactly lam * d/dz mean((1 + w) CE) with w a constant.
     ce = F.cross_entropy(logits, targets, reduction="none")
-    w = losses.naw_weight(logits.softmax(1), targets, 10, 60).detach()
+    w = losses.naw_weight(logits.softmax(1), targets, schedule).detach()
     (expected,) = torch.autograd.grad(0.5 * ((1 + w) * ce).mean(), logits)
     assert torch.allclose(detached, expected)
 
@@ -115,18 +128,10 @@ def test_jsd_against_hand_computed_values_and_reductions():
     assert losses.jsd_consistency(z, z, "sum").item() == pytest.approx(0.0, abs=1e-7)
 
 
-def test_official_total_loss_is_the_authors_formula():
-    torch.manual_seed(0)
-    z, z_mirror, y = torch.randn(32, 7), torch.randn(32, 7), torch.randint(0, 7, (32,))
-    parts = losses.nla_loss(z, z_mirror, y, epoch=5, max_epochs=60)
-    ce = F.cross_entropy(z, y, reduction="none")
-    w = losses.naw_weight(z.softmax(1), y, 5, 60)
-    jsd_sum = losses.jsd_consistency(z, z_mirror, "sum")
-    expected = 0.5 * ce.mean() + 0.5 * (w * ce).mean() + 0.5 * jsd_sum
-    assert parts.total.item() == pytest.approx(expected.item(), rel=1e-6)
-    # The paper preset averages the JSD over the batch instead: a factor of the batch size.
-    paper = losses.nla_loss(z, z_mirror, y, epoch=5, max_epochs=60, preset="paper")
-    assert paper.consistency.item() == pytest.approx(losses.jsd_consistency(z, z_mirror, "mean", "view_to_mixture").item())
+def test_prediction_entropy_and_branch():
+    uniform, sure = torch.full((1, 4), 0.25), torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    assert losses.prediction_entropy(torch.cat([uniform, sure])).tolist() == pytest.approx([math.log(4), 0.0], abs=1e-6)
+    assert losses.prediction_true(torch.cat([PROBS_TRUE, PROBS_FALSE]), torch.tensor([0, 0])).tolist() == [True, False]
 
 
 def test_baseline_losses_on_hand_computed_values():
@@ -134,12 +139,16 @@ def test_baseline_losses_on_hand_computed_values():
     y = torch.tensor([0])
     assert losses.focal_loss(z, y, gamma=0.0).item() == pytest.approx(-math.log(0.75), rel=1e-6)
     assert losses.focal_loss(z, y, gamma=2.0).item() == pytest.approx(0.017980129528236306, rel=1e-5)
-    assert losses.classification_loss(z, y, "label_smoothing", label_smoothing=0.1).item() == pytest.approx(0.34261268688518637, rel=1e-5)
+    assert losses.classification_loss(z, y, "label_smoothing", label_smoothing=0.1).item() == pytest.approx(
+        0.34261268688518637, rel=1e-5
+    )
     cb = losses.class_balanced_weights(torch.tensor([10, 100]), beta=0.9)
     assert cb.tolist() == pytest.approx([1.21113846, 0.78886154], rel=1e-6)
     bs = losses.balanced_softmax_loss(torch.zeros(1, 2), y, torch.tensor([1, 3]))
     assert bs.item() == pytest.approx(math.log(4), rel=1e-6)
-    cb_loss = losses.classification_loss(z, y, "class_balanced", class_counts=torch.tensor([10, 100]), class_balanced_beta=0.9)
+    cb_loss = losses.classification_loss(
+        z, y, "class_balanced", class_counts=torch.tensor([10, 100]), class_balanced_beta=0.9
+    )
     assert cb_loss.item() == pytest.approx(1.21113846 * -math.log(0.75), rel=1e-5)
     with pytest.raises(ValueError, match="class counts"):
         losses.classification_loss(z, y, "balanced_softmax")

@@ -3,7 +3,16 @@
 import numpy as np
 import pytest
 
-from nla.data import DataError, RAFDBDataModule, add_label_noise, long_tail_indices, long_tail_profile, read_label_file, read_rafdb, write_label_file
+from nla.data import (
+    DataError,
+    RAFDBDataModule,
+    add_label_noise,
+    long_tail_indices,
+    long_tail_profile,
+    read_label_file,
+    read_rafdb,
+    write_label_file,
+)
 from nla.data.protocols import apply_label_file
 
 
@@ -55,6 +64,9 @@ def test_imbalance_factor_below_one_is_refused():
         long_tail_indices([0, 1, 1], 0.5)
     with pytest.raises(DataError, match="imbalance_factor 0.9 is below 1"):
         RAFDBDataModule("x", imbalance_factor=0.9)
+    for rate in (-0.1, 1.5, 1.0):
+        with pytest.raises(DataError, match=f"noise_rate {rate} is outside"):
+            RAFDBDataModule("x", noise_rate=rate)
 
 
 def test_label_file_round_trip_keeps_names_labels_and_subsets(rafdb_root, tmp_path):
@@ -77,7 +89,16 @@ def test_label_file_round_trip_keeps_names_labels_and_subsets(rafdb_root, tmp_pa
 def test_datamodule_protocols_touch_only_the_training_split(rafdb_root, tmp_path):
     clean = RAFDBDataModule(str(rafdb_root), image_size=16, num_workers=0)
     clean.setup("fit")
-    noisy = RAFDBDataModule(str(rafdb_root), noise_rate=0.3, noise_seed=5, imbalance_factor=3, image_size=16, num_workers=0)
+    noisy = RAFDBDataModule(
+        str(rafdb_root),
+        noise_rate=0.3,
+        noise_seed=5,
+        noise_source="generate",
+        imbalance_factor=3,
+        image_size=16,
+        num_workers=0,
+        save_train_labels=False,
+    )
     noisy.setup("fit")
     assert np.array_equal(noisy.splits["test"].labels, clean.splits["test"].labels)
     train = noisy.splits["train"]
@@ -93,11 +114,53 @@ def test_rafdb_noise_overlay_prefers_the_shipped_file(tmp_path):
     train = read_rafdb(root, "train")
     noisy, _ = add_label_noise(train.labels, 0.3, 7, seed=42)
     write_label_file(root / "basic" / "EmoLabel" / "noise03.txt", train.names, noisy, code_offset=1)
-    shipped = RAFDBDataModule(str(root), noise_rate=0.3, image_size=16, num_workers=0)
+    shipped = RAFDBDataModule(str(root), noise_rate=0.3, image_size=16, num_workers=0, save_train_labels=False)
     shipped.setup("fit")
     assert np.array_equal(shipped.splits["train"].labels, noisy)
     assert "noise03.txt" in shipped.protocol_notes[0]
-    generated = RAFDBDataModule(str(root), noise_rate=0.3, noise_source="generate", noise_seed=42, image_size=16, num_workers=0)
+    generated = RAFDBDataModule(
+        str(root),
+        noise_rate=0.3,
+        noise_source="generate",
+        noise_seed=42,
+        image_size=16,
+        num_workers=0,
+        save_train_labels=False,
+    )
     generated.setup("fit")
     assert "generated with seed 42" in generated.protocol_notes[0]
     assert generated.splits["train"].flipped.sum() == 21
+
+
+def test_a_missing_or_partial_standard_noise_file_stops_instead_of_changing_the_protocol(tmp_path):
+    from nla.data.synthetic import write_rafdb
+
+    root = write_rafdb(tmp_path / "rafdb", train_per_class=4, test_per_class=1, size=16)
+    data = dict(image_size=16, num_workers=0, save_train_labels=False)
+    with pytest.raises(
+        DataError,
+        match=r"noise_rate 0.3 uses the dataset's standard noisy-label file .*noise03\.txt.*"
+        r"does not exist; .*--data.noise_source generate",
+    ):
+        RAFDBDataModule(str(root), noise_rate=0.3, **data).setup("fit")
+    train = read_rafdb(root, "train")
+    write_label_file(root / "basic" / "EmoLabel" / "noise03.txt", train.names[:20], train.labels[:20], code_offset=1)
+    with pytest.raises(DataError, match=r"noise03\.txt gives labels for 20 of the 28 training images"):
+        RAFDBDataModule(str(root), noise_rate=0.3, **data).setup("fit")
+    with pytest.raises(DataError, match="no standard noisy-label file for noise_rate 0.25"):
+        RAFDBDataModule(str(root), noise_rate=0.25, noise_source="standard_file", **data).setup("fit")
+    generated = RAFDBDataModule(str(root), noise_rate=0.25, **data)  # no standard file for this rate: generated
+    generated.setup("fit")
+    assert "generated with seed 0" in generated.protocol_notes[0]
+
+
+def test_a_label_file_that_names_an_image_twice_is_refused(rafdb_root, tmp_path):
+    path = tmp_path / "subset.txt"
+    path.write_text("train_00001.jpg 2\ntrain_00002.jpg 3\ntrain_00001.jpg 5\n")
+    with pytest.raises(DataError, match=r"subset\.txt:3: lists image 'train_00001.jpg' again; .*subset\.txt:1"):
+        apply_label_file(read_rafdb(rafdb_root, "train"), path, code_offset=1)
+    (tmp_path / "unknown.txt").write_text("train_00001.jpg 2\ntrain_99999.jpg 3\n")
+    with pytest.raises(
+        DataError, match=r"unknown\.txt:2: names image 'train_99999\.jpg', which is not in the training split"
+    ):
+        apply_label_file(read_rafdb(rafdb_root, "train"), tmp_path / "unknown.txt", code_offset=1)

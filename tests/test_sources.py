@@ -4,8 +4,17 @@ import numpy as np
 import pytest
 
 from nla.data import (
-    AffectNetDataModule, CSVDataModule, FERPlusDataModule, ImageFolderDataModule, RAFDBDataModule, majority_vote,
-    read_affectnet, read_ferplus, read_rafdb,
+    AffectNetDataModule,
+    CSVDataModule,
+    DataError,
+    FERPlusDataModule,
+    ImageFolderDataModule,
+    RAFDBDataModule,
+    majority_vote,
+    read_affectnet,
+    read_csv_list,
+    read_ferplus,
+    read_rafdb,
 )
 from nla.data.sources import rafdb
 from tests.conftest import real_dataset
@@ -17,7 +26,9 @@ RAFDB_TEST = [329, 74, 160, 1185, 478, 162, 680]
 def test_rafdb_both_layouts_give_the_same_table(rafdb_root, rafdb_folders_root):
     basic = read_rafdb(rafdb_root, "train")
     assert len(basic) == 42 and basic.classes == rafdb.CLASSES
-    assert basic.paths[0].endswith("basic/Image/aligned/train_00001_aligned.jpg") and basic.names[0] == "train_00001.jpg"
+    assert (
+        basic.paths[0].endswith("basic/Image/aligned/train_00001_aligned.jpg") and basic.names[0] == "train_00001.jpg"
+    )
     assert read_rafdb(rafdb_root / "basic", "test").class_counts().tolist() == [3] * 7  # root may be basic/ itself
     folders = read_rafdb(rafdb_folders_root, "train")
     assert rafdb.find_layout(rafdb_folders_root)[0] == "folders"
@@ -52,8 +63,9 @@ def test_affectnet_drops_codes_8_to_10_and_keeps_boxes(affectnet_root):
 
 
 def test_affectnet_face_crop_and_balanced_sampler(affectnet_root):
-    data = AffectNetDataModule(affectnet_root, num_classes=7, crop_face=True, balanced_sampler=True, image_size=16,
-                               batch_size=4, num_workers=0)
+    data = AffectNetDataModule(
+        affectnet_root, num_classes=7, crop_face=True, balanced_sampler=True, image_size=16, batch_size=4, num_workers=0
+    )
     data.setup("fit")
     assert data.splits["train"].boxes is not None
     batch = next(iter(data.train_dataloader()))
@@ -66,10 +78,20 @@ def test_image_folder_and_csv_sources(folder_root, tmp_path):
     assert data.class_names == ["angry", "happy", "sad"]
     data.setup("fit")
     assert len(data.splits["train"]) == 9 and data.val_split == "test"
-    (tmp_path / "train.csv").write_text("path,label\n" + "".join(f"{folder_root}/train/{c}/{i}.png,{c}\n" for c in ("angry", "happy", "sad") for i in range(3)))
-    (tmp_path / "test.csv").write_text("path,label\n" + "".join(f"{folder_root}/test/{c}/0.png,{k}\n" for k, c in enumerate(("angry", "happy", "sad"))))
-    csv_data = CSVDataModule(class_names=["angry", "happy", "sad"], train_csv=str(tmp_path / "train.csv"),
-                             test_csv=str(tmp_path / "test.csv"), image_size=16, num_workers=0)
+    (tmp_path / "train.csv").write_text(
+        "path,label\n"
+        + "".join(f"{folder_root}/train/{c}/{i}.png,{c}\n" for c in ("angry", "happy", "sad") for i in range(3))
+    )
+    (tmp_path / "test.csv").write_text(
+        "path,label\n" + "".join(f"{folder_root}/test/{c}/0.png,{k}\n" for k, c in enumerate(("angry", "happy", "sad")))
+    )
+    csv_data = CSVDataModule(
+        class_names=["angry", "happy", "sad"],
+        train_csv=str(tmp_path / "train.csv"),
+        test_csv=str(tmp_path / "test.csv"),
+        image_size=16,
+        num_workers=0,
+    )
     csv_data.setup("fit")
     assert csv_data.splits["train"].class_counts().tolist() == [3, 3, 3]
     assert csv_data.splits["test"].labels.tolist() == [0, 1, 2]
@@ -83,24 +105,127 @@ def test_real_rafdb_counts():
 
 
 @pytest.mark.realdata
+@pytest.mark.slow
 def test_real_ferplus_counts_match_the_data_readme():
     root = real_dataset("ferplus")
-    expected = {  # (fer2013new.csv 8 / 7 classes, label.csv 8 / 7 classes)
-        "train": (25060, 24941, 25045, 24925), "valid": (3199, 3186, 3191, 3175), "test": (3153, 3137, 3137, 3122),
+    expected = {  # (fer2013new.csv 8 / 7 classes, label.csv 8 / 7 classes); the README's less the repeated rows
+        "train": (25057, 24938, 25045, 24925),
+        "valid": (3199, 3186, 3191, 3175),
+        "test": (3153, 3137, 3137, 3122),
     }
     for split, counts in expected.items():
-        got = (len(read_ferplus(root, split, 8, "fer2013new")), len(read_ferplus(root, split, 7, "fer2013new")),
-               len(read_ferplus(root, split, 8, "label_csv")), len(read_ferplus(root, split, 7, "label_csv")))
+        got = (
+            len(read_ferplus(root, split, 8, "fer2013new")),
+            len(read_ferplus(root, split, 7, "fer2013new")),
+            len(read_ferplus(root, split, 8, "label_csv")),
+            len(read_ferplus(root, split, 7, "label_csv")),
+        )
         assert got == counts, split
     train = read_ferplus(root, "train", 8)
-    assert train.class_counts().tolist() == [8740, 7287, 3149, 3014, 2100, 119, 532, 119]
+    # The data README counts every named row; the release lists three training images twice with the same votes,
+    # which nla uses once (so 25,060 - 3 images, one fewer neutral, sadness and anger).
+    assert train.class_counts().tolist() == [8739, 7287, 3149, 3013, 2099, 119, 532, 119]
+    assert any("3 images listed twice with the same votes" in note for note in train.notes)
 
 
 @pytest.mark.realdata
 def test_real_rafdb_noise_files_have_the_documented_flip_rates():
     root = real_dataset("rafdb")
     for rate, measured in ((0.1, 0.1011), (0.2, 0.2036), (0.3, 0.3033)):
-        data = RAFDBDataModule(str(root), noise_rate=rate, num_workers=0)
+        data = RAFDBDataModule(str(root), noise_rate=rate, num_workers=0, save_train_labels=False)
         train = data._apply_protocols(read_rafdb(root, "train"))
         assert train.flipped.mean() == pytest.approx(measured, abs=5e-5)
         assert np.all(train.labels[~train.flipped] == train.clean_labels[~train.flipped])
+
+
+# --- every row becomes a sample or stops the run with its file and line ----------------------------------------
+
+
+def rafdb_label_file(root):
+    return root / "basic" / "EmoLabel" / "list_patition_label.txt"
+
+
+@pytest.fixture()
+def rafdb_copy(tmp_path):
+    from nla.data.synthetic import write_rafdb
+
+    return write_rafdb(tmp_path / "rafdb", train_per_class=3, test_per_class=2, size=16)
+
+
+def edit_line(path, number, text):
+    lines = path.read_text().splitlines()
+    lines[number - 1] = text
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_missing_root_and_missing_label_file(tmp_path, rafdb_copy):
+    with pytest.raises(DataError, match="RAF-DB root .*absent.* does not exist"):
+        read_rafdb(tmp_path / "absent", "train")
+    rafdb_label_file(rafdb_copy).unlink()
+    with pytest.raises(DataError, match=r"no RAF-DB found at .*list_patition_label\.txt"):
+        read_rafdb(rafdb_copy, "train")
+    with pytest.raises(DataError, match="FER\\+ folder .*FER2013Train.* does not exist"):
+        read_ferplus(tmp_path, "train")
+
+
+def test_a_byte_order_mark_keeps_the_first_row(rafdb_copy):
+    path = rafdb_label_file(rafdb_copy)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as a Windows editor saves it
+    train = read_rafdb(rafdb_copy, "train")
+    assert len(train) == 21 and train.names[0] == "train_00001.jpg"
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ("tran_00003.jpg 2", r":3: image name 'tran_00003.jpg' starts with neither 'train_' nor 'test_'"),
+        ("train_00003.jpg 9", r":3: label 9 is outside the class range 1\.\.7"),
+        ("train_00003.jpg happy", r":3: label 'happy' is not an integer"),
+        ("train_00003.jpg", r":3: expected '<name>.jpg <label>'"),
+        ("train_00001.jpg 4", r":3: lists image 'train_00001.jpg' again; .*list_patition_label.txt:1 already lists it"),
+    ],
+)
+def test_a_bad_rafdb_row_is_named(rafdb_copy, row, message):
+    edit_line(rafdb_label_file(rafdb_copy), 3, row)
+    with pytest.raises(DataError, match=message):
+        read_rafdb(rafdb_copy, "train")
+
+
+def test_a_csv_list_names_a_repeated_image_and_keeps_a_bom(tmp_path, folder_root):
+    rows = "".join(f"{folder_root}/train/happy/{i}.png,happy\n" for i in range(3))
+    (tmp_path / "train.csv").write_bytes(b"\xef\xbb\xbf" + f"path,label\n{rows}".encode())
+    assert len(read_csv_list(tmp_path / "train.csv", ["angry", "happy", "sad"])) == 3
+    (tmp_path / "twice.csv").write_text(f"path,label\n{rows}{folder_root}/train/happy/0.png,sad\n")
+    with pytest.raises(DataError, match=r"twice\.csv:5: lists image .*0\.png' again; .*twice\.csv:2 already lists it"):
+        read_csv_list(tmp_path / "twice.csv", ["angry", "happy", "sad"])
+
+
+def test_ferplus_repeated_rows_are_used_once_or_stop_when_they_disagree(tmp_path):
+    import csv
+
+    from nla.data.synthetic import write_ferplus
+
+    root = write_ferplus(tmp_path / "ferplus", per_class=2, size=16)
+    rows = list(csv.reader(open(root / "fer2013new.csv")))
+    rows.append(rows[1])  # the first training row again, with the same votes
+    with open(root / "fer2013new.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    train = read_ferplus(root, "train")
+    assert len(train) == 16 and "listed twice with the same votes" in train.notes[-1]
+    other = list(rows[1])
+    other[2:12] = ["0", "0", "0", "0", "0", "0", "9", "1", "0", "0"]  # the same image, now fear
+    rows.append(other)
+    with open(root / "fer2013new.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    with pytest.raises(DataError, match=r"fer2013new\.csv:\d+: lists image 'fer0000000\.png' again with other votes"):
+        read_ferplus(root, "train")
+
+
+def test_image_folders_without_splits_are_class_folders(tmp_path):
+    from nla.data import read_class_folders
+    from nla.data.synthetic import write_image_folder
+
+    root = write_image_folder(tmp_path / "ck", classes=("anger", "happy"), per_class=2, size=16, splits=("",))
+    samples = read_class_folders(root)
+    assert samples.classes == ("anger", "happy") and samples.class_counts().tolist() == [2, 2]
+    assert ImageFolderDataModule(str(root)).class_names == ["anger", "happy"]

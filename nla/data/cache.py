@@ -12,7 +12,7 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import cv2
 import numpy as np
@@ -35,19 +35,25 @@ def cache_key(paths: list[str], boxes: Optional[np.ndarray], resolution: Optiona
 
 def decode_into(
     paths: list[str], boxes: Optional[np.ndarray], resolution: Optional[int], out_factory, workers: int = 8
-) -> tuple[np.ndarray, list[tuple[int, str]]]:
-    """Decode every image into an array made by ``out_factory(shape)``; returns it and the (index, reason) failures.
+) -> tuple[np.ndarray, list[tuple[int, str]], bool]:
+    """Decode every image into an array made by ``out_factory(shape)``.
 
-    ``resolution=None`` keeps the native size, which must then be the same for every image.
+    Returns the array, the ``(index, reason)`` of every image that could not be decoded, and whether
+    ``resolution=None`` (keep the native size) met images of different sizes, in which case the array
+    is not usable and the caller caches at one resolution instead.
     """
     first = next((i for i in range(len(paths)) if _try_load(paths[i], boxes, i) is not None), None)
     if first is None:
-        return out_factory((0, 1, 1, 3)), [(i, f"cannot decode image {p!r}") for i, p in enumerate(paths)]
-    height, width = (resolution, resolution) if resolution else _try_load(paths[first], boxes, first).shape[:2]
+        return out_factory((0, 1, 1, 3)), [(i, f"cannot decode image {p!r}") for i, p in enumerate(paths)], False
+    first_image = _try_load(paths[first], boxes, first)
+    assert first_image is not None
+    height, width = (resolution, resolution) if resolution else first_image.shape[:2]
     out = out_factory((len(paths), height, width, 3))
     failures: list[tuple[int, str]] = []
+    mixed = False
 
     def fill(i: int) -> None:
+        nonlocal mixed
         try:
             image = load_image(paths[i], None if boxes is None else boxes[i])
         except DataError as error:
@@ -55,15 +61,14 @@ def decode_into(
             return
         if image.shape[:2] != (height, width):
             if resolution is None:
-                failures.append((i, f"image {paths[i]!r} is {image.shape[1]}x{image.shape[0]}, not {width}x{height} like "
-                                    f"{paths[first]!r}; set the data's cache_resolution to cache images of different sizes"))
+                mixed = True
                 return
             image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
         out[i] = image
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         list(pool.map(fill, range(len(paths))))
-    return out, sorted(failures)
+    return out, sorted(failures), mixed
 
 
 def _try_load(path: str, boxes: Optional[np.ndarray], i: int) -> Optional[np.ndarray]:
@@ -79,13 +84,35 @@ def build_image_cache(
     resolution: Optional[int] = None,
     cache_dir: Optional[str | Path] = None,
     workers: int = 8,
+    mixed_size_resolution: Optional[int] = None,
 ) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """The uint8 cache of ``paths``, and the (index, reason) of every image that could not be decoded.
 
-    Where any image fails, the array is not usable: drop those images and build again.
+    Where any image fails, the array is not usable: drop those images and build again. With
+    ``resolution=None`` images keep their native size when they all share it; images of different sizes
+    are cached at ``mixed_size_resolution`` (square), or reported as such when it is not given.
 
     With ``cache_dir`` the array is written once to ``<cache_dir>/<key>.npy`` and later memory-mapped.
     """
+    array, failures, mixed = _build(paths, boxes, resolution, cache_dir, workers)
+    if mixed:
+        if mixed_size_resolution is None:
+            raise DataError(
+                f"the images have different sizes (e.g. {paths[0]!r}); set the data's cache_resolution "
+                "to cache them at one size"
+            )
+        log.info("images of different sizes: caching them at %dx%d", mixed_size_resolution, mixed_size_resolution)
+        array, failures, _ = _build(paths, boxes, mixed_size_resolution, cache_dir, workers)
+    return array, failures
+
+
+def _build(
+    paths: list[str],
+    boxes: Optional[np.ndarray],
+    resolution: Optional[int],
+    cache_dir: Optional[str | Path],
+    workers: int,
+) -> tuple[np.ndarray, list[tuple[int, str]], bool]:
     if cache_dir is None:
         return decode_into(paths, boxes, resolution, lambda shape: np.zeros(shape, dtype=np.uint8), workers)
     cache_dir = Path(cache_dir)
@@ -93,17 +120,21 @@ def build_image_cache(
     target = cache_dir / f"{cache_key(paths, boxes, resolution)}.npy"
     if target.is_file():
         log.info("reading image cache %s", target)
-        return np.load(target, mmap_mode="c"), []
+        return np.load(target, mmap_mode="c"), [], False
     partial = target.with_suffix(f".{os.getpid()}.partial")
-    array, failures = decode_into(
-        paths, boxes, resolution,
-        lambda shape: np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape), workers,
+    array: Any
+    array, failures, mixed = decode_into(
+        paths,
+        boxes,
+        resolution,
+        lambda shape: np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape),
+        workers,
     )
     array.flush()
     del array
-    if failures:  # a cache with holes is never kept; the caller reports or drops these images
+    if failures or mixed:  # a cache with holes is never kept; the caller reports or drops these images
         partial.unlink()
-        return np.zeros((0, 1, 1, 3), dtype=np.uint8), failures
+        return np.zeros((0, 1, 1, 3), dtype=np.uint8), failures, mixed
     os.replace(partial, target)
     log.info("wrote image cache %s", target)
-    return np.load(target, mmap_mode="c"), []
+    return np.load(target, mmap_mode="c"), [], False

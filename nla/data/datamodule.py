@@ -1,46 +1,50 @@
-"""Batching: LightningDataModules for RAF-DB, FER+, AffectNet, image folders and CSV lists.
+"""LightningDataModules for RAF-DB, FER+, AffectNet, image folders and CSV lists.
 
-:class:`FERDataModule` does the work for all of them: it reads each split through the source's
-reader, applies the label protocols to the training split, checks every input before the first
-step, and serves batches through one of two pixel pipelines:
-
-- ``"cached"``: decode every image once into a uint8 cache, gather batches from it, and augment
-  whole batches on the accelerator (the default on a GPU);
-- ``"albumentations"``: decode and augment each sample in DataLoader workers (for custom
-  augmentations and datasets too big to cache).
-
-Subclasses only say how a split is read and what the classes are.
+:class:`FERDataModule` orchestrates the jobs that live in their own modules: it reads each split with
+the dataset's source (:mod:`nla.data.sources`), holds out a validation split where the dataset has none
+(:mod:`nla.data.splits`), applies the label protocols to the training split (:mod:`nla.data.protocols`),
+checks every image and builds the cache before the first step (:mod:`nla.data.checks`), and serves
+batches through one of the two pixel pipelines (:mod:`nla.data.pipelines`). Subclasses only say how a
+split is read and what the classes are.
 """
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 import math
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Literal, Optional
 
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.accelerators import CUDAAccelerator
-from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler, WeightedRandomSampler
+from torch.utils.data import DataLoader
 
-from nla.data.batch_augment import ReusableBuffer, batch_eval_transform, batch_train_augment
-from nla.data.cache import build_image_cache
-from nla.data.datasets import CachedImageDataset, FERImageDataset, PredictImageDataset
-from nla.data.images import find_unreadable, list_images, load_image
-from nla.data.protocols import add_label_noise, apply_label_file, long_tail_indices, measured_flip_rate, write_label_file
-from nla.data.samples import DataError, Samples, check_classes_present, check_files_exist
+from nla.data import pipelines
+from nla.data.batch_augment import batch_eval_transform, batch_train_augment
+from nla.data.checks import ImageCheck, check_split
+from nla.data.datasets import FERImageDataset, PredictImageDataset
+from nla.data.images import list_images, load_image
+from nla.data.protocols import LabelProtocol, NoiseSource, write_label_file
+from nla.data.samples import DataError, Samples, check_classes_present
 from nla.data.sources import affectnet, ferplus, generic, rafdb
-from nla.data.transforms import RAFDB_MEAN, RAFDB_STD, Augmentation, eval_transform, train_transform
-
-log = logging.getLogger(__name__)
+from nla.data.splits import HoldOut
+from nla.data.stats import measure_stats
+from nla.data.transforms import Augmentation, eval_transform, train_transform
 
 Split = Literal["train", "valid", "test"]
 Pipeline = Literal["auto", "cached", "albumentations"]
+RGB = tuple[float, float, float]
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (the affinity mask, which a cluster's allotment sets)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 class FERDataModule(LightningDataModule):
@@ -49,51 +53,62 @@ class FERDataModule(LightningDataModule):
     Args:
         root: The dataset folder (see each subclass for its layout); ``--data.root`` on the command line.
         batch_size: Training and evaluation batch size (the paper: 32).
-        num_workers: DataLoader workers for the albumentations pipeline and for decoding the cache.
+        num_workers: DataLoader workers for the albumentations pipeline and for decoding; ``None`` takes
+            the CPU cores available to this process, at most 8.
         image_size: Side of the square network input (the paper: 224).
-        mean: Per-channel mean for normalising, as a share of 255.
-        std: Per-channel std for normalising, as a share of 255.
+        mean: Per-channel mean for normalising, as a share of 255; ``None`` measures it on the training
+            images (once; it is kept in a small cache file and in the checkpoint).
+        std: Per-channel std for normalising, as a share of 255; ``None`` measures it with ``mean``.
         augmentation: The training augmentation's settings.
-        pipeline: ``"cached"`` (decode once, augment batches on the device), ``"albumentations"``
-            (per sample in workers) or ``"auto"`` (cached when training on a GPU and the cache fits
-            ``max_cache_gb``).
-        cache_dir: Keep the decoded cache in files here, to reuse across runs; ``None`` keeps it in memory.
-        cache_resolution: Resize images to this side when caching; ``None`` keeps the native
-            resolution, which must then be the same for every image.
-        max_cache_gb: ``"auto"`` uses the cache only below this size.
-        noise_rate: Share of training labels made noisy. Where the dataset ships a standard noisy-label
-            file for this rate (RAF-DB: 0.1, 0.2, 0.3) and ``noise_source`` is ``"standard_file"``, that
-            file is used; otherwise exactly ``round(noise_rate * N)`` labels are flipped with ``noise_seed``.
+        pipeline: ``cached`` (decode once, augment whole batches on the device), ``albumentations`` (per
+            sample in workers) or ``auto`` (cached when training on a GPU and the cache fits ``max_cache_gb``).
+        cache_dir: Keep the decoded cache (and measured statistics) in files here, to reuse across runs.
+        cache_resolution: Resize images to this side when caching; ``None`` keeps the native size when all
+            images share it, and caches images of different sizes at ``image_size``.
+        max_cache_gb: ``auto`` uses the cache only below this size.
+        noise_rate: Share of training labels made noisy (see ``noise_source``).
         noise_seed: Seed of the symmetric noise generator.
-        noise_source: ``"standard_file"`` or ``"generate"`` (always use the seeded generator).
+        noise_source: ``auto`` uses the dataset's standard noisy-label file where it defines one for the rate
+            (RAF-DB: 0.1, 0.2, 0.3, which must then be present) and the seeded generator elsewhere;
+            ``standard_file`` requires the file; ``generate`` always flips exactly ``round(noise_rate * N)``.
         train_label_file: A ``<name> <label>`` file (the dataset's own label codes) giving the training
             labels, and the training images when it lists fewer: a noisy-label file or a saved subset.
         imbalance_factor: Subsample the training split to a long tail whose largest class is this many
             times its smallest (selected on the shipped labels); ``None`` keeps every image.
         long_tail_seed: Seed of the long-tail draw.
         long_tail_class_order: Class names from largest to smallest; ``None`` orders by natural frequency.
+        val_fraction: Hold out this share of each class of the training split for validation (seeded,
+            stratified); for datasets without a validation split, such as CK+.
+        num_folds: Instead, split the training split into this many stratified folds and validate on ``fold``.
+        fold: The held-out fold (0-based) with ``num_folds``.
+        group_pattern: A regular expression over file names (e.g. ``'S(\\d+)_'`` for CK+ subjects): images
+            whose names give the same match stay on the same side of the hold-out.
+        split_seed: Seed of the hold-out.
         balanced_sampler: Draw training batches with probability inversely proportional to class size.
-        check_images: Before training, ``"decode"`` every image (always so for the cached pipeline) or
-            only check that each ``"exists"``.
-        skip_unreadable: Drop images that cannot be decoded, and report them, instead of stopping.
-        val_split: The split validated on while fitting. FER papers validate on the test split.
+        check_images: Before training, ``decode`` every image (always so for the cached pipeline) or only
+            check that each ``exists``.
+        skip_unreadable: Drop images that cannot be read or decoded, and report them, instead of stopping.
+        val_split: The split validated on while fitting. FER papers validate on the test split; with
+            ``val_fraction`` or ``num_folds`` it is the held-out ``valid`` split.
         predict_root: A folder of images (nested, any common format) for ``nla predict``.
         drop_last: Drop the last incomplete training batch.
         save_train_labels: When a label protocol is active, write the training labels actually used to
-            ``<default_root_dir>/train_labels.txt``, which ``train_label_file`` can load again.
+            ``<run dir>/train_labels.txt``, which ``train_label_file`` can load again.
     """
 
     #: How label files write class index 0 (RAF-DB writes labels 1..7).
     label_code_offset = 0
+    #: A short name for run directories and logs.
+    name = "data"
 
     def __init__(
         self,
         root: Optional[str] = None,
         batch_size: int = 32,
-        num_workers: int = 4,
+        num_workers: Optional[int] = None,
         image_size: int = 224,
-        mean: tuple[float, float, float] = RAFDB_MEAN,
-        std: tuple[float, float, float] = RAFDB_STD,
+        mean: Optional[RGB] = None,
+        std: Optional[RGB] = None,
         augmentation: Augmentation = Augmentation(),
         pipeline: Pipeline = "auto",
         cache_dir: Optional[str] = None,
@@ -101,13 +116,18 @@ class FERDataModule(LightningDataModule):
         max_cache_gb: float = 16.0,
         noise_rate: float = 0.0,
         noise_seed: int = 0,
-        noise_source: Literal["standard_file", "generate"] = "standard_file",
+        noise_source: NoiseSource = "auto",
         train_label_file: Optional[str] = None,
         imbalance_factor: Optional[float] = None,
         long_tail_seed: int = 0,
         long_tail_class_order: Optional[list[str]] = None,
+        val_fraction: Optional[float] = None,
+        num_folds: Optional[int] = None,
+        fold: int = 0,
+        group_pattern: Optional[str] = None,
+        split_seed: int = 0,
         balanced_sampler: bool = False,
-        check_images: Literal["decode", "exists"] = "decode",
+        check_images: ImageCheck = "decode",
         skip_unreadable: bool = False,
         val_split: Split = "test",
         predict_root: Optional[str] = None,
@@ -115,34 +135,56 @@ class FERDataModule(LightningDataModule):
         save_train_labels: bool = True,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()  # checkpoints then carry the preprocessing (image size, mean, std)
-        if not 0.0 <= noise_rate < 1.0:
-            raise DataError(f"noise_rate {noise_rate} is outside [0, 1); give the share of training labels to flip, e.g. 0.3")
-        if imbalance_factor is not None and imbalance_factor < 1:
-            raise DataError(f"imbalance_factor {imbalance_factor} is below 1; it is the largest class count over the smallest")
-        if batch_size < 1 or image_size < 8:
-            raise DataError(f"need batch_size >= 1 and image_size >= 8, got {batch_size} and {image_size}")
+        # The checkpoint carries these (image size, mean, std, protocol), so test and predict need no config;
+        # they are not logged as the model's hyperparameters (the CLI logs the whole config).
+        self.save_hyperparameters(logger=False)
+        if isinstance(augmentation, dict):  # from a checkpoint's plain-dict hyperparameters
+            augmentation = Augmentation(**augmentation)
+        self.hparams["augmentation"] = dataclasses.asdict(augmentation)  # plain types: weights_only checkpoints
+        if batch_size < 1:
+            raise DataError(f"batch_size {batch_size} must be at least 1")
+        if image_size < 16:
+            raise DataError(f"image_size {image_size} is too small; give the side of the network input, e.g. 224")
+        if num_workers is not None and num_workers < 0:
+            raise DataError(f"num_workers {num_workers} must be >= 0")
+        for name, value in (("mean", mean), ("std", std)):
+            if value is not None and (
+                len(value) != 3 or not all(0 <= v <= 1 for v in value) or (name == "std" and min(value) <= 0)
+            ):
+                raise DataError(
+                    f"{name} {tuple(value)} must be three shares of 255 in [0, 1]"
+                    + (", above 0" if name == "std" else "")
+                )
         self.root = root
         self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.num_workers = min(8, available_cores()) if num_workers is None else num_workers
         self.image_size = image_size
-        self.mean, self.std = tuple(mean), tuple(std)
+        self.mean, self.std = (tuple(mean) if mean else None), (tuple(std) if std else None)
         self.augmentation = augmentation
         self.pipeline = pipeline
         self.cache_dir = cache_dir
         self.cache_resolution = cache_resolution
         self.max_cache_gb = max_cache_gb
-        self.noise_rate = noise_rate
-        self.noise_seed = noise_seed
-        self.noise_source = noise_source
-        self.train_label_file = train_label_file
-        self.imbalance_factor = imbalance_factor
-        self.long_tail_seed = long_tail_seed
-        self.long_tail_class_order = long_tail_class_order
+        self.protocol = LabelProtocol(
+            train_label_file,
+            noise_rate,
+            noise_seed,
+            noise_source,
+            imbalance_factor,
+            long_tail_seed,
+            tuple(long_tail_class_order) if long_tail_class_order else None,
+        )
+        self.holdout = (
+            HoldOut(val_fraction, num_folds, fold, group_pattern, split_seed)
+            if val_fraction is not None or num_folds is not None
+            else None
+        )
+        if self.holdout is not None and val_split != "valid":
+            val_split = "valid"  # the held-out part is what a fit validates on
         self.balanced_sampler = balanced_sampler
         self.check_images = check_images
         self.skip_unreadable = skip_unreadable
-        self.val_split = val_split
+        self.val_split: Split = val_split
         self.predict_root = predict_root
         self.drop_last = drop_last
         self.save_train_labels = save_train_labels
@@ -151,20 +193,23 @@ class FERDataModule(LightningDataModule):
         self.skipped: dict[str, list[str]] = {}
         self.protocol_notes: list[str] = []
         self._use_cache: Optional[bool] = None
-        self._train_views = ReusableBuffer()
 
     # --- what a subclass provides ---------------------------------------------------------
 
     @property
     def class_names(self) -> list[str]:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not name its classes")
 
     def read_split(self, split: Split) -> Samples:
         """The images and shipped labels of ``split``."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} cannot read a dataset")
+
+    def has_split(self, split: Split) -> bool:
+        """Whether the dataset ships ``split`` (a CK+-style folder ships none)."""
+        return True
 
     def standard_noise_file(self, rate: float) -> Optional[Path]:
-        """A noisy-label file the dataset ships for ``rate``, if any."""
+        """Where the dataset keeps its standard noisy-label file for ``rate``; ``None`` where it defines none."""
         return None
 
     def require_root(self) -> str:
@@ -180,7 +225,7 @@ class FERDataModule(LightningDataModule):
 
     @property
     def train_class_counts(self) -> list[int]:
-        """Class counts of the training labels actually used (after noise and long tail)."""
+        """Class counts of the training labels actually used (after hold-out, noise and long tail)."""
         return self.splits["train"].class_counts().tolist()
 
     @property
@@ -188,14 +233,34 @@ class FERDataModule(LightningDataModule):
         """Which training labels differ from the shipped ones (the noise mask), by training index."""
         return self.splits["train"].flipped if "train" in self.splits else None
 
-    # --- setup: read, apply protocols, check --------------------------------------------------
+    @property
+    def train_batches(self) -> Optional[int]:
+        """Training batches per epoch, once the training split is set up."""
+        if "train" not in self.splits:
+            return None
+        n = len(self.splits["train"])
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """What a trained model expects of its input: image size, mean and std (as shares of 255)."""
+        return {"image_size": self.image_size, "mean": list(self.mean or ()), "std": list(self.std or ())}
+
+    def use_preprocessing(self, image_size: int, mean: Any, std: Any) -> None:
+        """Evaluate with a trained model's preprocessing (from its checkpoint) instead of this data's own."""
+        self.image_size, self.mean, self.std = int(image_size), tuple(mean), tuple(std)
+        self.hparams.update(image_size=self.image_size, mean=self.mean, std=self.std)
+
+    # --- setup: read, hold out, apply protocols, check --------------------------------------------
 
     def setup(self, stage: Optional[str] = None) -> None:
         for split in self._splits_for(stage):
             if split not in self.splits:
                 self._load_split(split)
+        if stage in ("fit", None) and (self.mean is None or self.std is None):
+            self._measure_stats()
 
-    def _splits_for(self, stage: Optional[str]) -> list[str]:
+    def _splits_for(self, stage: Optional[str]) -> list[Split]:
         if stage in ("fit", None):
             return ["train", self.val_split] + (["test"] if stage is None and self.val_split != "test" else [])
         if stage == "validate":
@@ -204,45 +269,53 @@ class FERDataModule(LightningDataModule):
             return ["test"]
         return []
 
+    def _read(self, split: str) -> Samples:
+        if self.holdout is None or (split == "test" and self.has_split("test")):
+            return self.read_split(split)  # type: ignore[arg-type]
+        full = self.read_split("train")
+        train, held_out = self.holdout.split(full)
+        if split == "train":
+            rank_zero_info(
+                f"{type(self).__name__}: {len(held_out)} of {len(full)} images held out for validation "
+                f"({self.holdout.describe()})"
+            )
+        return full.subset(train if split == "train" else held_out)
+
     def _load_split(self, split: str) -> None:
-        samples = self.read_split(split)
+        samples = self._read(split)
         if list(samples.classes) != list(self.class_names):
             raise DataError(f"the {split} split has classes {list(samples.classes)}, expected {self.class_names}")
+        for note in samples.notes:
+            rank_zero_info(f"{type(self).__name__} {split}: {note}")
         if split == "train":
             samples = self._apply_protocols(samples)
             check_classes_present(samples, split)
         if not len(samples):
             raise DataError(f"the {split} split of {self.root!r} has no images")
-        samples = self._check_images(samples, split)
-        self.splits[split] = samples
-        counts = dict(zip(self.class_names, samples.class_counts().tolist()))
-        rank_zero_info(f"{type(self).__name__} {split}: {len(samples)} images {counts}")
+        cached = self._cache_enabled(samples)
+        checked = check_split(
+            samples,
+            split,
+            self.check_images,
+            self.skip_unreadable,
+            cached,
+            self.cache_resolution,
+            self.image_size,
+            self.cache_dir,
+            max(self.num_workers, 1),
+        )
+        if checked.skipped:
+            self.skipped[split] = checked.skipped
+            shown = ", ".join(checked.skipped[:20]) + (" ..." if len(checked.skipped) > 20 else "")
+            rank_zero_warn(f"skipped {len(checked.skipped)} unreadable {split} image(s) of {len(samples)}: {shown}")
+        if checked.cache is not None:
+            self.caches[split] = checked.cache
+        self.splits[split] = checked.samples
+        counts = dict(zip(self.class_names, checked.samples.class_counts().tolist()))
+        rank_zero_info(f"{type(self).__name__} {split}: {len(checked.samples)} images {counts}")
 
     def _apply_protocols(self, samples: Samples) -> Samples:
-        notes = []
-        if self.train_label_file:
-            samples = apply_label_file(samples, self._resolve(self.train_label_file), self.label_code_offset)
-            notes.append(f"labels from {self.train_label_file}")
-        standard = None
-        if self.noise_rate > 0 and self.noise_source == "standard_file":
-            standard = self.standard_noise_file(self.noise_rate)
-        if standard is not None:  # shipped files name every training image, so apply before subsampling
-            samples = apply_label_file(samples, standard, self.label_code_offset)
-            notes.append(f"noise {self.noise_rate:.0%} from {standard}, measured flip rate {measured_flip_rate(samples):.2%}")
-        if self.imbalance_factor is not None:
-            order = None
-            if self.long_tail_class_order:
-                unknown = [c for c in self.long_tail_class_order if c not in self.class_names]
-                if unknown:
-                    raise DataError(f"long_tail_class_order names {unknown}, which are not among the classes {self.class_names}")
-                order = [self.class_names.index(c) for c in self.long_tail_class_order]
-            keep = long_tail_indices(samples.clean_labels, self.imbalance_factor, self.long_tail_seed, order)
-            samples = samples.subset(keep)
-            notes.append(f"long tail, imbalance factor {self.imbalance_factor:g}: {len(samples)} images kept")
-        if self.noise_rate > 0 and standard is None:
-            noisy, _ = add_label_noise(samples.labels, self.noise_rate, self.num_classes, self.noise_seed)
-            samples = samples.relabelled(noisy)
-            notes.append(f"noise {self.noise_rate:.0%} generated with seed {self.noise_seed}: {int(samples.flipped.sum())} labels flipped")
+        samples, notes = self.protocol.apply(samples, self.standard_noise_file, self.label_code_offset, self._resolve)
         self.protocol_notes = notes
         for note in notes:
             rank_zero_info(f"{type(self).__name__} train: {note}")
@@ -256,7 +329,7 @@ class FERDataModule(LightningDataModule):
             return
         path = Path(trainer.default_root_dir) / "train_labels.txt"
         if path.exists():
-            return  # a resumed run: the protocol is seeded, and what was written is never overwritten
+            return  # a resumed run: the protocol is seeded and unchanged (the CLI refuses a changed one)
         write_label_file(path, samples.names, samples.labels, self.label_code_offset)
 
     def _resolve(self, path: str) -> Path:
@@ -266,36 +339,15 @@ class FERDataModule(LightningDataModule):
             return candidate
         return Path(self.root) / candidate
 
-    def _check_images(self, samples: Samples, split: str) -> Samples:
-        if not self.skip_unreadable:  # when skipping, a missing file is one more unreadable image
-            check_files_exist(samples, split)
-        if self._cache_enabled(samples):
-            cache, failures = build_image_cache(
-                samples.paths, samples.boxes, self.cache_resolution, self.cache_dir, max(self.num_workers, 1)
-            )
-        elif self.check_images == "decode" or self.skip_unreadable:
-            cache, failures = None, find_unreadable(samples.paths, samples.boxes, max(self.num_workers, 1))
-        else:
-            cache, failures = None, []
-        if failures and not self.skip_unreadable:
-            index, reason = failures[0]
-            more = f" ({len(failures) - 1} more unreadable images; set skip_unreadable: true to drop them)" if len(failures) > 1 else ""
-            raise DataError(f"{samples.origins[index]}: {reason}{more}")
-        if failures:
-            bad = {index for index, _ in failures}
-            self.skipped[split] = [samples.paths[i] for i in sorted(bad)]
-            shown = ", ".join(self.skipped[split][:20]) + (" ..." if len(bad) > 20 else "")
-            rank_zero_warn(f"skipped {len(bad)} unreadable {split} image(s) of {len(samples)}: {shown}")
-            samples = samples.subset([i for i in range(len(samples)) if i not in bad])
-            if split == "train":
-                check_classes_present(samples, split)
-            if cache is not None:
-                cache, failures = build_image_cache(
-                    samples.paths, samples.boxes, self.cache_resolution, self.cache_dir, max(self.num_workers, 1)
-                )
-        if cache is not None:
-            self.caches[split] = cache
-        return samples
+    def _measure_stats(self) -> None:
+        train = self.splits["train"]
+        self.mean, self.std = measure_stats(
+            train, self.caches.get("train"), cache_dir=self.cache_dir, workers=max(self.num_workers, 1)
+        )
+        self.hparams.update(mean=self.mean, std=self.std)  # the checkpoint records what the model was trained with
+        rank_zero_info(
+            f"{type(self).__name__}: normalising with the training images' mean {self.mean} and std {self.std}"
+        )
 
     def _cache_enabled(self, samples: Samples) -> bool:
         """Decided once, on the first split loaded (the training split when fitting), for every split."""
@@ -303,8 +355,8 @@ class FERDataModule(LightningDataModule):
             if self.pipeline != "auto":
                 self._use_cache = self.pipeline == "cached"
             else:
-                on_gpu = self.trainer is not None and isinstance(self.trainer.accelerator, CUDAAccelerator)
-                self._use_cache = on_gpu and self._estimated_cache_gb(samples) <= self.max_cache_gb
+                on_accelerator = self.trainer is not None and self.trainer.strategy.root_device.type != "cpu"
+                self._use_cache = on_accelerator and self._estimated_cache_gb(samples) <= self.max_cache_gb
             rank_zero_info(f"{type(self).__name__}: {'cached' if self._use_cache else 'albumentations'} pixel pipeline")
         return self._use_cache
 
@@ -319,16 +371,21 @@ class FERDataModule(LightningDataModule):
 
     # --- batches ------------------------------------------------------------------------------
 
+    def _normalisation(self) -> tuple[RGB, RGB]:
+        if self.mean is None or self.std is None:
+            raise DataError(
+                "the normalisation mean and std are not known yet: fit first, or give --data.mean and --data.std"
+            )
+        return self.mean, self.std  # type: ignore[return-value]  # three values each, checked in __init__
+
     def train_dataloader(self) -> DataLoader:
         samples = self.splits["train"]
-        sampler = self._train_sampler(samples)
+        sampler = pipelines.train_sampler(samples, self.balanced_sampler)
         if "train" in self.caches:
-            return self._cached_loader(samples, self.caches["train"], sampler, self.drop_last)
-        dataset = FERImageDataset(samples, train_transform(self.augmentation, self.image_size, self.mean, self.std), two_views=True)
-        return DataLoader(
-            dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0, drop_last=self.drop_last,
-        )
+            return pipelines.cached_loader(samples, self.caches["train"], self.batch_size, sampler, self.drop_last)
+        transform = train_transform(self.augmentation, self.image_size, *self._normalisation())
+        dataset = FERImageDataset(samples, transform, self.image_size, two_views=True)
+        return pipelines.decoding_loader(dataset, self.batch_size, sampler, self.num_workers, self.drop_last)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.val_split)
@@ -336,66 +393,47 @@ class FERDataModule(LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
 
+    def _eval_loader(self, split: str) -> DataLoader:
+        samples = self.splits[split]
+        trainer = self.trainer
+        sampler = pipelines.eval_sampler(
+            samples, trainer.world_size if trainer else 1, trainer.global_rank if trainer else 0
+        )
+        if split in self.caches:
+            return pipelines.cached_loader(samples, self.caches[split], self.batch_size, sampler)
+        dataset = FERImageDataset(samples, eval_transform(self.image_size, *self._normalisation()), self.image_size)
+        return pipelines.decoding_loader(dataset, self.batch_size, sampler, self.num_workers)
+
     def predict_dataloader(self) -> DataLoader:
         if not self.predict_root:
             raise DataError("nla predict needs a folder of images: pass --data.predict_root <folder>")
         paths = list_images(self.predict_root)
         if not paths:
             raise DataError(f"prediction folder {self.predict_root!r} holds no image files")
-        dataset = PredictImageDataset(paths, eval_transform(self.image_size, self.mean, self.std), self.image_size)
-        return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers)
+        dataset = PredictImageDataset(paths, eval_transform(self.image_size, *self._normalisation()), self.image_size)
+        return pipelines.decoding_loader(
+            dataset, self.batch_size, torch.utils.data.SequentialSampler(paths), self.num_workers
+        )
 
-    def _train_sampler(self, samples: Samples):
-        if not self.balanced_sampler:
-            return RandomSampler(samples.labels)
-        counts = np.bincount(samples.labels, minlength=self.num_classes).astype(np.float64)
-        weights = 1.0 / counts[samples.labels]
-        return WeightedRandomSampler(torch.as_tensor(weights), num_samples=len(samples), replacement=True)
-
-    def _eval_loader(self, split: str) -> DataLoader:
-        samples = self.splits[split]
-        sampler = self._eval_sampler(samples)
-        if split in self.caches:
-            return self._cached_loader(samples, self.caches[split], sampler, False)
-        dataset = FERImageDataset(samples, eval_transform(self.image_size, self.mean, self.std))
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0)
-
-    def _eval_sampler(self, samples: Samples):
-        trainer = self.trainer
-        if trainer is not None and trainer.world_size > 1:
-            # No padding with repeated images, so metrics synced over processes equal one process's.
-            from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-
-            return UnrepeatedDistributedSampler(samples.labels, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
-        return SequentialSampler(samples.labels)
-
-    def _cached_loader(self, samples: Samples, cache: np.ndarray, sampler, drop_last: bool) -> DataLoader:
-        # Batches of uint8 images gathered from the cache in the main process; augmented once on the device.
-        dataset = CachedImageDataset(samples, cache)
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=drop_last,
-                          collate_fn=dataset.collate, num_workers=0, pin_memory=torch.cuda.is_available())
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # An image that could not be decoded inside a worker stops the run here, in the main process, as one line.
+        if isinstance(batch, dict) and "error" in batch and "ok" not in batch:
+            failed = [error for error in batch["error"] if error]
+            if failed:
+                raise DataError(failed[0] + (f" ({len(failed) - 1} more in this batch)" if len(failed) > 1 else ""))
+        return batch
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if not isinstance(batch, dict) or batch["image"].dtype != torch.uint8:
             return batch
-        trainer = self.trainer
-        if trainer is not None and trainer.state.stage == RunningStage.TRAINING:
-            views = self.augment_train(batch["image"])
+        mean, std = self._normalisation()
+        if self.trainer is not None and self.trainer.training:
+            views = batch_train_augment(batch["image"], self.augmentation, self.image_size, mean, std)
             n = len(views) // 2
             batch["views"], batch["image"], batch["image_mirror"] = views, views[:n], views[n:]
         else:
-            batch["image"] = batch_eval_transform(batch["image"], self.image_size, self.mean, self.std)
+            batch["image"] = batch_eval_transform(batch["image"], self.image_size, mean, std)
         return batch
-
-    def augment_train(self, images: torch.Tensor) -> torch.Tensor:
-        """A uint8 N x H x W x C batch from the cache to the model's 2N training input: the augmented views,
-        then their mirrors. On the CPU it is written into a buffer reused once the last batch is released."""
-        n, _, _, channels = images.shape
-        out = None
-        if images.device.type == "cpu":
-            out = self._train_views.get((2 * n, channels, self.image_size, self.image_size), images.device)
-        return batch_train_augment(images, self.augmentation, self.image_size, self.mean, self.std, out=out)
 
     def state_dict(self) -> dict[str, Any]:
         return {"protocol_notes": self.protocol_notes, "class_names": self.class_names}
@@ -410,12 +448,22 @@ class RAFDBDataModule(FERDataModule):
 
     Args:
         layout: ``"auto"``, ``"basic"`` or ``"folders"``.
+        mean: The authors' RAF-DB statistics by default.
+        std: The authors' RAF-DB statistics by default.
     """
 
     label_code_offset = rafdb.LABEL_CODE_OFFSET
+    name = "rafdb"
 
-    def __init__(self, root: Optional[str] = None, layout: rafdb.Layout = "auto", **kwargs: Any) -> None:
-        super().__init__(root, **kwargs)
+    def __init__(
+        self,
+        root: Optional[str] = None,
+        layout: rafdb.Layout = "auto",
+        mean: Optional[RGB] = rafdb.MEAN,
+        std: Optional[RGB] = rafdb.STD,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(root, mean=mean, std=std, **kwargs)
         self.layout = layout
 
     @property
@@ -424,18 +472,14 @@ class RAFDBDataModule(FERDataModule):
 
     def read_split(self, split: Split) -> Samples:
         if split == "valid":
-            raise DataError("RAF-DB has no validation split; set the data's val_split to 'test' (the paper's protocol)")
+            raise DataError(
+                "RAF-DB has no validation split: validate on 'test' (the paper's protocol), or hold out part "
+                "of the training split with --data.val_fraction"
+            )
         return rafdb.read_rafdb(self.require_root(), split, self.layout)
 
     def standard_noise_file(self, rate: float) -> Optional[Path]:
-        level = round(rate * 10)
-        if not math.isclose(rate, level / 10) or level not in (1, 2, 3):
-            return None
-        _, base = rafdb.find_layout(self.require_root(), self.layout)
-        for folder in (base / "EmoLabel", Path(self.root) / "basic" / "EmoLabel", base.parent / "basic" / "EmoLabel"):
-            if (folder / f"noise0{level}.txt").is_file():
-                return folder / f"noise0{level}.txt"
-        return None
+        return rafdb.standard_noise_file(self.require_root(), rate, self.layout)
 
 
 class FERPlusDataModule(FERDataModule):
@@ -448,9 +492,15 @@ class FERPlusDataModule(FERDataModule):
         label_source: ``"auto"`` (``fer2013new.csv`` when present), ``"fer2013new"`` or ``"label_csv"``.
     """
 
+    name = "ferplus"
+
     def __init__(
-        self, root: Optional[str] = None, num_classes: Literal[7, 8] = 8, label_source: ferplus.LabelSource = "auto",
-        val_split: Split = "valid", **kwargs: Any,
+        self,
+        root: Optional[str] = None,
+        num_classes: Literal[7, 8] = 8,
+        label_source: ferplus.LabelSource = "auto",
+        val_split: Split = "valid",
+        **kwargs: Any,
     ) -> None:
         super().__init__(root, val_split=val_split, **kwargs)
         self._classes = ferplus.classes_for(num_classes)
@@ -475,7 +525,11 @@ class AffectNetDataModule(FERDataModule):
         crop_face: Crop each image to its face box from the CSV.
     """
 
-    def __init__(self, root: Optional[str] = None, num_classes: Literal[7, 8] = 7, crop_face: bool = False, **kwargs: Any) -> None:
+    name = "affectnet"
+
+    def __init__(
+        self, root: Optional[str] = None, num_classes: Literal[7, 8] = 7, crop_face: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(root, **kwargs)
         self._classes = affectnet.classes_for(num_classes)
         self._num_classes = num_classes
@@ -493,11 +547,18 @@ class AffectNetDataModule(FERDataModule):
 
 
 class ImageFolderDataModule(FERDataModule):
-    """``root/<split>/<class>/<image>`` with splits ``train``, ``val`` (or ``valid``) and ``test``.
+    """Class folders of face images, with splits (``root/<split>/<class>/*``, splits ``train``, ``val`` or
+    ``valid``, ``test``) or without (``root/<class>/*``, as CK+ or JAFFE ship).
+
+    Without splits, a fit holds out a seeded, stratified share of each class for validation
+    (``val_fraction``, 0.2 unless given, or ``num_folds`` and ``fold``); ``nla test`` evaluates the held-out
+    part when a hold-out is set, and every image otherwise.
 
     Args:
-        class_names: The classes in label order; ``None`` takes the sorted folder names of ``train/``.
+        class_names: The classes in label order; ``None`` takes the sorted folder names.
     """
+
+    name = "folder"
 
     def __init__(self, root: Optional[str] = None, class_names: Optional[list[str]] = None, **kwargs: Any) -> None:
         super().__init__(root, **kwargs)
@@ -509,20 +570,47 @@ class ImageFolderDataModule(FERDataModule):
             self._class_names = list(generic.folder_classes(self.require_root()))
         return self._class_names
 
+    @property
+    def flat(self) -> bool:
+        return not generic.has_split_folders(Path(self.require_root()))
+
+    def has_split(self, split: Split) -> bool:
+        return not self.flat
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.flat and self.holdout is None and stage in ("fit", None):
+            self.holdout, self.val_split = HoldOut(val_fraction=0.2, seed=self.hparams["split_seed"]), "valid"
+            rank_zero_info(
+                f"{self.root} has no train/ and test/ folders: holding out 20% of each class for validation "
+                "(set --data.val_fraction or --data.num_folds to choose)"
+            )
+        super().setup(stage)
+
     def read_split(self, split: Split) -> Samples:
+        if self.flat:
+            return generic.read_class_folders(self.require_root(), self.class_names)
         return generic.read_image_folder(self.require_root(), split, self.class_names)
 
 
 class CSVDataModule(FERDataModule):
-    """Lists of ``path,label`` in CSV files, one per split; paths are relative to ``root``.
+    """Lists of ``path,label`` in CSV files, one per split; paths are relative to ``root`` (else to the CSV).
 
     Args:
         class_names: The classes in label order; labels may be these names or their indices.
-        train_csv: Training list. val_csv: Validation list (``None``: validate on ``test_csv``). test_csv: Test list.
+        train_csv: Training list (needed to fit, not to test).
+        val_csv: Validation list (``None``: validate on ``test_csv``).
+        test_csv: Test list.
     """
 
+    name = "csv"
+
     def __init__(
-        self, class_names: list[str], train_csv: str, test_csv: str, root: Optional[str] = None, val_csv: Optional[str] = None,
+        self,
+        class_names: list[str],
+        train_csv: Optional[str] = None,
+        test_csv: Optional[str] = None,
+        root: Optional[str] = None,
+        val_csv: Optional[str] = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("val_split", "valid" if val_csv else "test")
@@ -537,5 +625,5 @@ class CSVDataModule(FERDataModule):
     def read_split(self, split: Split) -> Samples:
         path = self.csv_files[split]
         if path is None:
-            raise DataError(f"no CSV list for the {split} split; set the data's {split if split != 'valid' else 'val'}_csv")
+            raise DataError(f"no CSV list for the {split} split; set --data.{split if split != 'valid' else 'val'}_csv")
         return generic.read_csv_list(self._resolve(path), self.class_names, self.root)

@@ -36,13 +36,16 @@ class _SeededTransform:
 class FERImageDataset(Dataset):
     """Decodes each image when asked and applies a per-sample transform.
 
-    Items are dicts with ``image``, ``label``, ``index`` and, with ``two_views``, ``image_mirror``,
-    the exact mirror of the augmented image.
+    Items are dicts with ``image``, ``label``, ``index``, ``error`` and, with ``two_views``,
+    ``image_mirror``, the exact mirror of the augmented image. An image that cannot be decoded (one that
+    changed after the checks before training) gives a blank image and ``error`` naming its label file and
+    line; the DataModule stops the run with it in the main process, as one line.
     """
 
-    def __init__(self, samples: Samples, transform: A.Compose, two_views: bool = False) -> None:
+    def __init__(self, samples: Samples, transform: A.Compose, image_size: int, two_views: bool = False) -> None:
         self.samples = samples
         self.transform = _SeededTransform(transform)
+        self.image_size = image_size
         self.two_views = two_views
 
     def __len__(self) -> int:
@@ -50,8 +53,12 @@ class FERImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         box = None if self.samples.boxes is None else self.samples.boxes[index]
-        image = self.transform(load_image(self.samples.paths[index], box))
-        item = {"image": image, "label": int(self.samples.labels[index]), "index": index}
+        error = ""
+        try:
+            image = self.transform(load_image(self.samples.paths[index], box))
+        except DataError as failure:
+            image, error = torch.zeros(3, self.image_size, self.image_size), f"{self.samples.origins[index]}: {failure}"
+        item = {"image": image, "label": int(self.samples.labels[index]), "index": index, "error": error}
         if self.two_views:
             item["image_mirror"] = mirror_view(image)
         return item
@@ -83,7 +90,7 @@ class CachedImageDataset(Dataset):
 
 
 class PredictImageDataset(Dataset):
-    """Any image files, for prediction: an unreadable file yields ``ok=False`` and an error instead of stopping the run."""
+    """Any image files, for prediction: an unreadable file yields ``ok=False`` and an error, and the run goes on."""
 
     def __init__(self, paths: list[str], transform: A.Compose, image_size: int) -> None:
         self.paths = paths

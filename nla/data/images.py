@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional, Sequence
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -19,22 +20,31 @@ def load_image(path: str, box: Optional[Sequence[float]] = None) -> np.ndarray:
 
     ``box`` = (x, y, w, h) crops to a face box, clipped to the image.
     """
-    data = np.fromfile(path, dtype=np.uint8) if os.path.isfile(path) else None
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data is not None and data.size else None
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except FileNotFoundError:
+        raise DataError(f"cannot decode image {path!r}: the file does not exist") from None
+    except OSError as error:
+        raise DataError(f"cannot read image {path!r}: {error.strerror or error}") from None
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
-        raise DataError(f"cannot decode image {path!r}: the file is missing, empty or not an image")
+        raise DataError(f"cannot decode image {path!r}: the file is empty or not an image")
     image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     if box is not None:
-        x, y, w, h = (int(round(v)) for v in box)
+        x, y, w, h = (round(float(v)) for v in box)
         x0, y0 = max(x, 0), max(y, 0)
         x1, y1 = min(x + w, image.shape[1]), min(y + h, image.shape[0])
         if x1 <= x0 or y1 <= y0:
-            raise DataError(f"face box {tuple(box)} lies outside image {path!r} of size {image.shape[1]}x{image.shape[0]}")
+            raise DataError(
+                f"face box {tuple(box)} lies outside image {path!r} of size {image.shape[1]}x{image.shape[0]}"
+            )
         image = image[y0:y1, x0:x1]
     return np.ascontiguousarray(image)
 
 
-def find_unreadable(paths: Sequence[str], boxes: Optional[np.ndarray] = None, workers: int = 8) -> list[tuple[int, str]]:
+def find_unreadable(
+    paths: Sequence[str], boxes: Optional[np.ndarray] = None, workers: int = 8
+) -> list[tuple[int, str]]:
     """(index, reason) for every image that cannot be decoded; decodes in threads (OpenCV releases the GIL)."""
 
     def check(i: int) -> Optional[tuple[int, str]]:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
+from nla.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
     """Bad input found while setting up data: one message that names the file, line or value at fault."""
 
 
@@ -20,7 +24,8 @@ class Samples:
 
     ``names`` identify each image the way a label file writes it (e.g. ``train_00001.jpg``), and
     ``origins`` say where each label was read (``file:line``) so errors can point at it.
-    ``boxes`` optionally hold a face box ``(x, y, w, h)`` per image.
+    ``boxes`` optionally hold a face box ``(x, y, w, h)`` per image. ``notes`` say which rows of the
+    label files the reader left out by the dataset's protocol (e.g. FER+'s not-a-face votes).
     """
 
     paths: list[str]
@@ -30,6 +35,7 @@ class Samples:
     origins: list[str]
     boxes: Optional[np.ndarray] = None
     clean_labels: Optional[np.ndarray] = field(default=None, repr=False)
+    notes: list[str] = field(default_factory=list, repr=False)  # what the reader left out, and why
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
@@ -47,14 +53,19 @@ class Samples:
         return len(self.classes)
 
     @property
+    def shipped_labels(self) -> np.ndarray:
+        """The labels the dataset ships, before any noise (``clean_labels``, set for every table)."""
+        return self.labels if self.clean_labels is None else self.clean_labels
+
+    @property
     def flipped(self) -> np.ndarray:
         """Which labels differ from the labels the dataset ships (synthetic or file-given noise)."""
-        return self.labels != self.clean_labels
+        return self.labels != self.shipped_labels
 
     def class_counts(self) -> np.ndarray:
         return np.bincount(self.labels, minlength=self.num_classes)
 
-    def subset(self, indices: Sequence[int] | np.ndarray) -> "Samples":
+    def subset(self, indices: Sequence[int] | np.ndarray) -> Samples:
         idx = np.asarray(indices, dtype=np.int64)
         return dataclasses.replace(
             self,
@@ -63,10 +74,10 @@ class Samples:
             names=[self.names[i] for i in idx],
             origins=[self.origins[i] for i in idx],
             boxes=None if self.boxes is None else self.boxes[idx],
-            clean_labels=self.clean_labels[idx],
+            clean_labels=self.shipped_labels[idx],
         )
 
-    def relabelled(self, labels: np.ndarray, origins: Optional[list[str]] = None) -> "Samples":
+    def relabelled(self, labels: np.ndarray, origins: Optional[list[str]] = None) -> Samples:
         """The same images with new labels; the shipped labels stay in ``clean_labels``."""
         labels = np.asarray(labels, dtype=np.int64)
         check_label_range(labels, self.num_classes, origins or self.origins)
@@ -79,8 +90,35 @@ def check_label_range(labels: np.ndarray, num_classes: int, origins: Sequence[st
         i = bad[0]
         raise DataError(
             f"{origins[i]}: label {labels[i] + code_offset} is outside the class range "
-            f"{code_offset}..{num_classes - 1 + code_offset}" + (f" ({len(bad) - 1} more such rows)" if len(bad) > 1 else "")
+            f"{code_offset}..{num_classes - 1 + code_offset}"
+            + (f" ({len(bad) - 1} more such rows)" if len(bad) > 1 else "")
         )
+
+
+def read_text_lines(path: Path) -> list[tuple[str, str]]:
+    """``(origin, line)`` for every non-blank line of a text file, ``origin`` being ``file:line``.
+
+    A byte-order mark (as Windows editors write) is dropped, and an undecodable file is one error.
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except OSError as error:
+        raise DataError(f"{path}: cannot be read ({error.strerror or error})") from None
+    return [(f"{path}:{number}", line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+
+
+def check_unique_names(names: Sequence[str], origins: Sequence[str], what: str = "image") -> None:
+    """Stop at the first name listed twice, naming both lines: an image must not be counted twice, nor
+    trained on with two labels."""
+    first: dict[str, str] = {}
+    for name, origin in zip(names, origins):
+        if name in first:
+            raise DataError(
+                f"{origin}: lists {what} {name!r} again; {first[name]} already lists it. Each {what} may appear once"
+            )
+        first[name] = origin
 
 
 def check_files_exist(samples: Samples, what: str) -> None:
@@ -89,7 +127,11 @@ def check_files_exist(samples: Samples, what: str) -> None:
         i = missing[0]
         raise DataError(
             f"{samples.origins[i]}: lists image {samples.paths[i]!r}, which does not exist"
-            + (f" ({len(missing) - 1} more of the {len(samples)} {what} images are missing)" if len(missing) > 1 else "")
+            + (
+                f" ({len(missing) - 1} more of the {len(samples)} {what} images are missing)"
+                if len(missing) > 1
+                else ""
+            )
         )
 
 

@@ -7,19 +7,21 @@ learn the task in a few steps; nothing here resembles a face.
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
 
 
-def synthetic_image(label: int, num_classes: int, size: int, rng: np.random.Generator, gray: bool = False) -> np.ndarray:
-    image = rng.integers(0, 90, size=(size, size, 3), dtype=np.uint8)
+def synthetic_image(
+    label: int, num_classes: int, size: int, rng: np.random.Generator, gray: bool = False
+) -> np.ndarray:
+    image: np.ndarray = rng.integers(0, 90, size=(size, size, 3), dtype=np.uint8)
     cells = int(np.ceil(np.sqrt(num_classes)))
     step = size // cells
     row, col = divmod(label, cells)
-    image[row * step:(row + 1) * step, col * step:(col + 1) * step] = 230
+    image[row * step : (row + 1) * step, col * step : (col + 1) * step] = 230
     image[..., label % 3] //= 2  # a colour cue as well
     if gray:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
@@ -40,8 +42,12 @@ def _labels(per_class: int | Sequence[int], num_classes: int, rng: np.random.Gen
 
 
 def write_rafdb(
-    root: str | Path, train_per_class: int | Sequence[int] = 8, test_per_class: int | Sequence[int] = 4,
-    size: int = 32, layout: str = "basic", seed: int = 0,
+    root: str | Path,
+    train_per_class: int | Sequence[int] = 8,
+    test_per_class: int | Sequence[int] = 4,
+    size: int = 32,
+    layout: str = "basic",
+    seed: int = 0,
 ) -> Path:
     """RAF-DB basic with 7 classes, in the ``"basic"`` layout RAF-DB ships or the re-upload's ``"folders"`` layout."""
     root, rng = Path(root), np.random.default_rng(seed)
@@ -52,7 +58,9 @@ def write_rafdb(
             digits = 5 if split == "train" else 4
             for i, label in enumerate(labels, start=1):
                 name = f"{split}_{i:0{digits}d}"
-                _write(root / "basic" / "Image" / "aligned" / f"{name}_aligned.jpg", synthetic_image(label, 7, size, rng))
+                _write(
+                    root / "basic" / "Image" / "aligned" / f"{name}_aligned.jpg", synthetic_image(label, 7, size, rng)
+                )
                 lines.append(f"{name}.jpg {label + 1}")
         (root / "basic" / "EmoLabel").mkdir(parents=True, exist_ok=True)
         (root / "basic" / "EmoLabel" / "list_patition_label.txt").write_text("\n".join(lines) + "\n")
@@ -80,13 +88,27 @@ def write_ferplus(root: str | Path, per_class: int = 4, size: int = 48, seed: in
     unknown or not-a-face, which the majority vote drops.
     """
     root, rng = Path(root), np.random.default_rng(seed)
-    release = [["Usage", "Image name", "neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear",
-                "contempt", "unknown", "NF"]]
+    release: list[list[object]] = [
+        [
+            "Usage",
+            "Image name",
+            "neutral",
+            "happiness",
+            "surprise",
+            "sadness",
+            "anger",
+            "disgust",
+            "fear",
+            "contempt",
+            "unknown",
+            "NF",
+        ]
+    ]
     usage = {"FER2013Train": "Training", "FER2013Valid": "PublicTest", "FER2013Test": "PrivateTest"}
     number = 0
     for folder, usage_name in usage.items():
         rows = []
-        labels = list(_labels(per_class, 8, rng)) + [8, 9]  # one unknown, one not-a-face
+        labels = [*_labels(per_class, 8, rng), 8, 9]  # one unknown, one not-a-face
         for label in labels:
             name = f"fer{number:07d}.png"
             number += 1
@@ -107,15 +129,24 @@ def write_ferplus(root: str | Path, per_class: int = 4, size: int = 48, seed: in
 def write_affectnet(root: str | Path, per_class: int = 4, size: int = 64, seed: int = 0) -> Path:
     """AffectNet's ``training.csv`` / ``validation.csv`` with face boxes, plus rows of codes 8-10 that are dropped."""
     root, rng = Path(root), np.random.default_rng(seed)
-    header = ["subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "facial_landmarks",
-              "expression", "valence", "arousal"]
+    header = [
+        "subDirectory_filePath",
+        "face_x",
+        "face_y",
+        "face_width",
+        "face_height",
+        "facial_landmarks",
+        "expression",
+        "valence",
+        "arousal",
+    ]
     for file, split in (("training.csv", "train"), ("validation.csv", "val")):
-        rows = [header]
-        for i, code in enumerate(list(_labels(per_class, 8, rng)) + [8, 9, 10]):
+        rows: list[list[object]] = [list(header)]
+        for i, code in enumerate([*_labels(per_class, 8, rng), 8, 9, 10]):
             name = f"{i % 3}/{split}_{i:05d}.jpg"
             face = synthetic_image(int(code) % 8, 8, size // 2, rng)
             image = rng.integers(0, 60, size=(size, size, 3), dtype=np.uint8)
-            image[size // 4: size // 4 + size // 2, size // 4: size // 4 + size // 2] = face
+            image[size // 4 : size // 4 + size // 2, size // 4 : size // 4 + size // 2] = face
             _write(root / "Manually_Annotated_Images" / name, image)
             rows.append([name, size // 4, size // 4, size // 2, size // 2, "1.0;2.0", int(code), 0.1, -0.2])
         with open(root / file, "w", newline="") as handle:
@@ -123,8 +154,14 @@ def write_affectnet(root: str | Path, per_class: int = 4, size: int = 64, seed: 
     return root
 
 
-def write_image_folder(root: str | Path, classes: Sequence[str] = ("angry", "happy", "sad"), per_class: int = 4,
-                       size: int = 32, splits: Sequence[str] = ("train", "val", "test"), seed: int = 0) -> Path:
+def write_image_folder(
+    root: str | Path,
+    classes: Sequence[str] = ("angry", "happy", "sad"),
+    per_class: int = 4,
+    size: int = 32,
+    splits: Sequence[str] = ("train", "val", "test"),
+    seed: int = 0,
+) -> Path:
     """``root/<split>/<class>/<n>.png``."""
     root, rng = Path(root), np.random.default_rng(seed)
     for split in splits:

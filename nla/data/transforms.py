@@ -14,20 +14,22 @@ import cv2
 import numpy as np
 import torch
 
-# RAF-DB statistics used by the authors' code.
-RAFDB_MEAN = (0.577, 0.4494, 0.4001)
-RAFDB_STD = (0.2628, 0.2395, 0.2383)
+from nla.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class Augmentation:
-    """The training augmentation, applied in this order (see ``docs/method.md``).
+    """The training augmentation of the NLA recipe, applied in this order (see ``docs/method.md``): Gaussian
+    pixel noise on the uint8 image, resize and normalise, horizontal flip, random erasing.
 
-    1. Gaussian pixel noise of variance ``noise_variance`` on the uint8 image, with probability ``noise_p``.
-    2. Resize to the training size and normalise.
-    3. Horizontal flip with probability ``flip_p``.
-    4. Random erasing with probability ``erasing_p``: an area share in ``erasing_scale`` and aspect
-       ratio in ``erasing_ratio``, filled with ``erasing_value`` (0 is the mean colour after normalising).
+    Args:
+        noise_variance: Variance of the Gaussian noise added to each pixel and channel of the uint8 image (30).
+        noise_p: Probability that an image gets the noise (0.5).
+        flip_p: Probability of a horizontal flip (0.5).
+        erasing_p: Probability that an image gets one erased box (0.5).
+        erasing_scale: Range of the box's area as a share of the image (0.02 to 0.3).
+        erasing_ratio: Range of the box's aspect ratio, height over width (0.3 to 3.3).
+        erasing_value: Value the box is filled with after normalising; 0 is the mean colour.
     """
 
     noise_variance: float = 30.0
@@ -41,12 +43,12 @@ class Augmentation:
     def __post_init__(self) -> None:
         for name in ("noise_p", "flip_p", "erasing_p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"augmentation {name}={getattr(self, name)} is not a probability in [0, 1]")
+                raise ConfigError(f"augmentation {name}={getattr(self, name)} is not a probability in [0, 1]")
         low, high = self.erasing_scale
         if not 0.0 < low <= high < 1.0:
-            raise ValueError(f"erasing_scale {self.erasing_scale} must satisfy 0 < low <= high < 1")
+            raise ConfigError(f"augmentation erasing_scale {self.erasing_scale} must satisfy 0 < low <= high < 1")
         if self.noise_variance < 0:
-            raise ValueError(f"noise_variance {self.noise_variance} must be >= 0")
+            raise ConfigError(f"augmentation noise_variance {self.noise_variance} must be >= 0")
 
 
 class GaussianPixelNoise(A.ImageOnlyTransform):
@@ -104,5 +106,3 @@ def eval_transform(image_size: int, mean, std) -> A.Compose:
 def mirror_view(image: torch.Tensor) -> torch.Tensor:
     """The second view of NLA: the exact horizontal mirror of the already augmented image."""
     return image.flip(-1)
-
-

@@ -8,11 +8,12 @@ from typing import Literal
 
 import numpy as np
 
-from nla.data.samples import DataError, Samples
+from nla.data.samples import DataError, Samples, check_unique_names
 
 # Expression codes 0..7 are the class indices; 8 None, 9 Uncertain and 10 No-Face are dropped.
 CLASSES_8 = ("Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt")
 CLASSES_7 = CLASSES_8[:7]
+CODE_NAMES = (*CLASSES_8, "None", "Uncertain", "No-Face")
 COLUMNS = ("subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "facial_landmarks", "expression")
 LAST_CODE = 10
 SPLIT_FILES = {"train": "training.csv", "valid": "validation.csv", "test": "validation.csv"}
@@ -26,7 +27,7 @@ def classes_for(num_classes: int) -> tuple[str, ...]:
 
 
 def find_image_dir(root: Path) -> Path:
-    """Where the ``subDirectory_filePath`` entries are rooted: ``Manually_Annotated_Images/`` if present, else the root."""
+    """Where the ``subDirectory_filePath`` entries are rooted: ``Manually_Annotated_Images/`` if present, else root."""
     for candidate in (root / "Manually_Annotated_Images", root / "Manually_Annotated" / "Manually_Annotated_Images"):
         if candidate.is_dir():
             return candidate
@@ -41,10 +42,14 @@ def read_affectnet(root: str | Path, split: Split = "train", num_classes: Litera
     classes = classes_for(num_classes)
     label_file = root / SPLIT_FILES[split]
     if not label_file.is_file():
-        raise DataError(f"AffectNet label file {str(label_file)!r} does not exist; expected training.csv and validation.csv under the root")
+        raise DataError(
+            f"AffectNet label file {str(label_file)!r} does not exist; expected training.csv and validation.csv under "
+            "the root"
+        )
     image_dir = find_image_dir(root)
     paths, labels, names, origins, boxes = [], [], [], [], []
-    with open(label_file, newline="") as handle:
+    left_out = 0
+    with open(label_file, newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         if header is None or any(column not in header for column in COLUMNS):
@@ -58,10 +63,13 @@ def read_affectnet(root: str | Path, split: Split = "train", num_classes: Litera
                 code = int(record[column["expression"]])
                 box = [float(record[column[k]]) for k in ("face_x", "face_y", "face_width", "face_height")]
             except (ValueError, IndexError):
-                raise DataError(f"{origin}: expected an integer expression and a numeric face box, got {record[:7]!r}") from None
+                raise DataError(
+                    f"{origin}: expected an integer expression and a numeric face box, got {record[:7]!r}"
+                ) from None
             if not 0 <= code <= LAST_CODE:
                 raise DataError(f"{origin}: expression code {code} is outside 0..{LAST_CODE}")
             if code >= num_classes:
+                left_out += 1
                 continue
             name = record[column["subDirectory_filePath"]].strip()
             paths.append(str(image_dir / name))
@@ -69,5 +77,21 @@ def read_affectnet(root: str | Path, split: Split = "train", num_classes: Litera
             names.append(name)
             origins.append(origin)
             boxes.append(box)
-    return Samples(paths, np.asarray(labels, dtype=np.int64), classes, names, origins,
-                   boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
+    check_unique_names(names, origins)
+    notes = (
+        [
+            f"{label_file.name}: {left_out} rows of expression codes {num_classes}..{LAST_CODE} left out "
+            f"({', '.join(CODE_NAMES[num_classes:])})"
+        ]
+        if left_out
+        else []
+    )
+    return Samples(
+        paths,
+        np.asarray(labels, dtype=np.int64),
+        classes,
+        names,
+        origins,
+        boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        notes=notes,
+    )

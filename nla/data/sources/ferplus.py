@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Literal, Optional
 
 import numpy as np
 
@@ -44,9 +45,10 @@ def majority_vote(votes: Sequence[int]) -> Optional[int]:
 def read_ferplus(
     root: str | Path, split: Split = "train", num_classes: Literal[7, 8] = 8, label_source: LabelSource = "auto"
 ) -> Samples:
-    """One FER+ split. Votes come from ``fer2013new.csv`` (the current release) when present, else the split's ``label.csv``.
+    """One FER+ split, with votes from ``fer2013new.csv`` (the current release), else from the split's ``label.csv``.
 
-    Every named row is kept, so the three training images that the release lists twice appear twice.
+    An image listed twice with the same votes (three training images of the release) is used once; listed
+    twice with different votes, both kept by the vote, it stops the read.
     """
     root = Path(root)
     if split not in SPLIT_FOLDERS:
@@ -54,22 +56,54 @@ def read_ferplus(
     classes = classes_for(num_classes)
     folder = root / SPLIT_FOLDERS[split]
     if not folder.is_dir():
-        raise DataError(f"FER+ folder {str(folder)!r} does not exist; expected {list(SPLIT_FOLDERS.values())} under the root")
+        raise DataError(
+            f"FER+ folder {str(folder)!r} does not exist; expected {list(SPLIT_FOLDERS.values())} under the root"
+        )
     release = root / "fer2013new.csv"
     if label_source == "fer2013new" or (label_source == "auto" and release.is_file()):
         rows = _read_release(release, split)
     else:
         rows = _read_label_csv(folder / "label.csv")
-    paths, labels, names, origins = [], [], [], []
+    kept: dict[str, tuple[int, list[int], str]] = {}
+    dropped, repeated = 0, []
     for name, votes, origin in rows:
         label = majority_vote(votes)
         if label is None or label >= num_classes:
+            dropped += 1
             continue
-        paths.append(str(folder / name))
-        labels.append(label)
-        names.append(name)
-        origins.append(origin)
-    return Samples(paths, np.asarray(labels, dtype=np.int64), classes, names, origins)
+        if name in kept:
+            _, first_votes, first_origin = kept[name]
+            if first_votes != votes:
+                raise DataError(
+                    f"{origin}: lists image {name!r} again with other votes than {first_origin}; "
+                    "each image may appear once"
+                )
+            repeated.append(name)  # the release lists a few images twice with the same votes: used once
+            continue
+        kept[name] = (label, votes, origin)
+    notes = (
+        [
+            f"{SPLIT_FOLDERS[split]}: {dropped} images left out by the majority vote (unknown, not a face"
+            + (", or contempt" if num_classes == 7 else "")
+            + ")"
+        ]
+        if dropped
+        else []
+    )
+    if repeated:
+        notes.append(
+            f"{SPLIT_FOLDERS[split]}: {len(repeated)} images listed twice with the same votes, used once: "
+            f"{', '.join(repeated[:5])}"
+        )
+    names = list(kept)
+    return Samples(
+        [str(folder / name) for name in names],
+        np.asarray([kept[n][0] for n in names], dtype=np.int64),
+        classes,
+        names,
+        [kept[n][2] for n in names],
+        notes=notes,
+    )
 
 
 def _parse_votes(values: Sequence[str], origin: str) -> list[int]:
@@ -86,11 +120,13 @@ def _read_release(path: Path, split: str) -> list[tuple[str, list[int], str]]:
     if not path.is_file():
         raise DataError(f"FER+ release file {str(path)!r} does not exist")
     rows = []
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         if header is None or header[:2] != ["Usage", "Image name"]:
-            raise DataError(f"{path}:1: expected the header 'Usage,Image name,{','.join(VOTE_COLUMNS)}', got {header!r}")
+            raise DataError(
+                f"{path}:1: expected the header 'Usage,Image name,{','.join(VOTE_COLUMNS)}', got {header!r}"
+            )
         for number, record in enumerate(reader, start=2):
             origin = f"{path}:{number}"
             if len(record) != 2 + len(VOTE_COLUMNS):
@@ -107,10 +143,12 @@ def _read_label_csv(path: Path) -> list[tuple[str, list[int], str]]:
     if not path.is_file():
         raise DataError(f"FER+ label file {str(path)!r} does not exist, and there is no fer2013new.csv at the root")
     rows = []
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8-sig") as handle:
         for number, record in enumerate(csv.reader(handle), start=1):
             origin = f"{path}:{number}"
             if len(record) != 2 + len(VOTE_COLUMNS):
-                raise DataError(f"{origin}: expected name, face box and {len(VOTE_COLUMNS)} vote counts, got {record!r}")
+                raise DataError(
+                    f"{origin}: expected name, face box and {len(VOTE_COLUMNS)} vote counts, got {record!r}"
+                )
             rows.append((record[0].strip(), _parse_votes(record[2:], origin), origin))
     return rows

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
 from nla.data.images import IMAGE_SUFFIXES
-from nla.data.samples import DataError, Samples, check_label_range
+from nla.data.samples import DataError, Samples, check_label_range, check_unique_names
 
 # Accepted folder names for each split, first match wins.
 SPLIT_FOLDERS = {"train": ("train", "training"), "valid": ("val", "valid", "validation"), "test": ("test",)}
+
+
+def has_split_folders(root: Path) -> bool:
+    """Whether ``root`` is laid out by split (``root/train/<class>/...``) rather than by class alone."""
+    return any(find_split_folder(root, split) is not None for split in SPLIT_FOLDERS)
 
 
 def find_split_folder(root: Path, split: str) -> Optional[Path]:
@@ -24,13 +30,20 @@ def find_split_folder(root: Path, split: str) -> Optional[Path]:
 
 
 def folder_classes(root: str | Path) -> tuple[str, ...]:
-    """The class names of an image-folder tree: the sorted sub-folders of its training split."""
-    train = find_split_folder(Path(root), "train")
-    if train is None:
-        raise DataError(f"image-folder root {str(root)!r} has no train/ folder; expected root/<split>/<class>/<image>")
-    classes = tuple(sorted(entry.name for entry in train.iterdir() if entry.is_dir()))
+    """The class names of an image-folder tree: the sorted sub-folders of its first split folder (train, then
+    val, then test), or of the root itself when it has no split folders (``root/<class>/<image>``)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"image-folder root {str(root)!r} does not exist or is not a folder")
+    folder = next((f for f in (find_split_folder(root, split) for split in SPLIT_FOLDERS) if f is not None), root)
+    classes = tuple(
+        sorted(entry.name for entry in folder.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+    )
     if not classes:
-        raise DataError(f"{train} has no class sub-folders; expected {train}/<class>/<image>")
+        raise DataError(
+            f"{folder} has no class sub-folders; expected {folder}/<class>/<image> "
+            "(or <split>/<class>/<image> with splits train, val and test)"
+        )
     return classes
 
 
@@ -40,8 +53,20 @@ def read_image_folder(root: str | Path, split: str, classes: Optional[Sequence[s
     classes = tuple(classes) if classes else folder_classes(root)
     folder = find_split_folder(root, split)
     if folder is None:
-        raise DataError(f"image-folder root {str(root)!r} has no folder for split {split!r}; looked for {SPLIT_FOLDERS[split]}")
-    unknown = sorted(e.name for e in folder.iterdir() if e.is_dir() and e.name not in classes)
+        raise DataError(
+            f"image-folder root {str(root)!r} has no folder for split {split!r}; looked for {SPLIT_FOLDERS[split]}"
+        )
+    return read_class_folders(folder, classes)
+
+
+def read_class_folders(folder: str | Path, classes: Optional[Sequence[str]] = None) -> Samples:
+    """``folder/<class>/*`` (nested folders included), labels by the position of the class folder's name in
+    ``classes`` (default: the sorted class folders)."""
+    folder = Path(folder)
+    classes = tuple(classes) if classes else folder_classes(folder)
+    unknown = sorted(
+        e.name for e in folder.iterdir() if e.is_dir() and not e.name.startswith(".") and e.name not in classes
+    )
     if unknown:
         raise DataError(f"{folder} has class folder(s) {unknown} that are not among the classes {list(classes)}")
     paths, labels, names = [], [], []
@@ -60,8 +85,9 @@ def read_image_folder(root: str | Path, split: str, classes: Optional[Sequence[s
 
 
 def two_column_rows(path: Path, columns: tuple[str, str]) -> Iterator[tuple[str, str, str]]:
-    """``(first, second, origin)`` for each row of a CSV whose header starts with ``columns``."""
-    with open(path, newline="") as handle:
+    """``(first, second, origin)`` for each row of a CSV whose header starts with ``columns``
+    (a byte-order mark before the header is dropped)."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         if header is None or [h.strip() for h in header[:2]] != list(columns):
@@ -98,4 +124,5 @@ def read_csv_list(csv_path: str | Path, classes: Sequence[str], image_root: Opti
         origins.append(origin)
     labels_array = np.asarray(labels, dtype=np.int64)
     check_label_range(labels_array, len(classes), origins)
+    check_unique_names([os.path.normpath(p) for p in paths], origins)
     return Samples(paths, labels_array, tuple(classes), names, origins)

@@ -1,0 +1,101 @@
+"""Matching a dataset's expression classes to a model's by name, with the usual FER synonyms.
+
+A model trained on RAF-DB ("Happiness", "Anger", ...) can be tested on FER+ ("happiness", "anger", ...,
+"contempt") or on a folder named "happy", "angry": the classes are matched by name, never by position.
+Classes of the data that the model lacks (contempt, for a 7-class model) are left out of the metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from nla.data.samples import DataError
+
+# Every spelling nla accepts for the eight FER classes, mapped to one canonical name.
+SYNONYMS: dict[str, str] = {
+    **{name: "anger" for name in ("anger", "angry", "an")},
+    **{name: "contempt" for name in ("contempt", "contemptuous", "co")},
+    **{name: "disgust" for name in ("disgust", "disgusted", "di")},
+    **{name: "fear" for name in ("fear", "fearful", "afraid", "fe")},
+    **{name: "happiness" for name in ("happiness", "happy", "joy", "ha")},
+    **{name: "neutral" for name in ("neutral", "neutrality", "ne")},
+    **{name: "sadness" for name in ("sadness", "sad", "sa")},
+    **{name: "surprise" for name in ("surprise", "surprised", "su")},
+}
+
+
+def canonical(name: str) -> str:
+    """The canonical FER class name of ``name`` (case and surrounding space ignored), or the name lowered."""
+    key = name.strip().lower()
+    return SYNONYMS.get(key, key)
+
+
+@dataclass(frozen=True)
+class ClassMatch:
+    """For each class of the data, the index of the model's class it is (``None``: the model lacks it)."""
+
+    data_classes: tuple[str, ...]
+    model_classes: tuple[str, ...]
+    to_model: tuple[int | None, ...]
+
+    @property
+    def identity(self) -> bool:
+        return self.to_model == tuple(range(len(self.model_classes))) and len(self.data_classes) == len(
+            self.model_classes
+        )
+
+    @property
+    def unmatched(self) -> list[str]:
+        return [name for name, index in zip(self.data_classes, self.to_model) if index is None]
+
+    def describe(self) -> str:
+        pairs = [
+            f"{d}->{self.model_classes[m]}"
+            for d, m in zip(self.data_classes, self.to_model)
+            if m is not None and d != self.model_classes[m]
+        ]
+        parts = []
+        if pairs:
+            parts.append("matched by name: " + ", ".join(pairs))
+        if self.unmatched:
+            parts.append(f"left out of the metrics (the model has no such class): {', '.join(self.unmatched)}")
+        return "; ".join(parts)
+
+
+def match_classes(data_classes: Sequence[str], model_classes: Sequence[str]) -> ClassMatch:
+    """Match ``data_classes`` to ``model_classes`` by canonical name.
+
+    Raises :class:`DataError` when the match is ambiguous (two classes of one side with the same
+    meaning) or when no class of the data matches any class of the model.
+    """
+    data_classes, model_classes = tuple(data_classes), tuple(model_classes)
+    if data_classes == model_classes:
+        return ClassMatch(data_classes, model_classes, tuple(range(len(model_classes))))
+    model_index: dict[str, int] = {}
+    for k, name in enumerate(model_classes):
+        key = canonical(name)
+        if key in model_index:
+            raise DataError(
+                f"the model's classes {list(model_classes)} name {key!r} twice "
+                f"({model_classes[model_index[key]]!r} and {name!r}); they cannot be matched by name"
+            )
+        model_index[key] = k
+    to_model: list[int | None] = [model_index.get(canonical(name)) for name in data_classes]
+    taken: dict[int, str] = {}
+    for name, index in zip(data_classes, to_model):
+        if index is None:
+            continue
+        if index in taken:
+            raise DataError(
+                f"the data's classes {taken[index]!r} and {name!r} both match the model's class "
+                f"{model_classes[index]!r}; rename one of them"
+            )
+        taken[index] = name
+    if not taken:
+        raise DataError(
+            f"none of the data's classes {list(data_classes)} matches a class of the model {list(model_classes)}; "
+            "classes are matched by name (anger/angry, happiness/happy, sadness/sad, surprise/surprised, "
+            "fear/fearful, disgust/disgusted, neutral, contempt), so name the data's classes like the model's"
+        )
+    return ClassMatch(data_classes, model_classes, tuple(to_model))

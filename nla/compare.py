@@ -1,0 +1,95 @@
+"""``nla compare RUN_DIR ...``: the runs' last epoch, best epoch and mean of the last k side by side.
+
+Each run directory's ``summary.json`` gives overall, mean and per-class accuracy; the table is printed as
+markdown, or as CSV with ``--csv``. A class with no image in a run's validation split is blank.
+
+    nla compare runs/rafdb-ce runs/rafdb-nla
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from jsonargparse import ArgumentParser, Namespace
+
+from nla.experiment import EVALUATIONS, evaluation_title, summary_rows
+from nla.results import RunSummary
+
+HELP = "Compare runs: last, best and mean of the last k epochs, overall, mean and per-class accuracy"
+
+
+def rows_of(run_dirs: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for run_dir in run_dirs:
+        path = Path(run_dir)
+        summary_file = path / RunSummary.FILENAME if path.is_dir() else path
+        if not summary_file.is_file():
+            raise FileNotFoundError(f"{run_dir}: no {RunSummary.FILENAME} (a run writes it when its fit ends)")
+        summary = RunSummary.read(summary_file)
+        if not summary.epochs:
+            raise FileNotFoundError(f"{summary_file}: records no validated epoch")
+        rows += summary_rows(summary, run=str(path), images=summary.validation.get("images"))
+    return rows
+
+
+def percent(value: Optional[float]) -> str:
+    return "" if value is None else f"{100 * value:.2f}"
+
+
+def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    class_names: list[str] = []
+    for row in rows:
+        class_names += [name for name in row["class_acc"] if name not in class_names]
+    header = ["run", "evaluation", "epoch", "acc", "mean_acc", *class_names]
+    body = []
+    for row in rows:
+        epoch = row["epoch"]
+        epoch_text = f"{epoch[0]}-{epoch[-1]}" if isinstance(epoch, list) else str(epoch)
+        body.append(
+            [
+                row["run"],
+                evaluation_title(row["evaluation"], row["last_k"]),
+                epoch_text,
+                percent(row["acc"]),
+                percent(row["mean_acc"]),
+                *[percent(row["class_acc"].get(name)) for name in class_names],
+            ]
+        )
+    return header, body
+
+
+def markdown(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell or "—" for cell in row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__)
+    parser.add_argument("runs", nargs="+", help="run directories (or their summary.json)")
+    parser.add_argument("--csv", action="store_true", help="print CSV instead of a markdown table")
+    parser.add_argument(
+        "--evaluations", type=list[str], default=list(EVALUATIONS), help="which of last, best, mean_last to show"
+    )
+    return parser
+
+
+def run(config: Namespace) -> None:
+    try:
+        rows = [r for r in rows_of(list(config.runs)) if r["evaluation"] in config.evaluations]
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        print(f"nla compare: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    header, body = table(rows)
+    if config.csv:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(header)
+        writer.writerows(body)
+        print(buffer.getvalue(), end="")
+    else:
+        print(markdown(header, body))

@@ -1,0 +1,173 @@
+"""What an evaluation measured and what a run achieved, as typed records shared by the callbacks,
+``nla experiment`` and ``nla compare`` (and written to ``summary.json`` and ``metrics.json``).
+
+Accuracies come from one confusion matrix (rows: true class, columns: predicted class): overall
+accuracy is its trace over its sum, per-class accuracy its diagonal over each row, and mean accuracy
+the average of the per-class accuracies of the classes that have images. A class with no image in the
+evaluated split has no accuracy (``None``), not 0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation pass over a split: overall, mean and per-class accuracy, and what they were computed on.
+
+    ``excluded`` counts the images of classes that the model does not have (for example contempt, for a
+    7-class model tested on 8-class FER+); they are not part of any metric.
+    """
+
+    acc: float
+    mean_acc: float
+    class_acc: dict[str, Optional[float]]
+    support: dict[str, int]
+    confusion: list[list[int]]
+    num_samples: int
+    epoch: Optional[int] = None
+    excluded: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_confusion(
+        cls,
+        matrix: Any,
+        class_names: Sequence[str],
+        epoch: Optional[int] = None,
+        excluded: Optional[dict[str, int]] = None,
+    ) -> Evaluation:
+        counts = np.asarray(matrix, dtype=np.int64)
+        if counts.shape != (len(class_names), len(class_names)):
+            raise ValueError(f"a {counts.shape} confusion matrix for {len(class_names)} classes")
+        support = counts.sum(axis=1)
+        total = int(support.sum())
+        class_acc = {
+            name: (float(counts[k, k] / support[k]) if support[k] else None) for k, name in enumerate(class_names)
+        }
+        present = [value for value in class_acc.values() if value is not None]
+        return cls(
+            acc=float(np.trace(counts) / total) if total else math.nan,
+            mean_acc=math.fsum(present) / len(present) if present else math.nan,
+            class_acc=class_acc,
+            support={name: int(n) for name, n in zip(class_names, support)},
+            confusion=counts.tolist(),
+            num_samples=total,
+            epoch=epoch,
+            excluded=dict(excluded or {}),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Evaluation:
+        known = {name for name in cls.__dataclass_fields__}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+    def line(self) -> str:
+        """``acc 71.2%  mean 58.1%``."""
+        return f"acc {100 * self.acc:.1f}%  mean {100 * self.mean_acc:.1f}%"
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """Accuracies averaged over several epochs (the mean of the last k)."""
+
+    epochs: list[int]
+    acc: float
+    mean_acc: float
+    class_acc: dict[str, Optional[float]]
+
+    @classmethod
+    def of(cls, records: Sequence[Evaluation]) -> Aggregate:
+        names = list(records[-1].class_acc)
+
+        def average(values: list[Optional[float]]) -> Optional[float]:
+            present = [v for v in values if v is not None]
+            return math.fsum(present) / len(present) if present else None
+
+        return cls(
+            epochs=[r.epoch if r.epoch is not None else -1 for r in records],
+            acc=math.fsum(r.acc for r in records) / len(records),
+            mean_acc=math.fsum(r.mean_acc for r in records) / len(records),
+            class_acc={name: average([r.class_acc.get(name) for r in records]) for name in names},
+        )
+
+
+@dataclass
+class RunSummary:
+    """A fit's validation history and the three numbers FER papers report from it: the last epoch, the
+    best epoch and the mean of the last ``last_k`` epochs. Written as ``summary.json``.
+
+    ``validation`` records what was validated on: the split, its number of images and any batch limits.
+    """
+
+    epochs: list[Evaluation] = field(default_factory=list)
+    last_k: int = 5
+    validation: dict[str, Any] = field(default_factory=dict)
+
+    FILENAME = "summary.json"
+
+    def add(self, record: Evaluation) -> None:
+        """Record an epoch, replacing an earlier record of the same epoch (a resumed run re-validates it)."""
+        self.epochs = [r for r in self.epochs if r.epoch != record.epoch] + [record]
+
+    @property
+    def last(self) -> Evaluation:
+        return self.epochs[-1]
+
+    @property
+    def best(self) -> Evaluation:
+        """The epoch of the highest overall accuracy (the earliest of ties)."""
+        return max(self.epochs, key=lambda r: r.acc)
+
+    @property
+    def best_by_mean_acc(self) -> Evaluation:
+        return max(self.epochs, key=lambda r: r.mean_acc)
+
+    @property
+    def mean_last(self) -> Aggregate:
+        return Aggregate.of(self.epochs[-self.last_k :])
+
+    def to_dict(self) -> dict[str, Any]:
+        if not self.epochs:
+            return {"epochs": [], "last_k": self.last_k, "validation": self.validation}
+        return {
+            "last": self.last.to_dict(),
+            "best": self.best.to_dict(),
+            "best_by_mean_acc": self.best_by_mean_acc.to_dict(),
+            "mean_last": {"k": self.last_k, **asdict(self.mean_last)},
+            "last_k": self.last_k,
+            "validation": self.validation,
+            "epochs": [r.to_dict() for r in self.epochs],
+        }
+
+    def write(self, folder: str | Path) -> Path:
+        path = Path(folder) / self.FILENAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunSummary:
+        return cls(
+            [Evaluation.from_dict(r) for r in data.get("epochs", [])],
+            int(data.get("last_k", 5)),
+            dict(data.get("validation", {})),
+        )
+
+    @classmethod
+    def read(cls, path: str | Path) -> RunSummary:
+        """The summary in ``path`` (a ``summary.json`` or the run directory holding it)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / cls.FILENAME
+        return cls.from_dict(json.loads(path.read_text()))

@@ -1,0 +1,148 @@
+"""The criterion that training uses: eq. 8 for NLA and every baseline, against the loss nla trained with before
+the criterion existed (numbers recorded from that code on fixed logits), and against the authors' formula."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from nla import losses
+from nla.criterion import PRESETS, Criterion, CriterionConfig
+from tests.conftest import CONFIGS
+
+# Eq. 8 totals of the loss that NLAModule.training_step assembled before this criterion (nla 0.1.0), on the
+# logits below, at epoch 5 of 60 unless the case says otherwise.
+PARITY = {
+    "nla_official": ({}, 2.1702338431368413),
+    "nla_paper": ({"preset": "paper"}, 1.695684728184545),
+    "naw_ce": ({"consistency": "none"}, 1.5508089843067663),
+    "ce_jsd": ({"naw": False}, 1.9254214544946833),
+    "naw_l1": ({"consistency": "l1"}, 4.665203446374807),
+    "naw_cam": ({"consistency": "cam"}, 8.316542089789547),
+    "ce": ({"naw": False, "consistency": "none"}, 1.305996595664608),
+    "focal": ({"loss": "focal", "naw": False, "consistency": "none"}, 1.1201187632389675),
+    "label_smoothing": ({"loss": "label_smoothing", "naw": False, "consistency": "none"}, 1.2934544542832462),
+    "class_balanced": ({"loss": "class_balanced", "naw": False, "consistency": "none"}, 1.4159215660408837),
+    "balanced_softmax": ({"loss": "balanced_softmax", "naw": False, "consistency": "none"}, 1.4284596416860742),
+    "nla_epoch0": ({"epoch": 0}, 2.169547633918907),
+    "nla_epoch59": ({"epoch": 59}, 2.1711781115581616),
+}
+COUNTS = [10, 3, 5, 40, 20, 6, 25]
+
+
+def fixed_inputs():
+    torch.manual_seed(0)  # the draws in this order are the ones the recorded numbers were computed on
+    z, z_mirror = torch.randn(8, 7, dtype=torch.float64), torch.randn(8, 7, dtype=torch.float64)
+    features, features_mirror = (
+        torch.randn(8, 5, 2, 3, dtype=torch.float64),
+        torch.randn(8, 5, 2, 3, dtype=torch.float64),
+    )
+    classifier = torch.randn(7, 5, dtype=torch.float64)
+    return z, z_mirror, torch.tensor([0, 1, 2, 3, 4, 5, 6, 3]), features, features_mirror, classifier
+
+
+@pytest.mark.parametrize("case", sorted(PARITY))
+def test_parity_with_the_loss_nla_trained_with_before(case):
+    settings, expected = PARITY[case]
+    settings = dict(settings)
+    epoch = settings.pop("epoch", 5)
+    base = PRESETS[settings.pop("preset", "official")]
+    config = CriterionConfig(**{**base.to_dict(), "kernels": base.kernels, **settings})
+    z, z_mirror, y, features, features_mirror, classifier = fixed_inputs()
+    output = Criterion(config, COUNTS)(
+        z,
+        y,
+        epoch,
+        60,
+        logits_mirror=z_mirror,
+        features=features,
+        features_mirror=features_mirror,
+        classifier_weight=classifier,
+    )
+    assert output.total.item() == pytest.approx(expected, rel=1e-9)
+    assert (output.weights is None) == (not config.naw)
+
+
+def test_official_total_loss_is_the_authors_formula():
+    torch.manual_seed(0)
+    z, z_mirror, y = torch.randn(32, 7), torch.randn(32, 7), torch.randint(0, 7, (32,))
+    output = Criterion()(z, y, 5, 60, logits_mirror=z_mirror)
+    ce = F.cross_entropy(z, y, reduction="none")
+    w = losses.naw_weight(z.softmax(1), y, losses.covariance_schedule(5, 60))
+    expected = 0.5 * ce.mean() + 0.5 * (w * ce).mean() + 0.5 * losses.jsd_consistency(z, z_mirror, "sum")
+    assert output.total.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert torch.equal(output.weights, w) and output.schedule == pytest.approx(losses.covariance_schedule(5, 60))
+    # The paper preset averages the JSD over the batch instead: a factor of the batch size.
+    paper = Criterion(PRESETS["paper"])(z, y, 5, 60, logits_mirror=z_mirror)
+    assert paper.consistency.item() == pytest.approx(
+        losses.jsd_consistency(z, z_mirror, "mean", "view_to_mixture").item()
+    )
+
+
+def test_the_preset_files_hold_the_presets():
+    for name, preset in PRESETS.items():
+        overlay = yaml.safe_load((CONFIGS / "presets" / f"{name}.yaml").read_text())["model"]["criterion"]
+        kernels = overlay.pop("kernels", {})
+        for key, value in overlay.items():
+            assert getattr(preset, key) == pytest.approx(value), (name, key)
+        for key, value in kernels.items():
+            assert getattr(preset.kernels, key) == pytest.approx(tuple(value) if isinstance(value, list) else value), (
+                name,
+                key,
+            )
+    # The paper's false kernel: sigma_11 = s^2 (1 + 1/r^2) = 0.8 with r = 6.
+    s = PRESETS["paper"].kernels.false_major_std
+    assert s**2 * (1 + 1 / 36) == pytest.approx(0.8)
+
+
+def test_warm_up_trains_without_naw_then_with_it():
+    torch.manual_seed(1)
+    z, y = torch.randn(16, 7), torch.randint(0, 7, (16,))
+    criterion = Criterion(CriterionConfig(naw_warmup_epochs=2, consistency="none"))
+    during, after = criterion(z, y, 1, 10), criterion(z, y, 2, 10)
+    assert during.weights is None and during.total.item() == pytest.approx(0.5 * F.cross_entropy(z, y).item())
+    assert after.weights is not None and after.total.item() > during.total.item()
+    assert during.schedule == pytest.approx(losses.covariance_schedule(1, 10))  # the scheduler counts from epoch 0
+
+
+def test_weight_gradient_norm_is_what_the_undetached_weight_adds():
+    torch.manual_seed(2)
+    z, y = torch.randn(16, 7, requires_grad=True), torch.randint(0, 7, (16,))
+    attached, detached = (
+        Criterion(CriterionConfig(consistency="none")),
+        Criterion(CriterionConfig(consistency="none", detach_weight=True)),
+    )
+    out_attached, out_detached = attached(z, y, 3, 10), detached(z, y, 3, 10)
+    (g_attached,) = torch.autograd.grad(out_attached.total, z, retain_graph=True)
+    (g_detached,) = torch.autograd.grad(out_detached.total, z, retain_graph=True)
+    norm = attached.weight_gradient_norm(z, out_attached, y)
+    assert norm.item() == pytest.approx((g_attached - g_detached).norm().item(), rel=1e-5)
+    assert detached.weight_gradient_norm(z, out_detached, y).item() == 0.0
+
+
+def test_config_checks_and_plain_dict_round_trip():
+    config = CriterionConfig(loss="focal", kernels=losses.NAWKernels(false_major_std=0.9), schedule_epochs=40)
+    again = CriterionConfig.coerce(config.to_dict())
+    assert again == config and isinstance(again.kernels, losses.NAWKernels)
+    for bad in (
+        {"lam": -0.5},
+        {"lam": math.nan},
+        {"consistency_weight": math.inf},
+        {"schedule_epochs": 0},
+        {"label_smoothing": 1.0},
+        {"naw_warmup_epochs": -1},
+    ):
+        with pytest.raises(ValueError, match="criterion"):
+            CriterionConfig(**bad)
+
+
+def test_losses_that_need_more_say_so():
+    z, y = torch.randn(4, 7), torch.tensor([0, 1, 2, 3])
+    with pytest.raises(ValueError, match="needs every training class count > 0"):
+        Criterion(CriterionConfig(loss="balanced_softmax"), [1, 0, 2, 3, 4, 5, 6])
+    with pytest.raises(ValueError, match="needs the logits of the mirrored images"):
+        Criterion()(z, y, 0, 10)
+    with pytest.raises(ValueError, match="needs the feature maps"):
+        Criterion(CriterionConfig(consistency="cam"))(z, y, 0, 10, logits_mirror=z)

@@ -1,0 +1,271 @@
+"""Faults met through the CLI as a careful user met them: no run's files lost or mislabelled, every fault one line."""
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+import yaml
+
+from nla.cli import main
+from nla.rundir import RunLock
+from tests.conftest import CONFIGS, TINY, fit_args
+
+
+def fails(args, capsys) -> str:
+    """Run ``nla`` and return its one-line error (the test fails on a traceback or a success)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        main(args)
+    assert stopped.value.code not in (0, None)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("nla: error: ") and err.count("\n") == 1, err
+    return err
+
+
+def snapshot(folder):
+    return {str(p): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".nla.lock"}
+
+
+# --- runs overwritten or recorded wrongly ------------------------------------------------------------------
+
+
+def test_another_runs_checkpoint_cannot_write_into_a_finished_run(trained_run, tmp_path, capsys):
+    finished = tmp_path / "finished"
+    shutil.copytree(trained_run, finished)
+    before = snapshot(finished)
+    other = trained_run / "checkpoints" / "last.ckpt"
+    err = fails(fit_args(tmp_path, finished, "--ckpt_path", str(other), epochs=3), capsys)
+    assert "already holds a run" in err and "directory of its own" in err
+    assert snapshot(finished) == before
+
+
+def test_two_fits_cannot_share_a_directory(rafdb_root, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    lock = RunLock(run_dir).acquire()  # another process's fit, still running
+    try:
+        err = fails(fit_args(rafdb_root, run_dir), capsys)
+    finally:
+        lock.release()
+    assert "is in use by process" in err and not (run_dir / "config.yaml").exists()
+
+
+def test_a_fit_that_never_trained_does_not_block_the_fixed_command(rafdb_root, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    fails(fit_args(rafdb_root, run_dir, "--model.num_classes", "5"), capsys)  # fails after its config is written
+    assert (run_dir / "config.yaml").is_file() and not (run_dir / "checkpoints").exists()
+    main(fit_args(rafdb_root, run_dir))
+    assert (run_dir / "summary.json").is_file()
+    assert yaml.safe_load((run_dir / "config-unstarted.yaml").read_text())["model"]["num_classes"] == 5
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["num_classes"] is None
+
+
+def test_resuming_nothing_says_where_it_looked(rafdb_root, tmp_path, capsys):
+    err = fails(fit_args(rafdb_root, tmp_path / "run", "--ckpt_path", "last"), capsys)
+    assert f"there is no run to resume in '{tmp_path / 'run'}'" in err and "last.ckpt" in err
+
+
+@pytest.mark.slow
+def test_a_resume_applies_a_new_learning_rate_and_refuses_a_new_model_or_data(rafdb_root, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    main(fit_args(rafdb_root, run_dir, epochs=1))
+    before = snapshot(run_dir)
+    for change, setting in (
+        (["--config", str(CONFIGS / "noise" / "20.yaml"), "--data.noise_source", "generate"], "data.noise_rate=0.2"),
+        (["--model.backbone", "resnet10t"], "model.backbone='resnet10t'"),
+        (["--data.image_size", "48"], "data.image_size=48"),
+    ):
+        err = fails(fit_args(rafdb_root, run_dir, *change, "--ckpt_path", "last", epochs=2), capsys)
+        assert f"cannot resume {str(run_dir)!r} with {setting}: the run was trained with" in err
+    assert snapshot(run_dir) == before
+    main(
+        fit_args(
+            rafdb_root, run_dir, "--model.lr", "0.00001", "--model.lr_gamma", "0.5", "--ckpt_path", "last", epochs=2
+        )
+    )
+    assert "model.lr 0.0001 -> 1e-05" in capsys.readouterr().err
+    final = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    group = final["optimizer_states"][0]["param_groups"][0]
+    # Epoch 0 ran at 1e-4 (then x0.9); epoch 1 at the new rate, 1e-5 x 0.9, then x0.5 once it ended.
+    assert group["lr"] == pytest.approx(1e-5 * 0.9 * 0.5) and final["hyper_parameters"]["lr"] == pytest.approx(1e-5)
+    assert yaml.safe_load((run_dir / "config-fit.yaml").read_text())["model"]["lr"] == pytest.approx(1e-5)
+
+
+@pytest.mark.slow
+def test_weights_that_blow_up_are_never_checkpointed_and_the_advice_works(rafdb_root, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    blow_up = ["--trainer.callbacks+=tests.helpers.BlowUpWeights", "--trainer.callbacks.epoch", "1"]
+    err = fails(fit_args(rafdb_root, run_dir, *blow_up, epochs=3), capsys)
+    assert (
+        "weights became non-finite" in err and "at epoch 1" in err and "--ckpt_path last and a lower --model.lr" in err
+    )
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 0 and all(
+        torch.isfinite(t).all() for t in last["state_dict"].values() if t.is_floating_point()
+    )
+    main(fit_args(rafdb_root, run_dir, "--ckpt_path", "last", "--model.lr", "0.00005", epochs=3))  # the advice given
+    assert json.loads((run_dir / "summary.json").read_text())["last"]["epoch"] == 2
+
+
+def test_a_non_finite_loss_stops_before_the_step(trained_run, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    before = (run_dir / "checkpoints" / "last.ckpt").read_bytes()
+    err = fails(
+        fit_args(
+            tmp_path,
+            run_dir,
+            "--data.root",
+            str(trained_run.parent.parent),
+            "--model.criterion.lam",
+            ".nan",
+            "--ckpt_path",
+            "last",
+            epochs=3,
+        ),
+        capsys,
+    )
+    assert "criterion lam=nan must be a finite number" in err  # refused before any step
+    assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_evaluation_commands_never_overwrite_a_fits_outputs(trained_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    before = snapshot(run_dir)
+    ckpt = str(run_dir / "checkpoints" / "last.ckpt")
+    for command in ("validate", "test", "test"):
+        main([command, "--ckpt_path", ckpt, "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"])
+    assert {p.name for p in run_dir.iterdir() if p.is_dir()} >= {"validate", "test", "test-1"}
+    assert (run_dir / "validate" / "figures" / "confusion_matrix.png").is_file()
+    assert json.loads((run_dir / "validate" / "metrics.json").read_text())["data"]["split"] == "test"
+    assert {k: v for k, v in snapshot(run_dir).items() if k in before} == before
+
+
+def test_checkpoints_follow_the_umask_like_every_other_output(trained_run):
+    config_mode = (trained_run / "config.yaml").stat().st_mode & 0o777
+    assert {p.stat().st_mode & 0o777 for p in (trained_run / "checkpoints").glob("*.ckpt")} == {config_mode}
+
+
+# --- one line, not a wall -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--data.noise_rate", "-0.1"], "noise_rate -0.1 is outside [0, 1)"),
+        pytest.param(["--data.noise_rate", "1.5"], "noise_rate 1.5 is outside [0, 1)", marks=pytest.mark.slow),
+        pytest.param(["--data.imbalance_factor", "0.5"], "imbalance_factor 0.5 is below 1", marks=pytest.mark.slow),
+        pytest.param(["--data.image_size", "4"], "image_size 4 is too small", marks=pytest.mark.slow),
+        pytest.param(["--model.lr", "-1"], "model.lr=-1.0 must be a finite positive number", marks=pytest.mark.slow),
+        (["--model.lr", "nan"], "model.lr=nan must be a finite positive number"),
+        pytest.param(["--model.lr", "inf"], "model.lr=inf must be a finite positive number", marks=pytest.mark.slow),
+    ],
+)
+def test_an_invalid_option_value_is_one_line(option, message, rafdb_root, tmp_path, capsys):
+    assert message in fails(fit_args(rafdb_root, tmp_path / "run", *option), capsys)
+
+
+def test_a_corrupt_checkpoint_is_one_line_in_every_command(trained_run, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:20000])  # cut short
+    for args in (
+        fit_args(tmp_path, run_dir, "--ckpt_path", "last", epochs=3),
+        ["test", "--ckpt_path", str(last)],
+        ["predict", "--ckpt_path", str(last), "--data.predict_root", str(tmp_path)],
+        ["export", "--ckpt_path", str(last), "--output", str(tmp_path / "m.onnx")],
+    ):
+        capsys.readouterr()
+        with pytest.raises(SystemExit):
+            main(args)
+        err = capsys.readouterr().err
+        assert "last.ckpt' cannot be read as a PyTorch file" in err and "Traceback" not in err, (args[0], err)
+
+
+def test_a_checkpoint_holding_pickled_objects_is_refused(trained_run, tmp_path, capsys):
+    checkpoint = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    checkpoint["extra"] = RunLock(tmp_path)  # any object that is not plain data
+    torch.save(checkpoint, tmp_path / "tampered.ckpt")
+    err = fails(["test", "--ckpt_path", str(tmp_path / "tampered.ckpt")], capsys)
+    assert "holds pickled Python objects" in err and "nla.rundir.RunLock" in err
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(trained_run, tmp_path, capsys, monkeypatch):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    before = (run_dir / "checkpoints" / "last.ckpt").read_bytes()
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(
+        "nla.checkpoint_io.os.fdopen",
+        lambda fd, mode: (os.close(fd), real_fdopen(os.open("/dev/full", os.O_WRONLY), mode))[1],
+    )
+    err = fails(
+        fit_args(
+            tmp_path, run_dir, "--data.root", str(trained_run.parent.parent / "rafdb0"), "--ckpt_path", "last", epochs=3
+        ),
+        capsys,
+    )
+    assert "No space left on device writing" in err and ".ckpt" in err
+    assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == before
+    assert not list((run_dir / "checkpoints").glob(".*.partial"))
+
+
+def test_a_bad_image_found_mid_epoch_names_its_line(rafdb_root, tmp_path, capsys):
+    from nla.data.synthetic import write_rafdb
+
+    root = write_rafdb(tmp_path / "rafdb", train_per_class=2, test_per_class=1, size=24)
+    (root / "basic" / "Image" / "aligned" / "train_00004_aligned.jpg").write_bytes(b"broken")
+    err = fails(
+        fit_args(root, tmp_path / "run", "--data.check_images", "exists", "--data.pipeline", "albumentations"), capsys
+    )
+    assert "list_patition_label.txt:4: cannot decode image" in err and "train_00004_aligned.jpg" in err
+
+
+@pytest.mark.slow
+def test_pretrained_weights_holding_pickled_objects_are_refused_through_the_cli(rafdb_root, tmp_path, capsys):
+    import torchvision
+
+    torch.save(
+        {"state_dict": torchvision.models.resnet18().state_dict(), "meta": RunLock(tmp_path)}, tmp_path / "w.pth"
+    )
+    err = fails(
+        fit_args(
+            rafdb_root,
+            tmp_path / "run",
+            "--model.backbone",
+            "resnet18",
+            "--model.pretrained_weights",
+            str(tmp_path / "w.pth"),
+        ),
+        capsys,
+    )
+    assert "--model.trust_pretrained_weights true" in err
+    main(
+        [
+            *fit_args(rafdb_root, tmp_path / "run2"),
+            "--model.backbone",
+            "resnet18",
+            "--model.pretrained_weights",
+            str(tmp_path / "w.pth"),
+            "--model.trust_pretrained_weights",
+            "true",
+            "--trainer.max_steps",
+            "1",
+        ]
+    )
+    assert (tmp_path / "run2" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_a_bad_label_row_stops_the_fit_with_its_line(tmp_path, capsys):
+    from nla.data.synthetic import write_rafdb
+
+    root = write_rafdb(tmp_path / "rafdb", train_per_class=2, test_per_class=1, size=24)
+    labels = root / "basic" / "EmoLabel" / "list_patition_label.txt"
+    labels.write_text(labels.read_text().replace("train_00005.jpg", "trian_00005.jpg"))
+    err = fails(fit_args(root, tmp_path / "run", *TINY), capsys)
+    assert "list_patition_label.txt:5: image name 'trian_00005.jpg' starts with neither 'train_' nor 'test_'" in err

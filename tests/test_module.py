@@ -1,0 +1,111 @@
+"""NLAModule as glue: training_step trains with exactly the criterion, on one forward pass over the images and
+(only when the criterion needs them) their mirrors; evaluation and prediction take plain batches too."""
+
+import warnings
+
+import pytest
+import torch
+
+from nla import Criterion, CriterionConfig, NLAModule
+from nla.module import NonFiniteError
+
+
+def module(**criterion):
+    torch.manual_seed(0)
+    return NLAModule(backbone="test_resnet", num_classes=7, criterion=CriterionConfig(schedule_epochs=10, **criterion))
+
+
+def batch(n=6, size=32):
+    torch.manual_seed(1)
+    return torch.randn(n, 3, size, size), torch.tensor([0, 1, 2, 3, 4, 5])[:n]
+
+
+def count_forward_images(model):
+    seen = []
+    model.model.conv1.register_forward_hook(lambda m, inputs, output: seen.append(len(inputs[0])))
+    return seen
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log")
+@pytest.mark.parametrize(
+    "criterion",
+    [
+        {},
+        {"consistency": "none"},
+        {"naw": False, "consistency": "l1"},
+        {"loss": "focal", "naw": False, "consistency": "cam"},
+    ],
+)
+def test_training_step_returns_the_criterions_loss(criterion):
+    nla = module(**criterion)
+    images, labels = batch()
+    seen = count_forward_images(nla)
+    out = nla.training_step((images, labels), 0)
+    mirrored = CriterionConfig(**criterion).uses_mirror
+    assert seen == [12 if mirrored else 6]  # one pass, with the mirrors only when the loss uses them
+    with torch.no_grad():
+        views = torch.cat([images, images.flip(-1)]) if mirrored else images
+        features, logits = nla.features_and_logits(views)
+        expected = Criterion(nla.criterion.config)(
+            logits[:6].float(),
+            labels,
+            0,
+            10,
+            logits_mirror=logits[6:] if mirrored else None,
+            features=features[:6] if mirrored else None,
+            features_mirror=features[6:] if mirrored else None,
+            classifier_weight=nla.model.get_classifier().weight,
+        )
+    assert out["loss"].item() == pytest.approx(expected.total.item(), rel=1e-5)
+    assert out["loss"].requires_grad and out["probs"].shape == (6, 7)
+    assert ("weights" in out) == nla.criterion.config.naw
+
+
+def test_a_dict_batch_with_its_mirrors_is_used_as_it_is():
+    nla = module()
+    images, labels = batch()
+    mirrors = torch.randn_like(images)  # deliberately not the flip: the given mirrors must be the ones used
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        given = nla.training_step({"image": images, "label": labels, "image_mirror": mirrors}, 0)["loss"]
+        flipped = nla.training_step((images, labels), 0)["loss"]
+    assert given.item() != pytest.approx(flipped.item())
+
+
+def test_prediction_takes_dict_pairs_or_images_alone():
+    nla = module().eval()
+    images, labels = batch()
+    pair = nla.predict_step((images, labels), 0)
+    alone = nla.predict_step(images, 0)
+    assert pair["probs"].shape == (6, 7) and torch.equal(pair["label"], labels)
+    assert torch.allclose(pair["probs"], alone["probs"]) and torch.allclose(alone["probs"].sum(1), torch.ones(6))
+    as_dict = nla.predict_step({"image": images, "path": [str(i) for i in range(6)]}, 0)
+    assert as_dict["path"][0] == "0" and "image" not in as_dict
+
+
+def test_the_backbone_waits_for_the_classes_and_weights_are_checked_for_finiteness():
+    lazy = NLAModule(backbone="test_resnet")
+    assert lazy.model is None
+    with pytest.raises(RuntimeError, match="built from the data's classes"):
+        lazy(torch.randn(1, 3, 32, 32))
+    lazy.build(["happy", "sad"])
+    assert lazy.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 2) and lazy.hparams.num_classes == 2
+    lazy.check_finite_weights()
+    with torch.no_grad():
+        lazy.model.fc.weight[0, 0] = float("inf")
+    with pytest.raises(NonFiniteError, match=r"weights became non-finite \(model.fc.weight\)"):
+        lazy.check_finite_weights()
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"lr": -1.0}, "lr=-1.0 must be a finite positive number"),
+        ({"lr": float("nan")}, "lr=nan must be a finite positive number"),
+        ({"lr": float("inf")}, "lr=inf must be a finite positive number"),
+        ({"weight_decay": -0.1}, "weight_decay=-0.1"),
+    ],
+)
+def test_bad_optimiser_settings_are_refused(bad, message):
+    with pytest.raises(ValueError, match=message):
+        NLAModule(backbone="test_resnet", **bad)

@@ -1,0 +1,90 @@
+"""A fit killed mid-epoch, by SIGKILL or SIGTERM, resumes with the same command and ends on the same epochs, with
+the covariance scheduler and the learning-rate schedule where they were."""
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.conftest import REPO, fit_args
+
+
+def fit_command(root, run_dir, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "nla",
+        *fit_args(
+            root,
+            run_dir,
+            "--trainer.logger",
+            "lightning.pytorch.loggers.CSVLogger",
+            "--trainer.logger.save_dir",
+            str(run_dir),
+            *extra,
+            epochs=3,
+        ),
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+def test_fit_killed_mid_epoch_resumes_and_ends_with_the_same_epochs(how, rafdb_root, tmp_path):
+    """SIGKILL takes the process alone; SIGTERM goes to the whole process group, DataLoader workers included, as a
+    cluster's scheduler sends it, and must end in one line."""
+    run_dir, marker = tmp_path / "run", tmp_path / "paused"
+    pause = ["--trainer.callbacks+=tests.helpers.PauseMidEpoch", "--trainer.callbacks.marker", str(marker)]
+    workers = ["--data.num_workers", "2"] if how == signal.SIGTERM else []
+    process = subprocess.Popen(
+        fit_command(rafdb_root, run_dir, *pause, *workers),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.time() + 180
+    while not marker.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert marker.exists(), process.communicate()[1][-3000:]
+    os.killpg(process.pid, how)  # the process is inside epoch 1, at batch 2
+    err = process.communicate(timeout=120)[1]
+    assert process.returncode != 0
+    if how == signal.SIGTERM:
+        assert process.returncode == 143 and "Traceback" not in err and "killed by signal" not in err
+        assert (
+            "nla: error: stopped by SIGTERM; the checkpoints written so far are kept" in err
+            and "--ckpt_path last" in err
+        )
+    interrupted = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert interrupted["epoch"] == 0  # the last checkpoint is the end of epoch 0
+
+    resumed = subprocess.run(
+        fit_command(rafdb_root, run_dir, "--ckpt_path", "last"), cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    final = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    steps_per_epoch = math.ceil(42 / 8)
+    assert final["epoch"] == 2 and final["global_step"] == 3 * steps_per_epoch
+    assert final["lr_schedulers"][0]["_last_lr"][0] == pytest.approx(1e-4 * 0.9**3)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [e["epoch"] for e in summary["epochs"]] == [0, 1, 2]
+    # The resumed process logged epochs 1 and 2 with the scheduler and LR of those epochs.
+    metrics = max(run_dir.glob("**/metrics.csv"), key=lambda p: p.stat().st_mtime_ns)
+    logged = {
+        int(r["epoch"]): (float(r["train/covariance_schedule"]), float(r["train/lr"]))
+        for r in csv.DictReader(open(metrics))
+        if r.get("train/covariance_schedule")
+    }
+    assert sorted(logged) == [1, 2]
+    for epoch, (schedule, lr) in logged.items():
+        assert schedule == pytest.approx(1 - math.exp(-15 * epoch / 3))
+        assert lr == pytest.approx(1e-4 * 0.9**epoch)
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "config-fit.yaml").is_file()
