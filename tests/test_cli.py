@@ -280,3 +280,41 @@ def test_compare_prints_last_best_and_mean_of_the_last_epochs(trained_run, tmp_p
     with pytest.raises(SystemExit):
         main(["compare", str(tmp_path / "nowhere")])
     assert "no summary.json" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_commands_print_no_warning_that_tells_the_user_nothing(rafdb_root, tmp_path):
+    """As a user runs them, in a process of their own, with every default (W&B offline, the progress bar)."""
+    import subprocess
+    import sys
+
+
+    run_dir = tmp_path / "run"
+    settings = ["--model.backbone", "test_resnet", "--data.image_size", "32", "--data.batch_size", "8"]
+    commands = [
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "rafdb.yaml"),
+            "--data.root",
+            str(rafdb_root),
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.default_root_dir",
+            str(run_dir),
+            *settings,
+        ],
+        ["test", "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")],
+    ]
+    for command in commands:
+        done = subprocess.run(
+            [sys.executable, "-m", "nla", *command],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env={**__import__("os").environ, "WANDB_MODE": "offline"},
+        )
+        output = done.stdout + done.stderr
+        assert done.returncode == 0, output[-3000:]
+        noisy = [line for line in output.splitlines() if any(word in line for word in (*NOISE, "Warning", "warn("))]
+        assert not noisy, noisy
