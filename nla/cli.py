@@ -31,6 +31,7 @@ from jsonargparse import ArgumentParser, Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from nla import label_issues
 from nla.backbone import WeightsMismatchError, load_trusted
 from nla.callbacks import RunConfigSaver
 from nla.data.datamodule import FERDataModule
@@ -40,12 +41,13 @@ from nla.rundir import RunDirectoryError, RunLock, fresh_folder, holds_run, reso
 
 DEFAULTS = Path(__file__).with_name("defaults.yaml")
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
-EVALUATION_COMMANDS = ("validate", "test", "predict")
+EVALUATION_COMMANDS = ("validate", "test", "predict", "label-issues")
 DESCRIPTIONS = {
     "fit": "Train a model (the paper's recipe unless told otherwise); resume a run with --ckpt_path last",
     "validate": "Evaluate a checkpoint on the validation split of its data",
     "test": "Evaluate a checkpoint on a test split, of its own dataset or of another (classes matched by name)",
     "predict": "Predict the expression in every image of a folder from a checkpoint, into a CSV",
+    "label-issues": "Rank the training images whose labels are probably wrong, by the NAW weight of a checkpoint",
 }
 #: Set by the first process of a distributed evaluation, so that the others write into the same folder.
 OUTPUT_ENV = "NLA_COMMAND_DIR"
@@ -232,11 +234,14 @@ class NLACLI(LightningCLI):
     def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
         self._subcommand_parsers: dict[str, Any] = {}
         subcommands = parser.add_subcommands()
-        for name in self.subcommands():
+        for name in (*self.subcommands(), "label-issues"):
             description = DESCRIPTIONS[name]
-            options = {"description": description, **kwargs.get(name, {})}
-            subparser: Any = self._prepare_subcommand_parser(self.trainer_class, name, **options)  # type: ignore[arg-type]
+            options = {"description": description, **kwargs.get(name, kwargs.get("predict", {}))}
+            method = "predict" if name == "label-issues" else name  # it applies a model like predict does
+            subparser: Any = self._prepare_subcommand_parser(self.trainer_class, method, **options)  # type: ignore[arg-type]
             subparser.set_defaults(weights_only=True)  # checkpoints are read without unpickling arbitrary objects
+            if name == "label-issues":
+                subparser.add_argument("--top", type=int, default=36, help="suspects shown in label_issues.png")
             self._set_help(subparser)
             self._subcommand_parsers[name] = subparser
             subcommands.add_subcommand(name, subparser, help=description)
@@ -263,6 +268,13 @@ class NLACLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         if subcommand in self._extra:
             self._extra[subcommand].run(self.config[subcommand])
+            return
+        if subcommand == "label-issues":
+            config = self.config[subcommand]
+            if not config.get("ckpt_path"):
+                raise UserError("nla label-issues needs a trained model: pass --ckpt_path")
+            found = label_issues.run(self.trainer, self.model, self.datamodule, config.ckpt_path, config.top)
+            report_label_issues(found)
             return
         super()._run_subcommand(subcommand)
 
@@ -463,6 +475,19 @@ class NLACLI(LightningCLI):
             if "name" in init_args and init_args.name is None:
                 parent = run.parent.name if run.name.split("-")[0] in EVALUATION_COMMANDS else None
                 init_args.name = f"{parent}/{run.name}" if parent else run.name
+
+
+def report_label_issues(found: dict[str, Any]) -> None:
+    print(
+        f"{found['images']} training images ranked, most suspicious first: {found['csv']} (top suspects: "
+        f"{found['figure']})"
+    )
+    for method, scores in found.get("vs_truth", {}).items():
+        if isinstance(scores, dict):
+            print(
+                f"  {method}: {scores['flagged']} flagged, precision {scores['precision']:.3f}, recall "
+                f"{scores['recall']:.3f}, F1 {scores['f1']:.3f}, AUROC {scores['auroc']:.3f}"
+            )
 
 
 def run_cli(args: Optional[Sequence[str]] = None, **kwargs: Any) -> NLACLI:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -28,11 +29,12 @@ from nla.data.checks import ImageCheck, check_split
 from nla.data.datasets import FERImageDataset, PredictImageDataset
 from nla.data.images import list_images, load_image
 from nla.data.protocols import LabelProtocol, NoiseSource, write_label_file
-from nla.data.samples import DataError, Samples, check_classes_present
+from nla.data.samples import DataError, Samples, check_classes_present, check_files_exist
 from nla.data.sources import affectnet, ferplus, generic, rafdb
 from nla.data.splits import HoldOut
 from nla.data.stats import measure_stats
 from nla.data.transforms import Augmentation, eval_transform, train_transform
+from nla.faces import FaceDetector
 
 Split = Literal["train", "valid", "test"]
 Pipeline = Literal["auto", "cached", "albumentations"]
@@ -91,6 +93,9 @@ class FERDataModule(LightningDataModule):
         val_split: The split validated on while fitting. FER papers validate on the test split; with
             ``val_fraction`` or ``num_folds`` it is the held-out ``valid`` split.
         predict_root: A folder of images (nested, any common format) for ``nla predict``.
+        detect_faces: For ``predict``, ``validate`` and ``test``: find the largest face in each image and crop it the
+            way aligned training crops are (for photos rather than aligned face crops; see ``nla.faces``). An image
+            with no face found gets a prediction row that says so, or is evaluated whole.
         drop_last: Drop the last incomplete training batch.
         save_train_labels: When a label protocol is active, write the training labels actually used to
             ``<run dir>/train_labels.txt``, which ``train_label_file`` can load again.
@@ -131,6 +136,7 @@ class FERDataModule(LightningDataModule):
         skip_unreadable: bool = False,
         val_split: Split = "test",
         predict_root: Optional[str] = None,
+        detect_faces: bool = False,
         drop_last: bool = False,
         save_train_labels: bool = True,
     ) -> None:
@@ -186,6 +192,7 @@ class FERDataModule(LightningDataModule):
         self.skip_unreadable = skip_unreadable
         self.val_split: Split = val_split
         self.predict_root = predict_root
+        self.detector = FaceDetector() if detect_faces else None
         self.drop_last = drop_last
         self.save_train_labels = save_train_labels
         self.splits: dict[str, Samples] = {}
@@ -290,6 +297,8 @@ class FERDataModule(LightningDataModule):
         if split == "train":
             samples = self._apply_protocols(samples)
             check_classes_present(samples, split)
+        elif self.detector is not None and samples.boxes is None:
+            samples = self._find_faces(samples, split)
         if not len(samples):
             raise DataError(f"the {split} split of {self.root!r} has no images")
         cached = self._cache_enabled(samples)
@@ -313,6 +322,26 @@ class FERDataModule(LightningDataModule):
         self.splits[split] = checked.samples
         counts = dict(zip(self.class_names, checked.samples.class_counts().tolist()))
         rank_zero_info(f"{type(self).__name__} {split}: {len(checked.samples)} images {counts}")
+
+    def _find_faces(self, samples: Samples, split: str) -> Samples:
+        """Crop each image of an evaluation split to its largest face, or keep it whole where none is found."""
+        detector = self.detector
+        assert detector is not None
+
+        def crop(path: str) -> tuple[tuple[int, int, int, int], bool]:
+            image = load_image(path)
+            found = detector.crop_box(image)
+            return (found, True) if found is not None else ((0, 0, image.shape[1], image.shape[0]), False)
+
+        check_files_exist(samples, split)
+        with ThreadPoolExecutor(max_workers=max(self.num_workers, 1)) as pool:
+            results = list(pool.map(crop, samples.paths))
+        found = sum(ok for _, ok in results)
+        rank_zero_info(
+            f"{type(self).__name__} {split}: a face was found in {found} of {len(samples)} images"
+            + (f"; the other {len(samples) - found} are evaluated whole" if found < len(samples) else "")
+        )
+        return dataclasses.replace(samples, boxes=np.asarray([box for box, _ in results], dtype=np.float32))
 
     def _apply_protocols(self, samples: Samples) -> Samples:
         samples, notes = self.protocol.apply(samples, self.standard_noise_file, self.label_code_offset, self._resolve)
@@ -404,13 +433,26 @@ class FERDataModule(LightningDataModule):
         dataset = FERImageDataset(samples, eval_transform(self.image_size, *self._normalisation()), self.image_size)
         return pipelines.decoding_loader(dataset, self.batch_size, sampler, self.num_workers)
 
+    def eval_dataloader(self, split: Split) -> DataLoader:
+        """Any split, the training split included (with its label protocol), resized and normalised only and decoded
+        in workers: for applying a trained model outside a Trainer's own loops (``nla label-issues``)."""
+        if self._use_cache is None:
+            self._use_cache = False  # nothing is trained here: decoding once is enough
+        if split not in self.splits:
+            self._load_split(split)
+        samples = self.splits[split]
+        dataset = FERImageDataset(samples, eval_transform(self.image_size, *self._normalisation()), self.image_size)
+        sampler = torch.utils.data.SequentialSampler(samples.labels)
+        return pipelines.decoding_loader(dataset, self.batch_size, sampler, self.num_workers)
+
     def predict_dataloader(self) -> DataLoader:
         if not self.predict_root:
             raise DataError("nla predict needs a folder of images: pass --data.predict_root <folder>")
         paths = list_images(self.predict_root)
         if not paths:
             raise DataError(f"prediction folder {self.predict_root!r} holds no image files")
-        dataset = PredictImageDataset(paths, eval_transform(self.image_size, *self._normalisation()), self.image_size)
+        transform = eval_transform(self.image_size, *self._normalisation())
+        dataset = PredictImageDataset(paths, transform, self.image_size, self.detector)
         return pipelines.decoding_loader(
             dataset, self.batch_size, torch.utils.data.SequentialSampler(paths), self.num_workers
         )

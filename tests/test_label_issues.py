@@ -1,0 +1,72 @@
+"""``nla label-issues``: NAW's ranking of the training labels that are probably wrong, and its measure against
+labels known to have been changed."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from nla.cli import main
+from nla.label_issues import rank, scores_against_truth
+from tests.conftest import NO_LOGGER, fit_args
+
+
+def test_confidently_wrong_predictions_rank_first_and_confident_right_ones_last():
+    probs = torch.tensor(
+        [
+            [0.90, 0.05, 0.05],  # label 0, predicted 0 with confidence: the least suspicious
+            [0.40, 0.35, 0.25],  # label 0, predicted 0 barely
+            [0.30, 0.50, 0.20],  # label 0, predicted 1: a false prediction near the false kernel
+            [0.02, 0.96, 0.02],  # label 0, predicted 1 with confidence: the most suspicious
+        ]
+    )
+    ranking = rank(probs, torch.tensor([0, 0, 0, 0]))
+    assert ranking.order.tolist() == [3, 2, 1, 0]
+    assert ranking.suggested.tolist() == [0, 0, 1, 1] and ranking.prediction_true.tolist() == [True, True, False, False]
+    assert ranking.loss[3] == pytest.approx(-np.log(0.02), rel=1e-6)
+    # The confidently right sample has a low NAW weight too: the weight alone would rank it as suspicious.
+    assert ranking.weight[0] < ranking.weight[1]
+
+
+def test_scores_against_known_flips():
+    score = np.array([0.9, 0.8, 0.1, 0.7, 0.2])
+    flipped = np.array([True, False, False, True, False])
+    scores = scores_against_truth(score, flipped)
+    assert scores["flagged"] == 2 and scores["precision"] == 0.5 and scores["recall"] == 0.5
+    assert scores["auroc"] == pytest.approx(5 / 6)
+
+
+@pytest.mark.slow
+def test_label_issues_through_the_cli(rafdb_root, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    main(fit_args(rafdb_root, run_dir, "--data.noise_rate", "0.3", "--data.noise_source", "generate", epochs=2))
+    main(
+        [
+            "label-issues",
+            "--ckpt_path",
+            str(run_dir / "checkpoints" / "last.ckpt"),
+            "--top",
+            "8",
+            *NO_LOGGER,
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
+    folder = run_dir / "label-issues"
+    rows = list(csv.DictReader(open(folder / "label_issues.csv")))
+    assert [int(r["rank"]) for r in rows] == list(range(1, 43))  # every training image, most suspicious first
+    labels = {line.split()[0]: int(line.split()[1]) for line in (run_dir / "train_labels.txt").read_text().splitlines()}
+    names = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
+    assert all(names[labels[r["name"]] - 1] == r["given_label"] for r in rows)  # the noisy labels it was trained on
+    assert sum(r["label_was_changed"] == "True" for r in rows) == round(0.3 * 42)
+    agreeing = [r["prediction_agrees"] == "True" for r in rows]
+    assert agreeing == sorted(agreeing)  # the model's disagreements come first
+    truth = json.loads((folder / "label_issues_vs_truth.json").read_text())
+    assert truth["labels_changed"] == 13 and 0 <= truth["nla (NAW) ranking, top flipped count"]["auroc"] <= 1
+    assert "cleanlab find_label_issues (its own count)" in truth
+    assert (folder / "label_issues.png").stat().st_size > 10_000
+    assert "42 training images ranked" in capsys.readouterr().out
+    shutil.rmtree(folder)
