@@ -35,7 +35,6 @@ def test_real_faces_pasted_into_photos_are_found_and_cropped():
     """Real aligned RAF-DB test faces, pasted at random positions and scales into larger backgrounds (the measurement
     of benchmarks/face_detection.py, on fewer images): most are found, and the crop covers the pasted face."""
     from benchmarks.face_detection import composites, evaluate
-
     from nla.data import read_rafdb
 
     photos = composites(read_rafdb(real_dataset("rafdb"), "test").paths, 40, seed=1)

@@ -21,11 +21,11 @@ from matplotlib.figure import Figure
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.face_detection import composites  # noqa: E402
-from nla.data import eval_transform, load_image, read_rafdb  # noqa: E402
-from nla.data.images import crop_to_box  # noqa: E402
-from nla.export import load_checkpoint  # noqa: E402
-from nla.faces import FaceDetector  # noqa: E402
+from benchmarks.face_detection import composites
+from nla.data import eval_transform, load_image, read_rafdb
+from nla.data.images import crop_to_box
+from nla.export import load_checkpoint
+from nla.faces import FaceDetector
 
 HERE = Path(__file__).resolve().parent
 
@@ -69,7 +69,8 @@ def detection(args: argparse.Namespace) -> None:
 
 
 def suspects(args: argparse.Namespace) -> None:
-    rows = list(csv.DictReader(open(args.csv)))[: args.top]
+    with open(args.csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))[: args.top]
     columns = 6
     figure = Figure(figsize=(1.9 * columns, 2.25 * ((len(rows) + columns - 1) // columns)))
     for i, row in enumerate(rows):
