@@ -1,12 +1,12 @@
-"""The ``nla`` command: LightningCLI's ``fit``, ``validate``, ``test`` and ``predict``, and nla's ``experiment``,
-``export`` and ``compare``, as subcommands of one parser.
+"""The ``nla`` command: LightningCLI's ``fit``, ``validate``, ``test`` and ``predict``, and nla's ``label-issues``,
+``experiment``, ``export`` and ``compare``, as subcommands of one parser.
 
 Every Lightning subcommand starts from nla's defaults (``nla/defaults.yaml``: the paper's trainer, the
 callbacks, offline W&B) beneath any ``--config``. Run directories follow :mod:`nla.rundir`: a fit writes
 into ``trainer.default_root_dir`` (``runs/<dataset>`` unless given) and holds a lock on it; resuming
 (``--ckpt_path last``) is the only way back into a directory that holds a run, and may change only the
-settings that can change mid-run. ``validate``, ``test`` and ``predict`` take the model, its classes and its
-preprocessing from ``--ckpt_path`` and write into a fresh sub-folder of the checkpoint's run.
+settings that can change mid-run. ``validate``, ``test``, ``predict`` and ``label-issues`` take the model, its
+classes and its preprocessing from ``--ckpt_path`` and write into a fresh sub-folder of the checkpoint's run.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Each run directory's ``summary.json`` gives overall, mean and per-class accuracy; the table is printed as
 markdown, or as CSV with ``--csv``. A class with no image in a run's validation split is blank.
 
-    nla compare runs/rafdb-ce runs/rafdb-nla
+    nla compare runs/rafdb-ce runs/rafdb
 """
 
 from __future__ import annotations

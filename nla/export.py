@@ -7,7 +7,7 @@ antialiasing, as OpenCV's ``cv2.resize(image, (S, S), interpolation=cv2.INTER_LI
 bilinear antialiases when shrinking and gives other pixels). A JSON file beside the model records S, the
 resize, the mean and std, the class names and this contract. An ONNX export is one self-contained file.
 
-    nla export --ckpt_path runs/rafdb-nla/checkpoints/last.ckpt --format onnx --output model.onnx
+    nla export --ckpt_path runs/rafdb/checkpoints/last.ckpt --format onnx --output model.onnx
 """
 
 from __future__ import annotations
