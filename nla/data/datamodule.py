@@ -248,16 +248,6 @@ class FERDataModule(LightningDataModule):
         n = len(self.splits["train"])
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    @property
-    def preprocessing(self) -> dict[str, Any]:
-        """What a trained model expects of its input: image size, mean and std (as shares of 255)."""
-        return {"image_size": self.image_size, "mean": list(self.mean or ()), "std": list(self.std or ())}
-
-    def use_preprocessing(self, image_size: int, mean: Any, std: Any) -> None:
-        """Evaluate with a trained model's preprocessing (from its checkpoint) instead of this data's own."""
-        self.image_size, self.mean, self.std = int(image_size), tuple(mean), tuple(std)
-        self.hparams.update(image_size=self.image_size, mean=self.mean, std=self.std)
-
     # --- setup: read, hold out, apply protocols, check --------------------------------------------
 
     def setup(self, stage: Optional[str] = None) -> None:
