@@ -45,8 +45,16 @@ def collect(grid: Path) -> list[dict]:
         protocol, method, seed = run_dir.parts[-3], run_dir.parts[-2], run_dir.name
         data = json.loads(summary.read_text())
         timing = json.loads((run_dir / "runner.json").read_text()) if (run_dir / "runner.json").is_file() else {}
-        cells.append({"protocol": protocol, "method": method, "seed": seed, "summary": data, "log": epoch_log(run_dir),
-                      "wall_min": timing.get("wall_s", math.nan) / 60})
+        cells.append(
+            {
+                "protocol": protocol,
+                "method": method,
+                "seed": seed,
+                "summary": data,
+                "log": epoch_log(run_dir),
+                "wall_min": timing.get("wall_s", math.nan) / 60,
+            }
+        )
     return cells
 
 
@@ -57,14 +65,18 @@ def left_majority(summary: dict) -> int | None:
 
 def write(cells: list[dict], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    lines = ["| protocol | method | seed | acc per epoch (%) | mean acc per epoch (%) | left one class at epoch | minutes |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| protocol | method | seed | acc per epoch (%) | mean acc per epoch (%) | left one class at epoch | minutes |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for cell in cells:
         epochs = cell["summary"]["epochs"]
         acc = " ".join(f"{100 * e['acc']:.1f}" for e in epochs)
         mean = " ".join(f"{100 * e['mean_acc']:.1f}" for e in epochs)
-        lines.append(f"| {cell['protocol']} | {cell['method']} | {cell['seed']} | {acc} | {mean} | "
-                     f"{left_majority(cell['summary']) or 'never'} | {cell['wall_min']:.0f} |")
+        lines.append(
+            f"| {cell['protocol']} | {cell['method']} | {cell['seed']} | {acc} | {mean} | "
+            f"{left_majority(cell['summary']) or 'never'} | {cell['wall_min']:.0f} |"
+        )
     lines += ["", "What the loss did, per epoch (training-set means):", ""]
     for key, title in MECHANISM.items():
         lines += [f"**{title}**", "", "| protocol | method | seed | per epoch |", "|---|---|---|---|"]
@@ -82,13 +94,25 @@ def write(cells: list[dict], out: Path) -> None:
             accuracy = {e["epoch"]: e for e in cell["summary"]["epochs"]}
             for epoch in sorted(cell["log"]):
                 record = accuracy.get(epoch, {})
-                writer.writerow([cell["protocol"], cell["method"], cell["seed"], epoch, record.get("acc", ""),
-                                 record.get("mean_acc", ""), *[cell["log"][epoch].get(key, "") for key in MECHANISM]])
+                writer.writerow(
+                    [
+                        cell["protocol"],
+                        cell["method"],
+                        cell["seed"],
+                        epoch,
+                        record.get("acc", ""),
+                        record.get("mean_acc", ""),
+                        *[cell["log"][epoch].get(key, "") for key in MECHANISM],
+                    ]
+                )
     for protocol in sorted({c["protocol"] for c in cells}):
         chosen = [c for c in cells if c["protocol"] == protocol]
         figure = Figure(figsize=(12, 3.4))
-        panels = [("val/mean_acc", "mean accuracy (test split)"), ("train/false_branch_share", "false-branch share"),
-                  ("train/prediction_entropy", "prediction entropy (nats)")]
+        panels = [
+            ("val/mean_acc", "mean accuracy (test split)"),
+            ("train/false_branch_share", "false-branch share"),
+            ("train/prediction_entropy", "prediction entropy (nats)"),
+        ]
         for k, (key, title) in enumerate(panels):
             axis = figure.add_subplot(1, 3, k + 1)
             for cell in chosen:
