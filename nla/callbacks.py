@@ -13,6 +13,7 @@ import os
 import shlex
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -90,7 +91,10 @@ class RunCheckpoint(ModelCheckpoint):
         self._evaluating = stage != "fit"
         if self.dirpath is None:
             self.dirpath = os.path.join(trainer.default_root_dir, CHECKPOINTS)
-        super().setup(trainer, pl_module, stage)
+        with warnings.catch_warnings():
+            # The run-directory rules let a fit find checkpoints here only when it resumes its own run.
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            super().setup(trainer, pl_module, stage)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if getattr(self, "_evaluating", False) and state_dict.get("dirpath"):

@@ -84,7 +84,8 @@ def test_a_resume_applies_a_new_learning_rate_and_refuses_a_new_model_or_data(ra
             rafdb_root, run_dir, "--model.lr", "0.00001", "--model.lr_gamma", "0.5", "--ckpt_path", "last", epochs=2
         )
     )
-    assert "model.lr 0.0001 -> 1e-05" in capsys.readouterr().err
+    note = next(line for line in capsys.readouterr().err.splitlines() if "changed settings" in line)
+    assert note.endswith("model.lr 0.0001 -> 1e-05; model.lr_gamma 0.9 -> 0.5")  # and nothing it did not change
     final = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     group = final["optimizer_states"][0]["param_groups"][0]
     # Epoch 0 ran at 1e-4 (then x0.9); epoch 1 at the new rate, 1e-5 x 0.9, then x0.5 once it ended.

@@ -70,6 +70,7 @@ def test_fit_killed_mid_epoch_resumes_and_ends_with_the_same_epochs(how, rafdb_r
         fit_command(rafdb_root, run_dir, "--ckpt_path", "last"), cwd=REPO, capture_output=True, text=True, timeout=300
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "changed settings" not in resumed.stderr  # the same command changes nothing
     final = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     steps_per_epoch = math.ceil(42 / 8)
     assert final["epoch"] == 2 and final["global_step"] == 3 * steps_per_epoch
