@@ -309,7 +309,10 @@ class NLACLI(LightningCLI):
                 if class_path:
                     args = [given[0], "--data", class_path, *given[1:]]
                     self._data_from_run = True
-        super().parse_arguments(parser, args)
+        if given is not None:  # Lightning's own method warns when it gets arguments and sys.argv has some too
+            self.config = parser.parse_args(args if args is not None else given)
+        else:
+            super().parse_arguments(parser, args)
 
     def _load_checkpoint(self, path: Path) -> dict[str, Any]:
         if self._checkpoint_path != path:

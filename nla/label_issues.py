@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -136,9 +137,11 @@ def run(trainer: Trainer, model: Any, datamodule: Any, ckpt_path: str, top: int 
         default_root_dir=trainer.default_root_dir,
         enable_progress_bar=trainer.progress_bar_callback is not None,
     )
-    predicted: Any = applier.predict(
-        model, dataloaders=loader, ckpt_path=ckpt_path, return_predictions=True, weights_only=True
-    )
+    with warnings.catch_warnings():  # the applier leaves out the fit's callbacks on purpose; only weights are read
+        warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks")
+        predicted: Any = applier.predict(
+            model, dataloaders=loader, ckpt_path=ckpt_path, return_predictions=True, weights_only=True
+        )
     samples = datamodule.splits["train"]
     probs = torch.cat([p["probs"] for p in predicted])
     index = torch.cat([torch.as_tensor(p["index"]) for p in predicted])

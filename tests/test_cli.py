@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import shutil
 
 import pytest
@@ -304,6 +305,7 @@ def test_the_commands_print_no_warning_that_tells_the_user_nothing(rafdb_root, t
             *settings,
         ],
         ["test", "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")],
+        ["label-issues", "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")],
     ]
     for command in commands:
         done = subprocess.run(
@@ -315,7 +317,11 @@ def test_the_commands_print_no_warning_that_tells_the_user_nothing(rafdb_root, t
         )
         output = done.stdout + done.stderr
         assert done.returncode == 0, output[-3000:]
-        noisy = [line for line in output.splitlines() if any(word in line for word in (*NOISE, "Warning", "warn("))]
+        noisy = [
+            line
+            for line in output.splitlines()
+            if any(word in line for word in (*NOISE, "Warning", "warn(")) or re.search(r"\.py:\d+: ", line)
+        ]
         assert not noisy, noisy
 
 
