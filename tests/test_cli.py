@@ -291,40 +291,47 @@ def test_the_commands_print_no_warning_that_tells_the_user_nothing(rafdb_root, t
 
     run_dir = tmp_path / "run"
     settings = ["--model.backbone", "test_resnet", "--data.image_size", "32", "--data.batch_size", "8"]
-    commands = [
-        [
-            "fit",
-            "--config",
-            str(CONFIGS / "rafdb.yaml"),
-            "--data.root",
-            str(rafdb_root),
-            "--trainer.max_epochs",
-            "1",
-            "--trainer.default_root_dir",
-            str(run_dir),
-            *settings,
-        ],
-        ["test", "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")],
-        ["label-issues", "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")],
+    fit = [
+        "fit",
+        "--config",
+        str(CONFIGS / "rafdb.yaml"),
+        "--data.root",
+        str(rafdb_root),
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.default_root_dir",
+        str(run_dir),
+        *settings,
     ]
-    for command in commands:
-        done = subprocess.run(
+    checkpoint = str(run_dir / "checkpoints" / "last.ckpt")
+    evaluations = [["test", "--ckpt_path", checkpoint], ["label-issues", "--ckpt_path", checkpoint]]
+
+    def start(command):
+        return subprocess.Popen(
             [sys.executable, "-m", "nla", *command],
             cwd=tmp_path,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
             env={**__import__("os").environ, "WANDB_MODE": "offline"},
         )
-        output = done.stdout + done.stderr
-        assert done.returncode == 0, output[-3000:]
+
+    fitted = start(fit)
+    outputs = [(fitted.communicate()[0], fitted.returncode)]
+    evaluating = [start(command) for command in evaluations]  # side by side
+    outputs += [(process.communicate()[0], process.returncode) for process in evaluating]
+    for output, code in outputs:
+        assert code == 0, output[-3000:]
         noisy = [
             line
             for line in output.splitlines()
             if any(word in line for word in (*NOISE, "Warning", "warn(")) or re.search(r"\.py:\d+: ", line)
         ]
         assert not noisy, noisy
+    assert (run_dir / "test" / "metrics.json").is_file() and (run_dir / "label-issues" / "label_issues.csv").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_predict_finds_the_face_in_a_photo_and_says_when_there_is_none(trained_run, tmp_path):
     import cv2

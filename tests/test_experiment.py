@@ -64,7 +64,7 @@ def test_grid_runs_writes_tables_and_resumes(tmp_path, rafdb_root, capsys):
     stale = experiment.run_dir("clean", "CE", 0)
     untouched = {p: p.stat().st_mtime_ns for p in noisy_nla.rglob("*") if p.is_file()}
     capsys.readouterr()
-    main(["experiment", config])
+    main(["experiment", "--jobs", "2", config])
     printed = capsys.readouterr().out
     assert "[done]    NLA / noise 20% / seed 0" in printed and "[done]    CE / clean / seed 0" in printed
     assert "[resume ] NLA / clean / seed 0" in printed and "[run    ] CE / noise 20% / seed 0" in printed

@@ -30,6 +30,7 @@ def test_no_face_in_an_image_without_one():
     assert FaceDetector().detect(backdrop) is None
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_real_faces_pasted_into_photos_are_found_and_cropped():
     """Real aligned RAF-DB test faces, pasted at random positions and scales into larger backgrounds (the measurement

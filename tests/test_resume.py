@@ -67,7 +67,11 @@ def test_fit_killed_mid_epoch_resumes_and_ends_with_the_same_epochs(how, rafdb_r
     assert interrupted["epoch"] == 0  # the last checkpoint is the end of epoch 0
 
     resumed = subprocess.run(
-        fit_command(rafdb_root, run_dir, "--ckpt_path", "last"), cwd=REPO, capture_output=True, text=True, timeout=300
+        fit_command(rafdb_root, run_dir, *workers, "--ckpt_path", "last"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "changed settings" not in resumed.stderr  # the same command changes nothing
