@@ -76,15 +76,20 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS on Linux
 
 
-def measure_fast(args, root: Path, device: torch.device) -> tuple[float, float]:
-    data = RAFDBDataModule(
+def cached_data(args, root: Path, batch_size: int) -> RAFDBDataModule:
+    """nla's RAF-DB data with the cached pipeline, as the fast path and the pipelines-only measurement use it."""
+    return RAFDBDataModule(
         str(root),
-        batch_size=args.fast_batch_size,
+        batch_size=batch_size,
         image_size=args.image_size,
         num_workers=args.workers,
         pipeline="cached",
         drop_last=True,
     )
+
+
+def measure_fast(args, root: Path, device: torch.device) -> tuple[float, float]:
+    data = cached_data(args, root, args.fast_batch_size)
     model = NLAModule(compile=args.compile, channels_last=True)  # the classes come from the data
     timer = StepTimer(args.warmup, args.steps)
     trainer = Trainer(
@@ -217,14 +222,7 @@ def measure_pipelines(args, root: Path, device: torch.device) -> dict[str, float
     after, so that they neither work for the reference during a fast round nor start a round with a
     stock of batches. Returns medians and ranges.
     """
-    data = RAFDBDataModule(
-        str(root),
-        batch_size=args.batch_size,
-        image_size=args.image_size,
-        num_workers=args.workers,
-        pipeline="cached",
-        drop_last=True,
-    )
+    data = cached_data(args, root, args.batch_size)
     data.setup("fit")
     fast_batches = endless(data.train_dataloader())
 
