@@ -270,6 +270,9 @@ class RunReport(Callback):
             f"{summary.best.line()}; best mean accuracy {100 * summary.best_by_mean_acc.mean_acc:.1f}% at epoch "
             f"{(summary.best_by_mean_acc.epoch or 0) + 1}",
         )
+        if not trainer.checkpoint_callbacks:
+            say(trainer, f"run directory: {root}   no checkpoint written (--trainer.enable_checkpointing false)")
+            return
         say(trainer, f"run directory: {root}   test it: nla test --ckpt_path {shlex.quote(checkpoint)}")
 
 

@@ -28,6 +28,7 @@ from typing import Any, Optional
 import torch
 import yaml
 from jsonargparse import ArgumentParser, Namespace
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -184,6 +185,13 @@ def _explicit_init_args(data: Namespace, data_class: type) -> dict[str, Any]:
         )
     values = _plain(data.get("init_args") or Namespace())
     return {key: value for key, value in values.items() if key in defaults and not _same(value, _plain(defaults[key]))}
+
+
+def _is_checkpoint_callback(callback: Any) -> bool:
+    """Whether a trainer callback (a config entry or an object) is a ``ModelCheckpoint``."""
+    if isinstance(callback, Namespace) and callback.get("class_path"):
+        return issubclass(_import(callback.class_path), ModelCheckpoint)
+    return isinstance(callback, ModelCheckpoint)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -404,6 +412,9 @@ class NLACLI(LightningCLI):
             on_gpu = torch.cuda.is_available() and trainer.accelerator not in ("cpu",)
             trainer.precision = "bf16-mixed" if on_gpu else "32-true"
         root = self._run_root(config)
+        if trainer.get("enable_checkpointing") is False and trainer.callbacks:
+            # nla's defaults add checkpoint callbacks, which Lightning refuses beside enable_checkpointing false
+            trainer.callbacks = [c for c in trainer.callbacks if not _is_checkpoint_callback(c)]
         if subcommand == "fit":
             trainer.default_root_dir = str(root)
             if config.ckpt_path:

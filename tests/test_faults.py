@@ -61,6 +61,14 @@ def test_a_fit_that_never_trained_does_not_block_the_fixed_command(rafdb_root, t
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["num_classes"] is None
 
 
+def test_a_fit_with_checkpointing_off_trains_and_says_it_wrote_no_checkpoint(rafdb_root, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    main(fit_args(rafdb_root, run_dir, "--trainer.enable_checkpointing", "false"))
+    out = capsys.readouterr().out
+    assert (run_dir / "summary.json").is_file() and not (run_dir / "checkpoints").exists()
+    assert "no checkpoint written (--trainer.enable_checkpointing false)" in out and "nla test" not in out
+
+
 def test_resuming_nothing_says_where_it_looked(rafdb_root, tmp_path, capsys):
     err = fails(fit_args(rafdb_root, tmp_path / "run", "--ckpt_path", "last"), capsys)
     assert f"there is no run to resume in '{tmp_path / 'run'}'" in err and "last.ckpt" in err
