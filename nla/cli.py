@@ -530,8 +530,23 @@ def quiet_known_warnings() -> None:
     )
 
 
+PACKAGE_DIR = Path(__file__).resolve().parent
+_library_format = warnings.formatwarning
+
+
+def format_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: Optional[str] = None
+) -> str:
+    """nla's own warnings are one line addressed to the user (``nla: warning: ...``); the libraries' keep Python's
+    format, which names the file and line they came from."""
+    if Path(filename).resolve().is_relative_to(PACKAGE_DIR):
+        return f"nla: warning: {message}\n"
+    return _library_format(message, category, filename, lineno, line)
+
+
 def main(args: Optional[Sequence[str]] = None) -> None:
     quiet_known_warnings()
+    warnings.formatwarning = format_warning
     terminated: list[int] = []
 
     def on_sigterm(number: int, frame: Any) -> None:

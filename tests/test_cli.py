@@ -4,6 +4,7 @@ import csv
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -150,6 +151,23 @@ def test_predict_from_a_checkpoint_alone(trained_run, tmp_path, capsys):
         run / "predict" / "predictions.csv"
     ).read_bytes() == first
     assert "predictions for 3 images written to" in capsys.readouterr().out
+
+
+def test_nlas_warnings_are_one_line_and_the_libraries_keep_their_source(tmp_path, monkeypatch, capsys):
+    import warnings
+
+    import nla
+    from nla.cli import format_warning
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # restored after the test
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert warnings.formatwarning is format_warning
+    inside = str(Path(nla.__file__).parent / "callbacks.py")
+    message = UserWarning("1 image(s) could not be predicted")
+    assert format_warning(message, UserWarning, inside, 359) == "nla: warning: 1 image(s) could not be predicted\n"
+    outside = format_warning(UserWarning("deprecated"), UserWarning, str(tmp_path / "lib.py"), 7)
+    assert outside.startswith(f"{tmp_path / 'lib.py'}:7: UserWarning: deprecated")
 
 
 def test_testing_on_another_dataset_matches_classes_by_name(trained_run, tmp_path, capsys):
