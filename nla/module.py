@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from nla.backbone import DEFAULT_IGNORED_KEYS, create_backbone, load_pretrained_weights
+from nla.backbone import DEFAULT_IGNORED_KEYS, classifier_prefixes, create_backbone, load_pretrained_weights
 from nla.classes import ClassMatch, match_classes
 from nla.criterion import Criterion, CriterionConfig, CriterionOutput
 from nla.data.samples import DataError
@@ -112,8 +112,13 @@ class NLAModule(LightningModule):
         hp["num_classes"], hp["class_names"] = len(self.class_names), list(self.class_names)
         model: Any = create_backbone(hp["backbone"], len(self.class_names))
         if hp["pretrained_weights"]:
-            load_pretrained_weights(
+            loaded = load_pretrained_weights(
                 model, hp["pretrained_weights"], hp["ignore_weight_keys"], trust=hp["trust_pretrained_weights"]
+            )
+            head = ", ".join(prefix.rstrip(".") for prefix in classifier_prefixes(model))
+            rank_zero_info(
+                f"pre-trained weights: {len(loaded)} backbone tensors from {hp['pretrained_weights']}; "
+                f"the {len(self.class_names)}-class head ({head}) starts fresh"
             )
         if self.criterion.config.consistency == "cam" and not isinstance(model.get_classifier(), nn.Linear):
             raise ConfigError(

@@ -63,11 +63,18 @@ def test_unknown_backbone_is_a_clear_error():
         create_backbone("resnet_does_not_exist", 7)
 
 
-def test_an_nla_checkpoint_gives_its_backbone(trained_run):
+def test_an_nla_checkpoint_gives_its_backbone(trained_run, caplog):
     """A model trained by nla (here on 7 classes) starts another run, whatever that run's classes."""
     checkpoint = trained_run / "checkpoints" / "last.ckpt"
     trained = torch.load(checkpoint, weights_only=True)["state_dict"]
-    module = NLAModule(backbone="test_resnet", num_classes=3, pretrained_weights=str(checkpoint), channels_last=False)
+    with caplog.at_level("INFO"):
+        module = NLAModule(
+            backbone="test_resnet", num_classes=3, pretrained_weights=str(checkpoint), channels_last=False
+        )
+    tensors = sum(1 for key in trained if key.startswith("model.") and not key.startswith("model.fc."))
+    assert f"pre-trained weights: {tensors} backbone tensors from {checkpoint}; the 3-class head (fc) starts fresh" in (
+        caplog.text
+    )
     loaded = module.model.state_dict()
     backbone = [key for key in loaded if not key.startswith("fc.")]
     assert backbone and all(torch.equal(loaded[key], trained[f"model.{key}"]) for key in backbone)
