@@ -122,6 +122,31 @@ def test_weight_gradient_norm_is_what_the_undetached_weight_adds():
     assert detached.weight_gradient_norm(z, out_detached, y).item() == 0.0
 
 
+def test_the_gradient_through_the_weight_pushes_a_contradicted_image_towards_its_wrong_class():
+    """The from-scratch study's mechanism (docs/experiments.md): for images whose label the model contradicts, the
+    part of the gradient that flows through w alone lowers w by making the prediction more confidently wrong;
+    detaching w removes exactly that part."""
+    # A model stuck on class 0 (the majority) sees images labelled 1..6: every one sits in the false branch.
+    z = torch.tensor([[1.5, 0.2, 0.1, 0.0, -0.1, 0.3, 0.0]]).repeat(6, 1).requires_grad_(True)
+    y = torch.arange(1, 7)
+    attached = Criterion(CriterionConfig(consistency="none"))
+    detached = Criterion(CriterionConfig(consistency="none", detach_weight=True))
+    (g_attached,) = torch.autograd.grad(attached(z, y, 0, 8).total, z)
+    (g_detached,) = torch.autograd.grad(detached(z, y, 0, 8).total, z)
+    through_w = g_attached - g_detached
+
+    def margin(logits):  # p_NN - p_GT: how confidently the prediction contradicts the label
+        probs = logits.softmax(1)
+        p_gt = probs.gather(1, y[:, None]).squeeze(1)
+        return losses.nearest_negative(probs, y) - p_gt
+
+    step = 0.5
+    with torch.no_grad():
+        assert (margin(z - step * through_w) > margin(z)).all()  # w's own gradient: more wrong
+        assert (margin(z - step * g_detached) < margin(z)).all()  # the detached loss: towards the label
+        assert (z - step * through_w).argmax(1).eq(0).all()
+
+
 def test_config_checks_and_plain_dict_round_trip():
     config = CriterionConfig(loss="focal", kernels=losses.NAWKernels(false_major_std=0.9), schedule_epochs=40)
     again = CriterionConfig.coerce(config.to_dict())
