@@ -114,6 +114,8 @@ PRESETS: dict[str, CriterionConfig] = {
         consistency_reduction="mean",
         jsd_direction="view_to_mixture",
     ),
+    # nla's recipe without face-pretrained weights (docs/experiments.md): no gradient through w, the JSD averaged.
+    "from_scratch": CriterionConfig(detach_weight=True, consistency_reduction="mean"),
 }
 
 
