@@ -255,15 +255,6 @@ class RunReport(Callback):
             return
         summary = RunSummary(history)
         root = Path(trainer.default_root_dir)
-        best_checkpoint = next(
-            (
-                c.best_model_path
-                for c in trainer.checkpoint_callbacks
-                if isinstance(c, ModelCheckpoint) and c.monitor == "val/acc" and c.best_model_path
-            ),
-            None,
-        )
-        checkpoint = best_checkpoint or str(root / CHECKPOINTS / "last.ckpt")
         say(
             trainer,
             f"done: last epoch {summary.last.line()}; best epoch {(summary.best.epoch or 0) + 1}: "
@@ -273,6 +264,15 @@ class RunReport(Callback):
         if not trainer.checkpoint_callbacks:
             say(trainer, f"run directory: {root}   no checkpoint written (--trainer.enable_checkpointing false)")
             return
+        best_checkpoint = next(
+            (
+                c.best_model_path
+                for c in trainer.checkpoint_callbacks
+                if isinstance(c, ModelCheckpoint) and c.monitor == "val/acc" and c.best_model_path
+            ),
+            None,
+        )
+        checkpoint = best_checkpoint or str(root / CHECKPOINTS / "last.ckpt")
         say(trainer, f"run directory: {root}   test it: nla test --ckpt_path {shlex.quote(checkpoint)}")
 
 

@@ -153,7 +153,7 @@ def test_predict_from_a_checkpoint_alone(trained_run, tmp_path, capsys):
     assert "predictions for 3 images written to" in capsys.readouterr().out
 
 
-def test_nlas_warnings_are_one_line_and_the_libraries_keep_their_source(tmp_path, monkeypatch, capsys):
+def test_nlas_warnings_are_one_line_and_the_libraries_keep_their_source(tmp_path, monkeypatch):
     import warnings
 
     import nla
