@@ -17,7 +17,8 @@ An experiment file names a grid of methods x protocols x seeds, each a stack of 
 Every cell is one ``nla fit`` process in ``<output_dir>/<protocol>/<method>/seed<k>``; ``--jobs N`` runs N
 of them at once. A finished cell (it has ``summary.json``) is skipped, so a grid cut short (a machine
 taken back) goes on where it stopped; an interrupted cell resumes from its ``last.ckpt``, and one that
-died before its first checkpoint is moved aside, never deleted. The tables (``results.md``,
+died before its first checkpoint is moved aside, never deleted. SIGTERM or Ctrl-C to the runner stops the runs
+it started; each cell's ``runner.json`` records every attempt and its wall time. The tables (``results.md``,
 ``results.csv``) give overall and mean accuracy as mean ± std over seeds, and per-class accuracy, for
 the last epoch, the best epoch and the mean of the last k.
 
@@ -41,6 +42,7 @@ from typing import IO, Any, Optional
 
 import yaml
 from jsonargparse import ArgumentParser, Namespace
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from nla.callbacks import free_path
 from nla.results import RunSummary
@@ -161,32 +163,81 @@ def run_grid(experiment: Experiment, extra: Sequence[str], dry_run: bool = False
         return []
     failed: list[str] = []
     running: list[Cell] = []
-    while pending or running:
-        while pending and len(running) < jobs:
-            cell = pending.pop(0)
-            cell.run_dir.mkdir(parents=True, exist_ok=True)
-            cell.log = open(cell.run_dir / "fit.log", "a")  # noqa: SIM115  (closed when the cell ends)
-            cell.started = time.time()
-            cell.process = subprocess.Popen(cell.command, stdout=cell.log, stderr=subprocess.STDOUT)
-            running.append(cell)
-        time.sleep(0.2)
-        for cell in [c for c in running if c.process is not None and c.process.poll() is not None]:
-            running.remove(cell)
-            finish(cell, failed)
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                running.append(start(pending.pop(0)))
+            time.sleep(0.2)
+            for cell in [c for c in running if c.process is not None and c.process.poll() is not None]:
+                running.remove(cell)
+                finish(cell, failed)
+    except BaseException:  # SIGTERM, Ctrl-C: the runs still going stop too, and their time so far is recorded
+        for cell in running:
+            stop(cell)
+            finish(cell, failed, interrupted=True)
+        raise
     return failed
 
 
-def finish(cell: Cell, failed: list[str]) -> None:
-    """Record a finished cell's attempt (command, wall time, exit code) in its ``runner.json``."""
+RUNNER_FILE = "runner.json"
+
+
+def runner_record(run_dir: Path) -> dict[str, Any]:
+    """A cell's ``runner.json``: its attempts (command, start, wall time, exit code) and their total wall time.
+
+    An attempt is written when it starts, so one whose runner died without a word (a machine taken back) is still
+    there; it is closed at the last time anything in the run's folder was written, and marked interrupted."""
+    path = run_dir / RUNNER_FILE
+    record: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {"attempts": []}
+    for attempt in record["attempts"]:
+        if attempt.get("wall_s") is None:
+            writes = [p.stat().st_mtime for p in run_dir.rglob("*") if p.is_file() and p.name != RUNNER_FILE]
+            attempt["wall_s"] = max([0.0, *(t - attempt["started"] for t in writes)])
+            attempt["interrupted"] = True
+    record["wall_s"] = math.fsum(attempt["wall_s"] for attempt in record["attempts"]) if record["attempts"] else None
+    return record
+
+
+def write_runner_record(run_dir: Path, record: dict[str, Any]) -> None:
+    record["wall_s"] = math.fsum(attempt["wall_s"] or 0.0 for attempt in record["attempts"])
+    (run_dir / RUNNER_FILE).write_text(json.dumps(record, indent=2))
+
+
+def start(cell: Cell) -> Cell:
+    """Start a cell's ``nla fit`` and record the attempt at once, before anything can kill the runner."""
+    cell.run_dir.mkdir(parents=True, exist_ok=True)
+    record = runner_record(cell.run_dir)
+    cell.log = open(cell.run_dir / "fit.log", "a")  # noqa: SIM115  (closed when the cell ends)
+    cell.started = time.time()
+    cell.process = subprocess.Popen(cell.command, stdout=cell.log, stderr=subprocess.STDOUT)
+    record["attempts"].append({"command": cell.command[2:], "started": cell.started, "wall_s": None, "exit_code": None})
+    write_runner_record(cell.run_dir, record)
+    return cell
+
+
+def stop(cell: Cell, grace_s: float = 60.0) -> None:
+    """Stop a running cell as a scheduler would: SIGTERM (nla fit keeps its checkpoints), then SIGKILL."""
+    assert cell.process is not None
+    cell.process.terminate()
+    try:
+        cell.process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        cell.process.kill()
+        cell.process.wait()
+
+
+def finish(cell: Cell, failed: list[str], interrupted: bool = False) -> None:
+    """Close a cell's attempt in its ``runner.json`` with its wall time and exit code."""
     assert cell.process is not None and cell.log is not None
     cell.log.close()
     code, wall = cell.process.returncode, time.time() - cell.started
-    timing = cell.run_dir / "runner.json"
-    previous: dict[str, Any] = json.loads(timing.read_text()) if timing.is_file() else {"wall_s": 0.0, "attempts": []}
-    previous["attempts"].append({"command": cell.command[2:], "wall_s": wall, "exit_code": code})
-    previous["wall_s"] += wall
-    timing.write_text(json.dumps(previous, indent=2))
-    if code != 0 or not (cell.run_dir / RunSummary.FILENAME).is_file():
+    record = runner_record(cell.run_dir)
+    attempt = next(a for a in reversed(record["attempts"]) if a.get("started") == cell.started)
+    attempt.update(wall_s=wall, exit_code=code, interrupted=interrupted)
+    write_runner_record(cell.run_dir, record)
+    if interrupted:
+        print(f"[stopped] {cell.label} after {wall / 60:.1f} min; the same command resumes it")
+    elif code != 0 or not (cell.run_dir / RunSummary.FILENAME).is_file():
         failed.append(cell.label)
         print(f"[failed]  {cell.label}: exit code {code}, see {cell.run_dir / 'fit.log'}")
     else:
@@ -241,7 +292,7 @@ def collect(experiment: Experiment) -> list[dict[str, Any]]:
         run_dir = experiment.run_dir(protocol, method, seed)
         if not (run_dir / RunSummary.FILENAME).is_file():
             continue
-        timing = json.loads((run_dir / "runner.json").read_text()) if (run_dir / "runner.json").is_file() else {}
+        timing = runner_record(run_dir)
         rows += summary_rows(
             RunSummary.read(run_dir),
             method=method,
@@ -414,7 +465,15 @@ def run(config: Namespace) -> None:
         experiment.seeds = list(options.seeds)
     if options.output_dir:
         experiment.output_dir = options.output_dir
-    failed = [] if options.tables_only else run_grid(experiment, extra, options.dry_run, options.jobs)
+    try:
+        failed = [] if options.tables_only else run_grid(experiment, extra, options.dry_run, options.jobs)
+    except (SIGTERMException, KeyboardInterrupt) as error:
+        how, code = ("SIGTERM", 143) if isinstance(error, SIGTERMException) else ("Ctrl-C", 130)
+        print(
+            f"nla experiment: stopped by {how}; the finished runs are kept, the same command resumes the rest",
+            file=sys.stderr,
+        )
+        raise SystemExit(code) from None
     if options.dry_run:
         return
     markdown, table = write_tables(experiment, collect(experiment))

@@ -2,6 +2,11 @@
 
 import csv
 import json
+import os
+import signal
+import sys
+import threading
+import time
 
 import pytest
 import yaml
@@ -74,6 +79,54 @@ def test_grid_runs_writes_tables_and_resumes(tmp_path, rafdb_root, capsys):
     assert len(resumed) == 2 and resumed[1]["command"][-2:] == ["--ckpt_path", "last"]
     assert json.loads((interrupted / "summary.json").read_text())["last"]["epoch"] == 1
     assert (never_started / "summary.json").is_file()
+
+
+def test_a_stopped_grid_stops_its_runs_and_records_their_time(tmp_path, rafdb_root, monkeypatch, capsys):
+    """SIGTERM to the runner (a scheduler's, or the end of a job) stops the runs it started, records how long they
+    ran, and says in one line that the same command resumes them."""
+    import nla.experiment
+
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+    monkeypatch.setattr(nla.experiment, "fit_command", lambda *args, **kwargs: sleeper)
+    config = write_experiment(tmp_path, rafdb_root)
+    cells = [Experiment.load(config).run_dir(*cell) for cell in Experiment.load(config).cells()[:2]]
+
+    def terminate_once_started():
+        deadline = time.time() + 60
+        while not all((cell / "runner.json").is_file() for cell in cells) and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=terminate_once_started, daemon=True).start()
+    with pytest.raises(SystemExit) as stopped:
+        main(["experiment", "--jobs", "2", config])
+    assert stopped.value.code == 143
+    printed = capsys.readouterr()
+    assert printed.err.strip().splitlines()[-1] == (
+        "nla experiment: stopped by SIGTERM; the finished runs are kept, the same command resumes the rest"
+    )
+    assert printed.out.count("[stopped]") == 2
+    for cell in cells:
+        (attempt,) = attempts(cell)
+        assert attempt["interrupted"] and attempt["exit_code"] == -signal.SIGTERM and 0.4 < attempt["wall_s"] < 60
+
+
+def test_an_attempt_whose_runner_died_is_closed_at_the_runs_last_write(tmp_path):
+    from nla.experiment import runner_record
+
+    run_dir = tmp_path / "seed0"
+    run_dir.mkdir()
+    started = time.time() - 1000
+    done = {"command": ["fit"], "started": started - 500, "wall_s": 400.0, "exit_code": 1}
+    killed = {"command": ["fit", "--ckpt_path", "last"], "started": started, "wall_s": None, "exit_code": None}
+    (run_dir / "runner.json").write_text(json.dumps({"wall_s": 400.0, "attempts": [done, killed]}))
+    (run_dir / "fit.log").write_text("epoch 3\n")
+    os.utime(run_dir / "fit.log", (started + 300, started + 300))
+    record = runner_record(run_dir)
+    assert record["attempts"][1]["interrupted"] and record["attempts"][1]["wall_s"] == pytest.approx(300)
+    assert record["wall_s"] == pytest.approx(700) and "interrupted" not in record["attempts"][0]
+    assert runner_record(tmp_path / "never-ran")["wall_s"] is None
 
 
 def test_dry_run_and_bad_experiment_files(tmp_path, rafdb_root, capsys):
