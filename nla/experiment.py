@@ -172,8 +172,8 @@ def run_grid(experiment: Experiment, extra: Sequence[str], dry_run: bool = False
                 running.remove(cell)
                 finish(cell, failed)
     except BaseException:  # SIGTERM, Ctrl-C: the runs still going stop too, and their time so far is recorded
+        stop(running)
         for cell in running:
-            stop(cell)
             finish(cell, failed, interrupted=True)
         raise
     return failed
@@ -215,15 +215,19 @@ def start(cell: Cell) -> Cell:
     return cell
 
 
-def stop(cell: Cell, grace_s: float = 60.0) -> None:
-    """Stop a running cell as a scheduler would: SIGTERM (nla fit keeps its checkpoints), then SIGKILL."""
-    assert cell.process is not None
-    cell.process.terminate()
-    try:
-        cell.process.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        cell.process.kill()
-        cell.process.wait()
+def stop(cells: Sequence[Cell], grace_s: float = 60.0) -> None:
+    """Stop running cells as a scheduler would: SIGTERM to all (nla fit keeps its checkpoints), then SIGKILL to
+    those still running after ``grace_s``."""
+    processes = [cell.process for cell in cells if cell.process is not None]
+    for process in processes:
+        process.terminate()
+    deadline = time.time() + grace_s
+    for process in processes:
+        try:
+            process.wait(max(0.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def finish(cell: Cell, failed: list[str], interrupted: bool = False) -> None:
