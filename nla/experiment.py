@@ -194,12 +194,17 @@ def runner_record(run_dir: Path) -> dict[str, Any]:
             writes = [p.stat().st_mtime for p in run_dir.rglob("*") if p.is_file() and p.name != RUNNER_FILE]
             attempt["wall_s"] = max([0.0, *(t - attempt["started"] for t in writes)])
             attempt["interrupted"] = True
-    record["wall_s"] = math.fsum(attempt["wall_s"] for attempt in record["attempts"]) if record["attempts"] else None
+    record["wall_s"] = total_wall_s(record["attempts"])
     return record
 
 
+def total_wall_s(attempts: list[dict[str, Any]]) -> Optional[float]:
+    """The attempts' wall time together (an attempt still running counts 0); ``None`` when there is none."""
+    return math.fsum(attempt["wall_s"] or 0.0 for attempt in attempts) if attempts else None
+
+
 def write_runner_record(run_dir: Path, record: dict[str, Any]) -> None:
-    record["wall_s"] = math.fsum(attempt["wall_s"] or 0.0 for attempt in record["attempts"])
+    record["wall_s"] = total_wall_s(record["attempts"])
     (run_dir / RUNNER_FILE).write_text(json.dumps(record, indent=2))
 
 

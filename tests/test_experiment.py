@@ -89,7 +89,8 @@ def test_a_stopped_grid_stops_its_runs_and_records_their_time(tmp_path, rafdb_ro
     sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
     monkeypatch.setattr(nla.experiment, "fit_command", lambda *args, **kwargs: sleeper)
     config = write_experiment(tmp_path, rafdb_root)
-    cells = [Experiment.load(config).run_dir(*cell) for cell in Experiment.load(config).cells()[:2]]
+    experiment = Experiment.load(config)
+    cells = [experiment.run_dir(*cell) for cell in experiment.cells()[:2]]
 
     def terminate_once_started():
         deadline = time.time() + 60
