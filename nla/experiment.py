@@ -17,10 +17,10 @@ An experiment file names a grid of methods x protocols x seeds, each a stack of 
 Every cell is one ``nla fit`` process in ``<output_dir>/<protocol>/<method>/seed<k>``; ``--jobs N`` runs N
 of them at once. A finished cell (it has ``summary.json``) is skipped, so a grid cut short (a machine
 taken back) goes on where it stopped; an interrupted cell resumes from its ``last.ckpt``, and one that
-died before its first checkpoint is moved aside, never deleted. SIGTERM or Ctrl-C to the runner stops the runs
-it started; each cell's ``runner.json`` records every attempt and its wall time. The tables (``results.md``,
-``results.csv``) give overall and mean accuracy as mean ± std over seeds, and per-class accuracy, for
-the last epoch, the best epoch and the mean of the last k.
+died before its first checkpoint is moved aside, never deleted (its time still counts). SIGTERM or Ctrl-C to
+the runner stops the runs it started; each cell's ``runner.json`` records every attempt and its wall time. The
+tables (``results.md``, ``results.csv``) give overall and mean accuracy as mean ± std over seeds, and per-class
+accuracy, for the last epoch, the best epoch and the mean of the last k.
 
     nla experiment configs/experiments/table5_rafdb.yaml --data.root /path/to/RAF-DB
 """
@@ -156,6 +156,7 @@ def run_grid(experiment: Experiment, extra: Sequence[str], dry_run: bool = False
             print(f"[stale]   {label}: no checkpoint in {run_dir}; moved aside to {aside.name}")
             if not dry_run:
                 run_dir.rename(aside)
+                carry_attempts(aside, run_dir)
         command = fit_command(experiment, protocol, method, seed, extra, resume=state == "resume")
         print(f"[{'resume' if state == 'resume' else 'run':<7}] {label}: {' '.join(command[2:])}")
         pending.append(Cell(label, run_dir, command))
@@ -206,6 +207,17 @@ def total_wall_s(attempts: list[dict[str, Any]]) -> Optional[float]:
 def write_runner_record(run_dir: Path, record: dict[str, Any]) -> None:
     record["wall_s"] = total_wall_s(record["attempts"])
     (run_dir / RUNNER_FILE).write_text(json.dumps(record, indent=2))
+
+
+def carry_attempts(aside: Path, run_dir: Path) -> None:
+    """A cell moved aside keeps its files; its attempts, time spent on the cell though they left no checkpoint,
+    go on counting in the new folder's ``runner.json``, each naming the folder it was moved to."""
+    record = runner_record(aside)
+    if record["attempts"]:
+        for attempt in record["attempts"]:
+            attempt.setdefault("moved_aside_to", aside.name)
+        run_dir.mkdir(parents=True)
+        write_runner_record(run_dir, record)
 
 
 def start(cell: Cell) -> Cell:

@@ -130,6 +130,30 @@ def test_an_attempt_whose_runner_died_is_closed_at_the_runs_last_write(tmp_path)
     assert runner_record(tmp_path / "never-ran")["wall_s"] is None
 
 
+def test_a_cell_that_died_before_its_first_checkpoint_is_moved_aside_and_its_time_still_counts(
+    tmp_path, rafdb_root, monkeypatch, capsys
+):
+    import nla.experiment
+
+    monkeypatch.setattr(nla.experiment, "fit_command", lambda *args, **kwargs: [sys.executable, "-c", "pass"])
+    config = write_experiment(tmp_path, rafdb_root)
+    run_dir = Experiment.load(config).run_dir("clean", "CE", 0)
+    run_dir.mkdir(parents=True)
+    killed = {"command": ["fit"], "started": time.time() - 100, "wall_s": None, "exit_code": None}
+    (run_dir / "runner.json").write_text(json.dumps({"wall_s": None, "attempts": [killed]}))
+    (run_dir / "fit.log").write_text("loading\n")
+    os.utime(run_dir / "fit.log", (killed["started"] + 40, killed["started"] + 40))
+    with pytest.raises(SystemExit):  # the stand-in fit writes no summary, so the cell fails
+        main(["experiment", config, "--methods", "[CE]", "--protocols", "[clean]"])
+    assert "[stale]   CE / clean / seed 0: no checkpoint in" in capsys.readouterr().out
+    aside = run_dir.with_name("seed0.incomplete")
+    assert (aside / "fit.log").read_text() == "loading\n"  # moved, not deleted
+    carried, new = attempts(run_dir)
+    assert carried["moved_aside_to"] == "seed0.incomplete" and carried["wall_s"] == pytest.approx(40)
+    assert new["exit_code"] == 0 and "moved_aside_to" not in new
+    assert json.loads((run_dir / "runner.json").read_text())["wall_s"] == pytest.approx(40 + new["wall_s"])
+
+
 def test_dry_run_and_bad_experiment_files(tmp_path, rafdb_root, capsys):
     config = write_experiment(tmp_path, rafdb_root)
     main(
