@@ -215,6 +215,7 @@ class NLACLI(LightningCLI):
         self._checkpoint_path: Optional[Path] = None
         self._data_from_run = False  # an evaluation command that named no dataset: the checkpoint's own
         self._resume_note: Optional[str] = None
+        self._output: Optional[Path] = None  # the fresh folder of an evaluation command
         parser_kwargs: dict[str, Any] = {
             "prog": "nla",
             "description": "nla: facial expression recognition with NLA (AAAI 2025) and its baselines. "
@@ -233,6 +234,10 @@ class NLACLI(LightningCLI):
                 args=list(args) if args is not None else None,
                 **kwargs,
             )
+        except BaseException:
+            if self._output is not None and not any(self._output.iterdir()):
+                self._output.rmdir()  # a command that failed before writing anything leaves no folder behind
+            raise
         finally:  # a failed command frees its run directory at once (a process could run another command)
             if self._lock is not None:
                 self._lock.release()
@@ -440,7 +445,7 @@ class NLACLI(LightningCLI):
             if launched_process():
                 output = Path(os.environ.get(OUTPUT_ENV) or root)
             else:
-                output = fresh_folder(root, subcommand)
+                output = self._output = fresh_folder(root, subcommand)
                 os.environ[OUTPUT_ENV] = str(output)
             trainer.default_root_dir = str(output)
             if self._checkpoint is not None:

@@ -177,6 +177,21 @@ def test_an_invalid_option_value_is_one_line(option, message, rafdb_root, tmp_pa
     assert message in fails(fit_args(rafdb_root, tmp_path / "run", *option), capsys)
 
 
+def test_a_wrong_data_root_stops_before_the_logger_or_an_output_folder_is_made(trained_run, tmp_path, capsys):
+    """The label files are read before W&B starts a run (it did, and printed after the error) and before an
+    evaluation's output folder is kept: the fixed command finds nothing left over."""
+    run_dir, absent = tmp_path / "run", str(tmp_path / "absent")
+    fit = ["fit", "--config", str(CONFIGS / "rafdb.yaml"), *TINY, "--trainer.default_root_dir", str(run_dir)]
+    assert "RAF-DB root" in fails([*fit, "--data.root", absent], capsys)  # with nla's default W&B logger
+    assert [p.name for p in run_dir.iterdir()] == [".nla.lock"]
+    evaluated = tmp_path / "evaluated"
+    shutil.copytree(trained_run, evaluated)
+    ckpt = str(evaluated / "checkpoints" / "last.ckpt")
+    data = ["--data", "nla.data.RAFDBDataModule", "--data.root", absent, "--trainer.logger", "false"]
+    assert "RAF-DB root" in fails(["test", "--ckpt_path", ckpt, *data], capsys)
+    assert not (evaluated / "test").exists()
+
+
 def test_a_corrupt_checkpoint_is_one_line_in_every_command(trained_run, tmp_path, capsys):
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run, run_dir)

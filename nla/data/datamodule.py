@@ -196,6 +196,7 @@ class FERDataModule(LightningDataModule):
         self.drop_last = drop_last
         self.save_train_labels = save_train_labels
         self.splits: dict[str, Samples] = {}
+        self._labelled: dict[str, Samples] = {}  # read by prepare_data, checked and cached by setup
         self.caches: dict[str, np.ndarray] = {}
         self.skipped: dict[str, list[str]] = {}
         self.protocol_notes: list[str] = []
@@ -250,12 +251,27 @@ class FERDataModule(LightningDataModule):
 
     # --- setup: read, hold out, apply protocols, check --------------------------------------------
 
+    def prepare_data(self) -> None:
+        """Read the label files the command will use, with the noise and long-tail protocols, before a logger or
+        a run folder is created: a wrong root or a bad label file stops the command at once. ``setup`` goes on
+        from what was read here (in a process where Lightning does not call this hook, it reads them itself)."""
+        fn = self.trainer.state.fn if self.trainer is not None else None
+        stage = fn.value if fn is not None else None
+        self._choose_splits(stage)
+        for split in self._splits_for(stage):
+            if split not in self.splits and split not in self._labelled:
+                self._labelled[split] = self._label(split)
+
     def setup(self, stage: Optional[str] = None) -> None:
+        self._choose_splits(stage)
         for split in self._splits_for(stage):
             if split not in self.splits:
                 self._load_split(split)
         if stage in ("fit", None) and (self.mean is None or self.std is None):
             self._measure_stats()
+
+    def _choose_splits(self, stage: Optional[str]) -> None:
+        """Settle which splits a ``stage`` reads, before they are read (a folder without splits holds one out)."""
 
     def _splits_for(self, stage: Optional[str]) -> list[Split]:
         if stage in ("fit", None):
@@ -278,7 +294,8 @@ class FERDataModule(LightningDataModule):
             )
         return full.subset(train if split == "train" else held_out)
 
-    def _load_split(self, split: str) -> None:
+    def _label(self, split: str) -> Samples:
+        """A split's images and the labels it trains or is evaluated with; no image is opened."""
         samples = self._read(split)
         if list(samples.classes) != list(self.class_names):
             raise DataError(f"the {split} split has classes {list(samples.classes)}, expected {self.class_names}")
@@ -287,7 +304,13 @@ class FERDataModule(LightningDataModule):
         if split == "train":
             samples = self._apply_protocols(samples)
             check_classes_present(samples, split)
-        elif self.detector is not None and samples.boxes is None:
+        return samples
+
+    def _load_split(self, split: str) -> None:
+        samples = self._labelled.pop(split, None)
+        if samples is None:
+            samples = self._label(split)
+        if split != "train" and self.detector is not None and samples.boxes is None:
             samples = self._find_faces(samples, split)
         if not len(samples):
             raise DataError(f"the {split} split of {self.root!r} has no images")
@@ -609,14 +632,13 @@ class ImageFolderDataModule(FERDataModule):
     def has_split(self, split: Split) -> bool:
         return not self.flat
 
-    def setup(self, stage: Optional[str] = None) -> None:
+    def _choose_splits(self, stage: Optional[str]) -> None:
         if self.flat and self.holdout is None and stage in ("fit", None):
             self.holdout, self.val_split = HoldOut(val_fraction=0.2, seed=self.hparams["split_seed"]), "valid"
             rank_zero_info(
                 f"{self.root} has no train/ and test/ folders: holding out 20% of each class for validation "
                 "(set --data.val_fraction or --data.num_folds to choose)"
             )
-        super().setup(stage)
 
     def read_split(self, split: Split) -> Samples:
         if self.flat:
