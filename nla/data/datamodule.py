@@ -197,6 +197,7 @@ class FERDataModule(LightningDataModule):
         self.save_train_labels = save_train_labels
         self.splits: dict[str, Samples] = {}
         self._labelled: dict[str, Samples] = {}  # read by prepare_data, checked and cached by setup
+        self._predict_paths: Optional[list[str]] = None
         self.caches: dict[str, np.ndarray] = {}
         self.skipped: dict[str, list[str]] = {}
         self.protocol_notes: list[str] = []
@@ -252,11 +253,14 @@ class FERDataModule(LightningDataModule):
     # --- setup: read, hold out, apply protocols, check --------------------------------------------
 
     def prepare_data(self) -> None:
-        """Read the label files the command will use, with the noise and long-tail protocols, before a logger or
-        a run folder is created: a wrong root or a bad label file stops the command at once. ``setup`` goes on
-        from what was read here (in a process where Lightning does not call this hook, it reads them itself)."""
+        """Read the label files the command will use, with the noise and long-tail protocols (or list the images
+        to predict), before a logger or a run folder is created: a wrong root or a bad label file stops the command
+        at once. ``setup`` goes on from what was read here (in a process where Lightning does not call this hook, it
+        reads them itself)."""
         fn = self.trainer.state.fn if self.trainer is not None else None
         stage = fn.value if fn is not None else None
+        if stage == "predict":
+            self._predict_paths = self._predict_images()
         self._choose_splits(stage)
         for split in self._splits_for(stage):
             if split not in self.splits and split not in self._labelled:
@@ -458,12 +462,16 @@ class FERDataModule(LightningDataModule):
         sampler = torch.utils.data.SequentialSampler(samples.labels)
         return pipelines.decoding_loader(dataset, self.batch_size, sampler, self.num_workers)
 
-    def predict_dataloader(self) -> DataLoader:
+    def _predict_images(self) -> list[str]:
         if not self.predict_root:
             raise DataError("nla predict needs a folder of images: pass --data.predict_root <folder>")
         paths = list_images(self.predict_root)
         if not paths:
             raise DataError(f"prediction folder {self.predict_root!r} holds no image files")
+        return paths
+
+    def predict_dataloader(self) -> DataLoader:
+        paths = self._predict_paths if self._predict_paths is not None else self._predict_images()
         transform = eval_transform(self.image_size, *self._normalisation())
         dataset = PredictImageDataset(paths, transform, self.image_size, self.detector)
         return pipelines.decoding_loader(
@@ -650,7 +658,7 @@ class CSVDataModule(FERDataModule):
     """Lists of ``path,label`` in CSV files, one per split; paths are relative to ``root`` (else to the CSV).
 
     Args:
-        class_names: The classes in label order; labels may be these names or their indices.
+        class_names: The classes in label order (required); labels may be these names or their indices.
         train_csv: Training list (needed to fit, not to test).
         val_csv: Validation list (``None``: validate on ``test_csv``).
         test_csv: Test list.
@@ -660,7 +668,7 @@ class CSVDataModule(FERDataModule):
 
     def __init__(
         self,
-        class_names: list[str],
+        class_names: Optional[list[str]] = None,
         train_csv: Optional[str] = None,
         test_csv: Optional[str] = None,
         root: Optional[str] = None,
@@ -668,6 +676,10 @@ class CSVDataModule(FERDataModule):
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("val_split", "valid" if val_csv else "test")
+        if not class_names:
+            raise DataError(
+                "CSVDataModule needs the classes in label order: pass --data.class_names, e.g. '[neutral, happy, sad]'"
+            )
         super().__init__(root, **kwargs)
         self._class_names = list(class_names)
         self.csv_files = {"train": train_csv, "valid": val_csv, "test": test_csv}
