@@ -15,6 +15,8 @@ import timm
 import torch
 from torch import nn
 
+from nla.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 # Keys that the MS-Celeb-1M and IJB-A ResNet-18 checkpoints shared in FER carry beyond the backbone:
@@ -35,10 +37,13 @@ def create_backbone(name: str = "resnet18", num_classes: int = 7) -> nn.Module:
     timm's hub weights are never fetched: pre-trained weights come from a file the user downloaded
     (:func:`load_pretrained_weights`).
     """
-    try:
-        return timm.create_model(name, pretrained=False, num_classes=num_classes)
-    except RuntimeError as error:  # timm's "Unknown model"
-        raise ValueError(f"backbone {name!r} is not a timm model ({error}); see timm.list_models()") from None
+    require_timm_model(name)
+    return timm.create_model(name, pretrained=False, num_classes=num_classes)
+
+
+def require_timm_model(name: str) -> None:
+    if not timm.is_model(name):
+        raise ConfigError(f"backbone {name!r} is not a timm model; see timm.list_models(), e.g. 'resnet18'")
 
 
 def classifier_prefixes(model: nn.Module) -> list[str]:
@@ -53,12 +58,8 @@ class UnsafeWeightsError(WeightsMismatchError):
     """A weights file that holds pickled Python objects, which would run code when loaded."""
 
 
-def load_trusted(path: str | Path, trust: bool = False, what: str = "weights file") -> Any:
-    """``torch.load`` a file of tensors on the CPU without unpickling arbitrary objects.
-
-    A file that holds other Python objects is refused with :class:`UnsafeWeightsError` unless ``trust``;
-    a file that is no PyTorch file at all raises :class:`WeightsMismatchError`. Both say so in one line.
-    """
+def require_torch_file(path: str | Path, what: str = "weights file") -> Path:
+    """``path``, if it is a file ``torch.load`` could read (a zip archive or a pickle); else one line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
@@ -68,6 +69,16 @@ def load_trusted(path: str | Path, trust: bool = False, what: str = "weights fil
         raise WeightsMismatchError(
             f"{what} {str(path)!r} cannot be read as a PyTorch file: it is neither a zip archive nor a pickle"
         )
+    return path
+
+
+def load_trusted(path: str | Path, trust: bool = False, what: str = "weights file") -> Any:
+    """``torch.load`` a file of tensors on the CPU without unpickling arbitrary objects.
+
+    A file that holds other Python objects is refused with :class:`UnsafeWeightsError` unless ``trust``;
+    a file that is no PyTorch file at all raises :class:`WeightsMismatchError`. Both say so in one line.
+    """
+    path = require_torch_file(path, what)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:

@@ -425,6 +425,7 @@ class NLACLI(LightningCLI):
             if config.ckpt_path:
                 path = resolve_checkpoint(config.ckpt_path, root)
                 config.ckpt_path = str(path)
+                self._load_checkpoint(path)  # a file that is no nla checkpoint stops here, in one line
             if not launched_process():
                 self._lock = RunLock(root).acquire()
                 own = config.ckpt_path and run_of_checkpoint(Path(config.ckpt_path)) == root.resolve()

@@ -16,7 +16,14 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from nla.backbone import DEFAULT_IGNORED_KEYS, classifier_prefixes, create_backbone, load_pretrained_weights
+from nla.backbone import (
+    DEFAULT_IGNORED_KEYS,
+    classifier_prefixes,
+    create_backbone,
+    load_pretrained_weights,
+    require_timm_model,
+    require_torch_file,
+)
 from nla.classes import ClassMatch, match_classes
 from nla.criterion import Criterion, CriterionConfig, CriterionOutput
 from nla.data.samples import DataError
@@ -89,6 +96,9 @@ class NLAModule(LightningModule):
             raise ConfigError(f"model.weight_decay={weight_decay} must be a finite number >= 0")
         if class_names is not None and num_classes is not None and len(class_names) != num_classes:
             raise ConfigError(f"{len(class_names)} class names {class_names} for model.num_classes={num_classes}")
+        require_timm_model(backbone)
+        if pretrained_weights:  # read when the backbone is built, after the data; a wrong path stops the run first
+            require_torch_file(pretrained_weights, "pre-trained weights file")
         self.save_hyperparameters()
         criterion = CriterionConfig.coerce(criterion)
         self.hparams["criterion"] = criterion.to_dict()  # plain types: checkpoints load with weights_only=True

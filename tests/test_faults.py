@@ -198,6 +198,25 @@ def test_a_wrong_data_root_stops_before_the_logger_or_an_output_folder_is_made(t
     assert "needs the classes in label order" in fails(["fit", *csv], capsys)  # was a wall of jsonargparse
 
 
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--model.backbone", "resnet_nonexistent"], "backbone 'resnet_nonexistent' is not a timm model"),
+        (["--model.pretrained_weights", "absent.pth"], "pre-trained weights file 'absent.pth' does not exist"),
+        (["--ckpt_path", "not-a-checkpoint.ckpt"], "cannot be read as a PyTorch file"),
+    ],
+)
+def test_a_wrong_model_file_or_name_stops_fit_before_it_writes_anything(
+    option, message, rafdb_root, tmp_path, capsys, monkeypatch
+):
+    """A wrong backbone name was a traceback after the data had been read and the config written; a file that
+    is no checkpoint given to --ckpt_path was torch's page-long traceback."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "not-a-checkpoint.ckpt").write_text("not a checkpoint")
+    assert message in fails(fit_args(rafdb_root, tmp_path / "run", *option), capsys)
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
 def test_a_corrupt_checkpoint_is_one_line_in_every_command(trained_run, tmp_path, capsys):
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run, run_dir)
