@@ -18,9 +18,11 @@ import inspect
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import warnings
+from argparse import ArgumentError
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -220,9 +222,10 @@ class NLACLI(LightningCLI):
             "prog": "nla",
             "description": "nla: facial expression recognition with NLA (AAAI 2025) and its baselines. "
             "`nla <command> --help` describes each command.",
+            "exit_on_error": False,  # main() says what was wrong in one line, without a page of usage
         }
         for command in LIGHTNING_COMMANDS:
-            parser_kwargs[command] = {"default_config_files": [str(DEFAULTS)]}
+            parser_kwargs[command] = {"default_config_files": [str(DEFAULTS)], "exit_on_error": False}
         kwargs.setdefault("parser_kwargs", parser_kwargs)
         try:
             super().__init__(
@@ -453,10 +456,7 @@ class NLACLI(LightningCLI):
                 self._data_from_checkpoint(config)
                 config = self.config[subcommand]
             elif config.get("data") is None:
-                raise UserError(
-                    f"nla {subcommand} needs a model and its data: pass --ckpt_path (a checkpoint of nla fit), "
-                    "or --data with a dataset"
-                )
+                raise UserError(needs_model_and_data(subcommand))
         self._name_loggers(config.trainer, root if subcommand == "fit" else Path(config.trainer.default_root_dir))
 
     def _data_from_checkpoint(self, config: Namespace) -> None:
@@ -565,6 +565,8 @@ def main(args: Optional[Sequence[str]] = None) -> None:
         run_cli(args)
     except USER_ERRORS as error:
         _fail(error)
+    except ArgumentError as error:
+        _fail(parse_error_line(str(error)), code=2)
     except SIGTERMException:
         _fail(SIGTERM_MESSAGE, code=143)
     except RuntimeError as error:
@@ -582,6 +584,59 @@ def main(args: Optional[Sequence[str]] = None) -> None:
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def needs_model_and_data(command: str) -> str:
+    return (
+        f"nla {command} needs a model and its data: pass --ckpt_path (a checkpoint of nla fit), "
+        "or --data with a dataset"
+    )
+
+
+TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
+
+
+def parse_error_line(message: str) -> str:
+    """jsonargparse's report of an option it could not parse (for ``--data``, a page on each Union subtype) as one
+    line: the option, what it expects and what it got."""
+    if message.startswith('expected "subcommand"'):
+        return "nla needs a command, e.g. nla fit; `nla --help` lists them"
+    missing = re.search(r"arguments are required: ([\w.\-, ]+)", message)
+    if missing:
+        names = [name.strip().split(".", 1) for name in missing.group(1).split(",")]
+        command = names[0][0]
+        if command in EVALUATION_COMMANDS and ["data"] in [name[1:] for name in names]:
+            return needs_model_and_data(command)
+        given = [name[-1] for name in names if name[-1] != "fit_args"]  # nla experiment's optional remainder
+        return f"nla {command} needs {', '.join(given)}; `nla {command} --help` describes it"
+    raw = [line for line in message.strip().splitlines() if line.strip()]
+    found = [k for k, line in enumerate(raw) if line.strip().startswith('Parser key "')]
+    if not found:
+        return " ".join(line.strip() for line in raw)
+    option = "--" + ".".join(dict.fromkeys(re.findall(r'Parser key "([^"]+)":', message)))
+    first, *rest = raw[found[-1]].strip().split(":", 1)
+    details: list[str] = [rest[0].strip()] if rest and rest[0].strip() else []
+    indent = None
+    for line in raw[found[-1] + 1 :]:  # the innermost report, down to where an outer one goes on
+        depth = len(line) - len(line.lstrip())
+        indent = depth if indent is None else indent
+        if depth < indent:
+            break
+        details.append(line.strip().removeprefix("- "))
+    expected, got = [], None
+    for detail in details:
+        if detail.startswith("Expected "):
+            what, _, value = detail.removeprefix("Expected ").partition(". Got value: ")
+            got = got or value or None
+            what = re.sub(r"^a typing\.Literal\[(.*)\]$", r"one of \1", what)
+            what = re.sub(r"^a <class '(\w+)'>$", lambda m: TYPE_WORDS.get(m.group(1), "a " + m.group(1)), what)
+            expected.append("null" if what == "a NoneType" else what)
+        elif detail.startswith("Given value: "):
+            got = got or detail.removeprefix("Given value: ")
+    if not expected:
+        return f"{option}: {details[0] if details else first}"
+    expected.sort(key=lambda what: what == "null")
+    return f"{option}: expected {' or '.join(expected)}" + (f"; got {got}" if got is not None else "")
 
 
 def _fail_if_users(error: BaseException) -> None:

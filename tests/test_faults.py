@@ -217,6 +217,40 @@ def test_a_wrong_model_file_or_name_stops_fit_before_it_writes_anything(
     assert not (tmp_path / "run" / "config.yaml").exists()
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--data.noise_source", "standard"],
+            "--data.noise_source: expected one of 'auto', 'standard_file', 'generate'; got standard",
+        ),
+        (["--data.mean", "[0.5, 0.5]"], "--data.mean: expected a tuple with 3 elements or null; got [0.5, 0.5]"),
+        (["--trainer.max_epochs", "x"], "--trainer.max_epochs: expected an integer or null; got x"),
+        (
+            ["--model.criterion.consistency", "kl"],
+            "--model.criterion.consistency: expected one of 'none', 'jsd', 'l1', 'cam'; got kl",
+        ),
+        (["--no_such_option", "1"], "unrecognized arguments: --no_such_option 1"),
+    ],
+)
+def test_an_option_that_does_not_parse_is_one_line_without_the_usage(args, message, rafdb_root, tmp_path, capsys):
+    """jsonargparse printed a page of usage, and for --data a report on every Union subtype, around the one fact."""
+    assert fails(fit_args(rafdb_root, tmp_path / "run", *args), capsys) == f"nla: error: {message}\n"
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "nla needs a command, e.g. nla fit; `nla --help` lists them"),
+        (["test"], "nla test needs a model and its data: pass --ckpt_path (a checkpoint of nla fit), or --data"),
+        (["experiment"], "nla experiment needs config; `nla experiment --help` describes it"),
+    ],
+)
+def test_a_command_missing_what_it_needs_says_what_to_give(args, message, capsys):
+    assert fails(args, capsys).startswith(f"nla: error: {message}")
+
+
 def test_a_corrupt_checkpoint_is_one_line_in_every_command(trained_run, tmp_path, capsys):
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run, run_dir)
