@@ -157,18 +157,33 @@ def _option(args: Sequence[str], name: str) -> Optional[str]:
     return value
 
 
+def _config_files(args: Sequence[str]) -> list[Path]:
+    """The files a command line gives with ``--config``, ``-c`` or ``--config=``."""
+    paths = [
+        args[i + 1] if arg in ("--config", "-c") and i + 1 < len(args) else arg.split("=", 1)[1]
+        for i, arg in enumerate(args)
+        if (arg in ("--config", "-c") and i + 1 < len(args)) or arg.startswith("--config=")
+    ]
+    return [Path(path) for path in paths]
+
+
+def _read_config(path: Path) -> Any:
+    """A ``--config`` file's YAML; a file that is not YAML is one line naming it and the line."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise UserError(f"{where}: not valid YAML ({getattr(error, 'problem', None) or error})") from None
+
+
 def _names_data(args: Sequence[str]) -> bool:
     """Whether a command line chooses a dataset, itself or in one of its --config files."""
     if any(arg in ("--data",) or arg.startswith("--data=") for arg in args):
         return True
-    for i, arg in enumerate(args):
-        path = (
-            args[i + 1]
-            if arg in ("--config", "-c") and i + 1 < len(args)
-            else (arg.split("=", 1)[1] if arg.startswith("--config=") else None)
-        )
-        if path and Path(path).is_file():
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
+    for path in _config_files(args):
+        if path.is_file():
+            loaded = _read_config(path) or {}
             if isinstance(loaded, dict) and isinstance(loaded.get("data"), (dict, str)):
                 return True
     return False
@@ -316,6 +331,9 @@ class NLACLI(LightningCLI):
         )
         if given and any(_yaml_number(arg) != arg for arg in given):
             args = given = [_yaml_number(arg) for arg in given]
+        for path in _config_files(given or []):
+            if path.is_file():
+                _read_config(path)  # jsonargparse's message names neither the file nor, often, the line
         if given and given[0] in EVALUATION_COMMANDS and not _names_data(given):
             ckpt = _option(given, "--ckpt_path")
             if ckpt:

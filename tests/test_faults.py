@@ -239,6 +239,13 @@ def test_an_option_that_does_not_parse_is_one_line_without_the_usage(args, messa
     assert not (tmp_path / "run").exists()
 
 
+def test_a_config_file_that_is_not_yaml_names_its_line(rafdb_root, tmp_path, capsys):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model:\n  lr: 1e-4\ndata:\n  batch_size: [\n")
+    for args in (fit_args(rafdb_root, tmp_path / "run", "--config", str(broken)), ["test", "-c", str(broken)]):
+        assert fails(args, capsys).startswith(f"nla: error: {broken}:5: not valid YAML")
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
