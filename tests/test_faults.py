@@ -177,6 +177,7 @@ def test_an_invalid_option_value_is_one_line(option, message, rafdb_root, tmp_pa
     assert message in fails(fit_args(rafdb_root, tmp_path / "run", *option), capsys)
 
 
+@pytest.mark.slow
 def test_a_wrong_data_root_stops_before_the_logger_or_an_output_folder_is_made(trained_run, tmp_path, capsys):
     """The label files are read before W&B starts a run (it did, and printed after the error) and before an
     evaluation's output folder is kept: the fixed command finds nothing left over."""
@@ -202,7 +203,11 @@ def test_a_wrong_data_root_stops_before_the_logger_or_an_output_folder_is_made(t
     "option, message",
     [
         (["--model.backbone", "resnet_nonexistent"], "backbone 'resnet_nonexistent' is not a timm model"),
-        (["--model.pretrained_weights", "absent.pth"], "pre-trained weights file 'absent.pth' does not exist"),
+        pytest.param(
+            ["--model.pretrained_weights", "absent.pth"],
+            "pre-trained weights file 'absent.pth' does not exist",
+            marks=pytest.mark.slow,
+        ),
         (["--ckpt_path", "not-a-checkpoint.ckpt"], "cannot be read as a PyTorch file"),
     ],
 )
@@ -224,13 +229,18 @@ def test_a_wrong_model_file_or_name_stops_fit_before_it_writes_anything(
             ["--data.noise_source", "standard"],
             "--data.noise_source: expected one of 'auto', 'standard_file', 'generate'; got standard",
         ),
-        (["--data.mean", "[0.5, 0.5]"], "--data.mean: expected a tuple with 3 elements or null; got [0.5, 0.5]"),
+        pytest.param(
+            ["--data.mean", "[0.5, 0.5]"],
+            "--data.mean: expected a tuple with 3 elements or null; got [0.5, 0.5]",
+            marks=pytest.mark.slow,
+        ),
         (["--trainer.max_epochs", "x"], "--trainer.max_epochs: expected an integer or null; got x"),
-        (
+        pytest.param(
             ["--model.criterion.consistency", "kl"],
             "--model.criterion.consistency: expected one of 'none', 'jsd', 'l1', 'cam'; got kl",
+            marks=pytest.mark.slow,
         ),
-        (["--no_such_option", "1"], "unrecognized arguments: --no_such_option 1"),
+        pytest.param(["--no_such_option", "1"], "unrecognized arguments: --no_such_option 1", marks=pytest.mark.slow),
     ],
 )
 def test_an_option_that_does_not_parse_is_one_line_without_the_usage(args, message, rafdb_root, tmp_path, capsys):
@@ -249,9 +259,11 @@ def test_a_config_file_that_is_not_yaml_names_its_line(rafdb_root, tmp_path, cap
 @pytest.mark.parametrize(
     "args, message",
     [
-        ([], "nla needs a command, e.g. nla fit; `nla --help` lists them"),
+        pytest.param([], "nla needs a command, e.g. nla fit; `nla --help` lists them", marks=pytest.mark.slow),
         (["test"], "nla test needs a model and its data: pass --ckpt_path (a checkpoint of nla fit), or --data"),
-        (["experiment"], "nla experiment needs config; `nla experiment --help` describes it"),
+        pytest.param(
+            ["experiment"], "nla experiment needs config; `nla experiment --help` describes it", marks=pytest.mark.slow
+        ),
     ],
 )
 def test_a_command_missing_what_it_needs_says_what_to_give(args, message, capsys):
