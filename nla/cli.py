@@ -463,6 +463,7 @@ class NLACLI(LightningCLI):
                             else ""
                         )
                     )
+            self._checkpoint = self._checkpoint_path = None  # checked; Lightning reads it again to resume
         else:
             if launched_process():
                 output = Path(os.environ.get(OUTPUT_ENV) or root)
