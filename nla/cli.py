@@ -12,6 +12,7 @@ classes and its preprocessing from ``--ckpt_path`` and write into a fresh sub-fo
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import errno
 import importlib
 import inspect
@@ -21,6 +22,7 @@ import os
 import re
 import signal
 import sys
+import typing
 import warnings
 from argparse import ArgumentError
 from collections.abc import Callable, Sequence
@@ -585,7 +587,7 @@ def main(args: Optional[Sequence[str]] = None) -> None:
     except USER_ERRORS as error:
         _fail(error)
     except ArgumentError as error:
-        _fail(parse_error_line(str(error)), code=2)
+        _fail(parse_error_line(str(error), sys.argv[1:] if args is None else args), code=2)
     except SIGTERMException:
         _fail(SIGTERM_MESSAGE, code=143)
     except RuntimeError as error:
@@ -615,11 +617,24 @@ def needs_model_and_data(command: str) -> str:
 TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
 
 
-def parse_error_line(message: str) -> str:
+def parse_error_line(message: str, args: Sequence[str] = ()) -> str:
     """jsonargparse's report of an option it could not parse (for ``--data``, a page on each Union subtype) as one
-    line: the option, what it expects and what it got."""
+    line: the option, what it expects and what it got; an option no class takes, with the ``--config`` file and
+    line that set it (``args``, the command line, names the files)."""
     if message.startswith('expected "subcommand"'):
         return "nla needs a command, e.g. nla fit; `nla --help` lists them"
+    unknown = _unknown_option(message)
+    if unknown:
+        key, owner = unknown
+        klass = _option_class(key, owner)
+        accepted, typed = _option_names(klass), key.rsplit(".", 1)[-1]
+        if (klass or owner) and typed not in accepted:  # else the parser refused it for another reason
+            where = _config_line(args, key)
+            close = difflib.get_close_matches(typed, accepted, n=1)
+            return (
+                f"{where + ': ' if where else '--'}{key} is not an option of "
+                f"{owner or (klass.__qualname__ if klass else '')}" + (f" (did you mean {close[0]}?)" if close else "")
+            )
     missing = re.search(r"arguments are required: ([\w.\-, ]+)", message)
     if missing:
         names = [name.strip().split(".", 1) for name in missing.group(1).split(",")]
@@ -656,6 +671,76 @@ def parse_error_line(message: str) -> str:
         return f"{option}: {details[0] if details else first}"
     expected.sort(key=lambda what: what == "null")
     return f"{option}: expected {' or '.join(expected)}" + (f"; got {got}" if got is not None else "")
+
+
+def _unknown_option(message: str) -> Optional[tuple[str, Optional[str]]]:
+    """The dotted key of an option jsonargparse refused as unknown, e.g. ``data.batchsize``, and the class path of
+    the class that refused it (None for a group of the command, such as ``model``)."""
+    command = re.search(r"Subcommand '[\w-]+' does not accept option '([\w.]+)'", message)
+    command = command or re.match(r"unrecognized arguments: --([\w.]+)", message)
+    if command:
+        return command.group(1), None
+    group = re.match(r'Parser key "([\w.]+)":', message.strip())
+    refused = re.search(r"Problem with given class_path '([\w.]+)':\s+Option '(\w+)' is not accepted", message)
+    if group and refused:
+        return f"{group.group(1)}.{refused.group(2)}", refused.group(1)
+    return None
+
+
+#: The class behind each group of a command's options.
+GROUP_CLASSES = {"model": "nla.module.NLAModule", "trainer": "lightning.pytorch.Trainer"}
+
+
+def _option_class(key: str, owner: Optional[str]) -> Optional[type]:
+    """The class that would take ``key``: ``owner`` (a class path), or the class found by following the
+    parameters' types down from a group of the command (``model.criterion.lam``: NLAModule's ``criterion``)."""
+    parts = [part for part in key.split(".")[:-1] if part != "init_args"]
+    module, _, name = (owner or GROUP_CLASSES.get(parts[0] if parts else "", "")).rpartition(".")
+    try:
+        klass: Any = getattr(importlib.import_module(module), name)
+        for part in [] if owner else parts[1:]:
+            klass = typing.get_type_hints(klass.__init__)[part]
+    except (ImportError, AttributeError, KeyError, NameError, TypeError, ValueError):
+        return None
+    return klass if inspect.isclass(klass) else None
+
+
+def _option_names(klass: Optional[type]) -> list[str]:
+    """The keyword arguments that ``klass`` takes, its bases' included."""
+    names: dict[str, None] = {}
+    for base in klass.__mro__[:-1] if klass else ():
+        try:
+            parameters = inspect.signature(base).parameters.values()
+        except (TypeError, ValueError):
+            continue
+        names.update(dict.fromkeys(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)))
+    names.pop("self", None)
+    return list(names)
+
+
+def _config_line(args: Sequence[str], key: str) -> Optional[str]:
+    """``file:line`` of the first ``--config`` file in ``args`` that sets ``key`` (``init_args`` levels aside)."""
+    wanted = [part for part in key.split(".") if part != "init_args"]
+    for path in _config_files(args):
+        try:
+            node: Any = yaml.compose(path.read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        for part in wanted:
+            found = None
+            while isinstance(node, yaml.MappingNode) and found is None:
+                pairs = {k.value: (k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode)}
+                found = pairs.get(part)
+                if found is None and "init_args" in pairs and part != wanted[0]:
+                    node = pairs["init_args"][1]
+                    continue
+                break
+            if found is None:
+                break
+            mark, node = found[0].start_mark, found[1]
+        else:
+            return f"{path}:{mark.line + 1}"
+    return None
 
 
 def _fail_if_users(error: BaseException) -> None:

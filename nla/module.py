@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any, Optional, Self
 
 import torch
 from lightning.pytorch import LightningModule
@@ -402,6 +402,14 @@ class NLAModule(LightningModule):
         return {"probs": probs} if labels is None else {"probs": probs, "label": labels.cpu()}
 
     # --- checkpoints carry the classes and the history, so test and predict need no dataset -----------
+
+    @classmethod
+    def load_from_checkpoint(cls, *args: Any, **kwargs: Any) -> Self:
+        """Lightning's ``load_from_checkpoint``, without reading the pre-trained weights file that the run started
+        from: the checkpoint holds the backbone's weights, and that file may not exist where the checkpoint is
+        loaded. Pass ``pretrained_weights=...`` to read it anyway."""
+        kwargs.setdefault("pretrained_weights", None)
+        return super().load_from_checkpoint(*args, **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["class_names"] = list(self.class_names)

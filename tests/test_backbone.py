@@ -83,6 +83,19 @@ def test_an_nla_checkpoint_gives_its_backbone(trained_run, caplog):
         NLAModule(backbone="resnet18", num_classes=3, pretrained_weights=str(checkpoint))
 
 
+def test_a_checkpoint_loads_where_the_weights_it_started_from_are_gone(trained_run, tmp_path):
+    """A run started from pre-trained weights: its checkpoint holds the backbone, so loading it elsewhere must not
+    read the weights file again (it failed when that file was absent)."""
+    checkpoint = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    checkpoint["hyper_parameters"]["pretrained_weights"] = str(tmp_path / "gone" / "ms_celeb.pth")
+    moved = tmp_path / "moved.ckpt"
+    torch.save(checkpoint, moved)
+    module = NLAModule.load_from_checkpoint(moved, weights_only=True)
+    assert module.class_names == checkpoint["class_names"]
+    state = module.state_dict()
+    assert all(torch.equal(state[key], value) for key, value in checkpoint["state_dict"].items())
+
+
 class Pickled:
     """Not a tensor: unpickling it would run this class's code."""
 

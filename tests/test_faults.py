@@ -241,6 +241,15 @@ def test_a_wrong_model_file_or_name_stops_fit_before_it_writes_anything(
             marks=pytest.mark.slow,
         ),
         pytest.param(["--no_such_option", "1"], "unrecognized arguments: --no_such_option 1", marks=pytest.mark.slow),
+        (
+            ["--data.batchsize", "8"],
+            "--data.batchsize is not an option of nla.data.RAFDBDataModule (did you mean batch_size?)",
+        ),
+        pytest.param(
+            ["--model.criterion.lamm", "1"],
+            "--model.criterion.lamm is not an option of CriterionConfig (did you mean lam?)",
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_an_option_that_does_not_parse_is_one_line_without_the_usage(args, message, rafdb_root, tmp_path, capsys):
@@ -254,6 +263,27 @@ def test_a_config_file_that_is_not_yaml_names_its_line(rafdb_root, tmp_path, cap
     broken.write_text("model:\n  lr: 1e-4\ndata:\n  batch_size: [\n")
     for args in (fit_args(rafdb_root, tmp_path / "run", "--config", str(broken)), ["test", "-c", str(broken)]):
         assert fails(args, capsys).startswith(f"nla: error: {broken}:5: not valid YAML")
+
+
+def test_an_unknown_key_in_a_config_file_names_the_file_and_line(rafdb_root, tmp_path, capsys):
+    """jsonargparse named neither the file nor the line, and for a class's options said '--data: expected null'."""
+    typos = {
+        "model:\n  lr: 0.001\n  lrr: 0.1\n": "3: model.lrr is not an option of NLAModule (did you mean lr?)",
+        "data:\n  init_args:\n    batchsize: 8\n": (
+            "3: data.batchsize is not an option of nla.data.RAFDBDataModule (did you mean batch_size?)"
+        ),
+        "trainer:\n  logger:\n    class_path: lightning.pytorch.loggers.CSVLogger\n    init_args:\n"
+        "      save_dirr: logs\n": (
+            "5: trainer.logger.save_dirr is not an option of lightning.pytorch.loggers.CSVLogger (did you mean "
+            "save_dir?)"
+        ),
+    }
+    for k, (text, message) in enumerate(typos.items()):
+        config = tmp_path / f"typo{k}.yaml"
+        config.write_text(text)
+        args = fit_args(rafdb_root, tmp_path / "run", "--config", str(config))
+        assert fails(args, capsys) == f"nla: error: {config}:{message}\n"
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize(
