@@ -254,9 +254,11 @@ class NLACLI(LightningCLI):
                 args=list(args) if args is not None else None,
                 **kwargs,
             )
-        except BaseException:
+        except BaseException:  # a command that failed before writing anything leaves no folder behind
             if self._output is not None and not any(self._output.iterdir()):
-                self._output.rmdir()  # a command that failed before writing anything leaves no folder behind
+                self._output.rmdir()
+            if self._lock is not None:
+                self._lock.release(tidy=True)
             raise
         finally:  # a failed command frees its run directory at once (a process could run another command)
             if self._lock is not None:

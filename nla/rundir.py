@@ -4,7 +4,8 @@
   in it; only resuming that run (``--ckpt_path last``, or a checkpoint of its own) may write there again.
   A directory where a fit failed before its first checkpoint holds no run and does not block.
 - While a fit runs it holds an exclusive lock on the directory, so a second fit (a requeued job, say)
-  cannot write into it at the same time. The lock dies with the process, even on SIGKILL.
+  cannot write into it at the same time. The lock dies with the process, even on SIGKILL. A fit that fails
+  before it writes anything removes the directory it created.
 - ``validate``, ``test`` and ``predict`` write into a fresh sub-folder of the run, ``<command>``,
   ``<command>-1``, ..., so no command overwrites another's outputs.
 """
@@ -65,30 +66,61 @@ class RunLock:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._fd: Optional[int] = None
+        self._created: Optional[Path] = None  # the outermost folder that acquire() created
 
     def acquire(self) -> RunLock:
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            if error.errno in (errno.EAGAIN, errno.EACCES):
-                raise RunDirectoryError(
-                    f"run directory {str(self.root)!r} is in use by {holder}; wait for it to "
-                    "finish, or use another --trainer.default_root_dir"
-                ) from None
-            raise
+        missing = [folder for folder in (self.root, *self.root.parents) if not folder.exists()]
+        self._created = missing[-1] if missing else None
+        path = self.root / LOCK_FILE
+        while True:
+            self.root.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # a failed fit removed the folder it had created in between
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as error:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                if error.errno in (errno.EAGAIN, errno.EACCES):
+                    raise RunDirectoryError(
+                        f"run directory {str(self.root)!r} is in use by {holder}; wait for it to "
+                        "finish, or use another --trainer.default_root_dir"
+                    ) from None
+                raise
+            if _same_file(fd, path):
+                break
+            os.close(fd)  # locked a file that its holder removed on release (see below): lock the one there now
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"process {os.getpid()} on {os.uname().nodename}\n".encode(), 0)
         self._fd = fd
         return self
 
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+    def release(self, tidy: bool = False) -> None:
+        """Let go of the lock. With ``tidy`` (a command that failed), the folders that :meth:`acquire` created go
+        too when nothing but the lock file was written into them."""
+        if self._fd is None:
+            return
+        if tidy and self._created is not None and [p.name for p in self.root.iterdir()] == [LOCK_FILE]:
+            (self.root / LOCK_FILE).unlink()  # while locked: a process that opened it sees it is gone and retries
+            for folder in (self.root, *self.root.parents):
+                try:
+                    folder.rmdir()
+                except OSError:  # another process wrote into it meanwhile
+                    break
+                if folder == self._created:
+                    break
+        os.close(self._fd)
+        self._fd = None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        found, held = os.stat(path), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (found.st_dev, found.st_ino) == (held.st_dev, held.st_ino)
 
 
 def fresh_folder(root: Path, name: str) -> Path:

@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from nla.cli import main
-from nla.rundir import RunLock
+from nla.rundir import RunDirectoryError, RunLock
 from tests.conftest import CONFIGS, TINY, fit_args
 
 
@@ -49,6 +49,47 @@ def test_two_fits_cannot_share_a_directory(rafdb_root, tmp_path, capsys):
     finally:
         lock.release()
     assert "is in use by process" in err and not (run_dir / "config.yaml").exists()
+
+
+def test_a_failed_start_removes_only_the_folders_it_created_and_wrote_nothing_into(tmp_path):
+    """A failed fit left its run directory holding only the lock file; a folder the user made stays."""
+    lock = RunLock(tmp_path / "runs" / "a" / "run").acquire()
+    lock.release(tidy=True)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "mine").mkdir()
+    lock = RunLock(tmp_path / "mine" / "run").acquire()
+    lock.release(tidy=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"] and not any((tmp_path / "mine").iterdir())
+    lock = RunLock(tmp_path / "written").acquire()
+    (tmp_path / "written" / "config.yaml").write_text("model: {}\n")
+    lock.release(tidy=True)
+    assert sorted(p.name for p in (tmp_path / "written").iterdir()) == [".nla.lock", "config.yaml"]
+
+
+def test_a_lock_file_removed_by_its_holder_is_not_locked_again(tmp_path, monkeypatch):
+    """A process that opened the lock file just before a failed fit removed it must lock the new file, or two
+    fits would hold 'the' lock at once."""
+    first = RunLock(tmp_path / "run").acquire()
+    stale = os.open(tmp_path / "run" / ".nla.lock", os.O_RDWR)
+    first.release(tidy=True)
+    opened = []
+    real_open = os.open
+
+    def open_stale_once(path, flags, mode=0o777):
+        if not opened:
+            opened.append(path)
+            return stale  # what the second process opened before the file was removed
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr("nla.rundir.os.open", open_stale_once)
+    second = RunLock(tmp_path / "run").acquire()
+    try:
+        third = RunLock(tmp_path / "run")
+        with pytest.raises(RunDirectoryError, match="is in use by process"):
+            third.acquire()
+    finally:
+        second.release()
+    assert opened and (tmp_path / "run" / ".nla.lock").is_file()
 
 
 def test_a_fit_that_never_trained_does_not_block_the_fixed_command(rafdb_root, tmp_path, capsys):
@@ -184,7 +225,7 @@ def test_a_wrong_data_root_stops_before_the_logger_or_an_output_folder_is_made(t
     run_dir, absent = tmp_path / "run", str(tmp_path / "absent")
     fit = ["fit", "--config", str(CONFIGS / "rafdb.yaml"), *TINY, "--trainer.default_root_dir", str(run_dir)]
     assert "RAF-DB root" in fails([*fit, "--data.root", absent], capsys)  # with nla's default W&B logger
-    assert [p.name for p in run_dir.iterdir()] == [".nla.lock"]
+    assert not run_dir.exists()
     evaluated = tmp_path / "evaluated"
     shutil.copytree(trained_run, evaluated)
     ckpt = str(evaluated / "checkpoints" / "last.ckpt")
