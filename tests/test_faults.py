@@ -306,6 +306,7 @@ def test_a_config_file_that_is_not_yaml_names_its_line(rafdb_root, tmp_path, cap
         assert fails(args, capsys).startswith(f"nla: error: {broken}:5: not valid YAML")
 
 
+@pytest.mark.slow
 def test_an_unknown_key_in_a_config_file_names_the_file_and_line(rafdb_root, tmp_path, capsys):
     """jsonargparse named neither the file nor the line, and for a class's options said '--data: expected null'."""
     typos = {
