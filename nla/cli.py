@@ -321,9 +321,20 @@ class NLACLI(LightningCLI):
         if self.subcommand in self._extra:
             self.model = self.datamodule = self.trainer = None  # type: ignore[assignment]
             return
-        self.config_init = self.parser.instantiate(self.config)
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        model = config.model
+        weights = model.get("pretrained_weights") if config.get("ckpt_path") else None
+        if weights:  # a fit from a checkpoint takes the weights from it: the file may be gone, and is not read
+            model.pretrained_weights = None
+        try:
+            self.config_init = self.parser.instantiate(self.config)
+        finally:
+            if weights:
+                model.pretrained_weights = weights
         self.datamodule = self._get(self.config_init, "data")
         self.model = self._get(self.config_init, "model")
+        if weights:
+            self.model.hparams["pretrained_weights"] = weights  # the record of where the run started
         self.trainer = self.instantiate_trainer()
 
     # --- checkpoints -----------------------------------------------------------------------------------

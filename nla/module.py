@@ -110,6 +110,8 @@ class NLAModule(LightningModule):
         self.evaluations: dict[str, Evaluation] = {}  # the latest evaluation of each stage
         self.class_match: Optional[ClassMatch] = None
         self._resumed_hparams: Optional[dict[str, Any]] = None
+        # Read by build(); the hparam is the record. `nla fit --ckpt_path` keeps the record and reads no file.
+        self._pretrained_weights = pretrained_weights
         if num_classes is not None or class_names is not None:
             self.build(list(class_names) if class_names else [str(k) for k in range(num_classes or 0)])
 
@@ -121,13 +123,13 @@ class NLAModule(LightningModule):
         self.class_names = list(class_names)
         hp["num_classes"], hp["class_names"] = len(self.class_names), list(self.class_names)
         model: Any = create_backbone(hp["backbone"], len(self.class_names))
-        if hp["pretrained_weights"]:
+        if self._pretrained_weights:
             loaded = load_pretrained_weights(
-                model, hp["pretrained_weights"], hp["ignore_weight_keys"], trust=hp["trust_pretrained_weights"]
+                model, self._pretrained_weights, hp["ignore_weight_keys"], trust=hp["trust_pretrained_weights"]
             )
             head = ", ".join(prefix.rstrip(".") for prefix in classifier_prefixes(model))
             rank_zero_info(
-                f"pre-trained weights: {len(loaded)} backbone tensors from {hp['pretrained_weights']}; "
+                f"pre-trained weights: {len(loaded)} backbone tensors from {self._pretrained_weights}; "
                 f"the {len(self.class_names)}-class head ({head}) starts fresh"
             )
         if self.criterion.config.consistency == "cam" and not isinstance(model.get_classifier(), nn.Linear):

@@ -143,6 +143,21 @@ def test_a_resume_applies_a_new_learning_rate_and_refuses_a_new_model_or_data(ra
 
 
 @pytest.mark.slow
+def test_a_resume_reads_no_pretrained_weights_and_keeps_their_record(trained_run, rafdb_root, tmp_path, capsys):
+    """The checkpoint holds the weights: a run resumed where the file it started from is gone must not fail."""
+    weights, run_dir = tmp_path / "start.ckpt", tmp_path / "run"
+    shutil.copy(trained_run / "checkpoints" / "last.ckpt", weights)
+    started = ["--model.pretrained_weights", str(weights)]
+    main(fit_args(rafdb_root, run_dir, *started, epochs=1))
+    weights.unlink()
+    main(fit_args(rafdb_root, run_dir, *started, "--ckpt_path", "last", epochs=2))
+    final = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert final["epoch"] == 1 and final["hyper_parameters"]["pretrained_weights"] == str(weights)
+    assert yaml.safe_load((run_dir / "config-fit.yaml").read_text())["model"]["pretrained_weights"] == str(weights)
+    assert "start.ckpt" in fails(fit_args(rafdb_root, tmp_path / "new", *started), capsys)  # a new run reads it
+
+
+@pytest.mark.slow
 def test_weights_that_blow_up_are_never_checkpointed_and_the_advice_works(rafdb_root, tmp_path, capsys):
     run_dir = tmp_path / "run"
     blow_up = ["--trainer.callbacks+=tests.helpers.BlowUpWeights", "--trainer.callbacks.epoch", "1"]
