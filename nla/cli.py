@@ -739,20 +739,27 @@ def _config_line(args: Sequence[str], key: str) -> Optional[str]:
             node: Any = yaml.compose(path.read_text())
         except (OSError, yaml.YAMLError):
             continue
-        for part in wanted:
-            found = None
-            while isinstance(node, yaml.MappingNode) and found is None:
-                pairs = {k.value: (k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode)}
-                found = pairs.get(part)
-                if found is None and "init_args" in pairs and part != wanted[0]:
-                    node = pairs["init_args"][1]
-                    continue
-                break
+        mark = None
+        for depth, part in enumerate(wanted):
+            found = _yaml_child(node, part, through_init_args=depth > 0)
             if found is None:
                 break
             mark, node = found[0].start_mark, found[1]
         else:
-            return f"{path}:{mark.line + 1}"
+            if mark is not None:
+                return f"{path}:{mark.line + 1}"
+    return None
+
+
+def _yaml_child(node: Any, key: str, through_init_args: bool) -> Optional[tuple[Any, Any]]:
+    """The (key, value) nodes of ``key`` in a YAML mapping node, looking inside an ``init_args`` level if allowed."""
+    while isinstance(node, yaml.MappingNode):
+        pairs = {k.value: (k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode)}
+        if key in pairs:
+            return pairs[key]
+        if not (through_init_args and "init_args" in pairs):
+            return None
+        node = pairs["init_args"][1]
     return None
 
 
