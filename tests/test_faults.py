@@ -217,6 +217,19 @@ def test_checkpoints_follow_the_umask_like_every_other_output(trained_run):
 # --- one line, not a wall -------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("data", ["FERPlusDataModule", "AffectNetDataModule", "ImageFolderDataModule"])
+def test_a_data_root_that_is_no_folder_is_named_first(data, tmp_path, capsys):
+    """Each dataset's own file check named a file under the root, or (a folder of images) first announced a
+    hold-out for a root that is not there."""
+    absent = str(tmp_path / "absent")
+    fit = ["fit", "--data", data, "--data.root", absent, *TINY, "--trainer.default_root_dir", str(tmp_path / "run")]
+    err = fails(fit, capsys)
+    assert err == (
+        f"nla: error: {data}: --data.root {absent!r} does not exist or is not a folder; pass the folder that holds "
+        "the dataset\n"
+    )
+
+
 @pytest.mark.parametrize(
     "option, message",
     [
@@ -239,13 +252,14 @@ def test_a_wrong_data_root_stops_before_the_logger_or_an_output_folder_is_made(t
     evaluation's output folder is kept: the fixed command finds nothing left over."""
     run_dir, absent = tmp_path / "run", str(tmp_path / "absent")
     fit = ["fit", "--config", str(CONFIGS / "rafdb.yaml"), *TINY, "--trainer.default_root_dir", str(run_dir)]
-    assert "RAF-DB root" in fails([*fit, "--data.root", absent], capsys)  # with nla's default W&B logger
+    missing = f"RAFDBDataModule: --data.root {absent!r} does not exist or is not a folder"
+    assert missing in fails([*fit, "--data.root", absent], capsys)  # with nla's default W&B logger
     assert not run_dir.exists()
     evaluated = tmp_path / "evaluated"
     shutil.copytree(trained_run, evaluated)
     ckpt = str(evaluated / "checkpoints" / "last.ckpt")
     data = ["--data", "nla.data.RAFDBDataModule", "--data.root", absent, "--trainer.logger", "false"]
-    assert "RAF-DB root" in fails(["test", "--ckpt_path", ckpt, *data], capsys)
+    assert missing in fails(["test", "--ckpt_path", ckpt, *data], capsys)
     empty = tmp_path / "no-images"
     empty.mkdir()
     predict = ["predict", "--ckpt_path", ckpt, "--data.predict_root", str(empty), "--trainer.logger", "false"]

@@ -224,6 +224,11 @@ class FERDataModule(LightningDataModule):
     def require_root(self) -> str:
         if not self.root:
             raise DataError(f"{type(self).__name__} needs the dataset folder: pass --data.root /path/to/the/dataset")
+        if not Path(self.root).is_dir():
+            raise DataError(
+                f"{type(self).__name__}: --data.root {self.root!r} does not exist or is not a folder; "
+                "pass the folder that holds the dataset"
+            )
         return self.root
 
     # --- derived ------------------------------------------------------------------------------
