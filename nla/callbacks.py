@@ -360,4 +360,4 @@ class PredictionWriter(BasePredictionWriter):
                 f"{len(self.unreadable)} image(s) could not be predicted; their rows in {self.path} say why: "
                 f"{self.unreadable[:10]}"
             )
-        say(trainer, f"predictions for {self._rows} images written to {self.path}")
+        say(trainer, f"predictions for {self._rows} image{'s' if self._rows != 1 else ''} written to {self.path}")

@@ -32,6 +32,7 @@ from typing import Any, Optional
 import torch
 import yaml
 from jsonargparse import ArgumentParser, Namespace
+from jsonargparse.typing import PositiveInt
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -276,7 +277,7 @@ class NLACLI(LightningCLI):
             subparser: Any = self._prepare_subcommand_parser(self.trainer_class, method, **options)  # type: ignore[arg-type]
             subparser.set_defaults(weights_only=True)  # checkpoints are read without unpickling arbitrary objects
             if name == "label-issues":
-                subparser.add_argument("--top", type=int, default=36, help="suspects shown in label_issues.png")
+                subparser.add_argument("--top", type=PositiveInt, default=36, help="suspects shown in label_issues.png")
             self._set_help(subparser)
             self._subcommand_parsers[name] = subparser
             subcommands.add_subcommand(name, subparser, help=description)

@@ -151,6 +151,11 @@ def test_predict_from_a_checkpoint_alone(trained_run, tmp_path, capsys):
         run / "predict" / "predictions.csv"
     ).read_bytes() == first
     assert "predictions for 3 images written to" in capsys.readouterr().out
+    main([*args[:4], str(faces / "one.jpg"), *args[5:]])  # one image file
+    (single,) = csv.DictReader(open(run / "predict-2" / "predictions.csv"))
+    assert single["path"] == str(faces / "one.jpg") and single["prediction"] == rows[2]["prediction"]
+    assert all(float(single[k]) == pytest.approx(float(v), abs=1e-5) for k, v in rows[2].items() if "prob_" in k)
+    assert "predictions for 1 image written to" in capsys.readouterr().out
 
 
 def test_nlas_warnings_are_one_line_and_the_libraries_keep_their_source(tmp_path, monkeypatch):

@@ -246,6 +246,13 @@ def test_an_invalid_option_value_is_one_line(option, message, rafdb_root, tmp_pa
     assert message in fails(fit_args(rafdb_root, tmp_path / "run", *option), capsys)
 
 
+def test_label_issues_refuses_a_count_of_suspects_below_one(trained_run, capsys):
+    """``--top -3`` silently dropped the last three images from the figure."""
+    command = ["label-issues", "--ckpt_path", str(trained_run / "checkpoints" / "last.ckpt"), "--top", "-3"]
+    assert "--top: Not of type PositiveInt: -3" in fails(command, capsys)
+    assert not (trained_run / "label-issues").exists()
+
+
 @pytest.mark.slow
 def test_a_wrong_data_root_stops_before_the_logger_or_an_output_folder_is_made(trained_run, tmp_path, capsys):
     """The label files are read before W&B starts a run (it did, and printed after the error) and before an

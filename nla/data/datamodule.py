@@ -92,7 +92,7 @@ class FERDataModule(LightningDataModule):
         skip_unreadable: Drop images that cannot be read or decoded, and report them, instead of stopping.
         val_split: The split validated on while fitting. FER papers validate on the test split; with
             ``val_fraction`` or ``num_folds`` it is the held-out ``valid`` split.
-        predict_root: A folder of images (nested, any common format) for ``nla predict``.
+        predict_root: A folder of images (nested, any common format) for ``nla predict``, or one image file.
         detect_faces: For ``predict``, ``validate`` and ``test``: find the largest face in each image and crop it the
             way aligned training crops are (for photos rather than aligned face crops; see ``nla.faces``). An image
             with no face found gets a prediction row that says so, or is evaluated whole.

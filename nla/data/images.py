@@ -62,7 +62,11 @@ def find_unreadable(
 
 
 def list_images(root: str) -> list[str]:
-    """Every image file under ``root``, nested folders included, in sorted order."""
+    """Every image file under ``root``, nested folders included, in sorted order; ``root`` itself if it is one."""
+    if os.path.isfile(root):
+        if not root.lower().endswith(IMAGE_SUFFIXES):
+            raise DataError(f"{root!r} is neither a folder nor an image file ({', '.join(IMAGE_SUFFIXES)})")
+        return [root]
     if not os.path.isdir(root):
         raise DataError(f"prediction folder {root!r} does not exist")
     found = [
