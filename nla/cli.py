@@ -41,7 +41,7 @@ from nla import label_issues
 from nla.backbone import WeightsMismatchError, load_trusted
 from nla.callbacks import RunConfigSaver
 from nla.data.datamodule import FERDataModule
-from nla.errors import UserError
+from nla.errors import UserError, read_yaml
 from nla.module import NLAModule
 from nla.rundir import RunDirectoryError, RunLock, fresh_folder, holds_run, resolve_checkpoint, run_of_checkpoint
 
@@ -170,23 +170,13 @@ def _config_files(args: Sequence[str]) -> list[Path]:
     return [Path(path) for path in paths]
 
 
-def _read_config(path: Path) -> Any:
-    """A ``--config`` file's YAML; a file that is not YAML is one line naming it and the line."""
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise UserError(f"{where}: not valid YAML ({getattr(error, 'problem', None) or error})") from None
-
-
 def _names_data(args: Sequence[str]) -> bool:
     """Whether a command line chooses a dataset, itself or in one of its --config files."""
     if any(arg in ("--data",) or arg.startswith("--data=") for arg in args):
         return True
     for path in _config_files(args):
         if path.is_file():
-            loaded = _read_config(path) or {}
+            loaded = read_yaml(path) or {}
             if isinstance(loaded, dict) and isinstance(loaded.get("data"), (dict, str)):
                 return True
     return False
@@ -349,7 +339,7 @@ class NLACLI(LightningCLI):
             args = given = [_yaml_number(arg) for arg in given]
         for path in _config_files(given or []):
             if path.is_file():
-                _read_config(path)  # jsonargparse's message names neither the file nor, often, the line
+                read_yaml(path)  # jsonargparse's message names neither the file nor, often, the line
         if given and given[0] in EVALUATION_COMMANDS and not _names_data(given):
             ckpt = _option(given, "--ckpt_path")
             if ckpt:

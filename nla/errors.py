@@ -1,5 +1,10 @@
 """The errors that are the user's input, reported by the ``nla`` command as one line rather than a traceback."""
 
+from pathlib import Path
+from typing import Any
+
+import yaml
+
 
 class UserError(Exception):
     """A mistake in what the user gave nla: a file, a line, a value or a setting, named in the message."""
@@ -7,3 +12,13 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A setting with a value nla cannot use."""
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file the user wrote; one that is not YAML is a :class:`UserError` naming it and the line."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise UserError(f"{where}: not valid YAML ({getattr(error, 'problem', None) or error})") from None

@@ -35,23 +35,24 @@ import re
 import subprocess
 import sys
 import time
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Optional
 
-import yaml
 from jsonargparse import ArgumentParser, Namespace
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from nla.callbacks import free_path
+from nla.errors import UserError, read_yaml
 from nla.results import RunSummary
 
 HELP = "Run a grid of methods x protocols x seeds (the paper's tables) and write its tables"
 EVALUATIONS = ("last", "best", "mean_last")
 
 
-class ExperimentError(ValueError):
+class ExperimentError(UserError, ValueError):
     """A malformed experiment file."""
 
 
@@ -71,7 +72,9 @@ class Experiment:
         path = Path(path)
         if not path.is_file():
             raise ExperimentError(f"experiment file {str(path)!r} does not exist")
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = read_yaml(path) or {}
+        if not isinstance(raw, dict):
+            raise ExperimentError(f"{path}: expected a mapping of name, base, methods, ...; got {type(raw).__name__}")
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(raw) - known)
         if unknown:
@@ -79,6 +82,14 @@ class Experiment:
         for key in ("name", "base", "methods"):
             if key not in raw:
                 raise ExperimentError(f"{path}: missing key {key!r}")
+        for key in ("methods", "protocols"):  # `clean:` with nothing after it is an empty list of overlays
+            if isinstance(raw.get(key), dict):
+                raw[key] = {label: [] if overlays is None else overlays for label, overlays in raw[key].items()}
+        hints = typing.get_type_hints(cls)
+        for key, value in raw.items():
+            if not _conforms(value, hints[key]):
+                shown = str(hints[key]).replace("typing.", "")
+                raise ExperimentError(f"{path}: {key} is {value!r}; expected {shown}")
         experiment = cls(**raw)
         for label, overlays in [("base", experiment.base), *experiment.methods.items(), *experiment.protocols.items()]:
             for overlay in overlays or []:
@@ -95,6 +106,26 @@ class Experiment:
 
     def run_dir(self, protocol: str, method: str, seed: int) -> Path:
         return self.root / slug(protocol) / slug(method) / f"seed{seed}"
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    """Whether a value read from YAML has the type ``hint`` (str, int, float, None, list, dict, Optional)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        return any(_conforms(value, arg) for arg in args)
+    if origin is list:
+        return isinstance(value, list) and all(_conforms(item, args[0]) for item in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(
+            _conforms(k, args[0]) and _conforms(v, args[1]) for k, v in value.items()
+        )
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is type(None):
+        return value is None
+    return isinstance(value, hint)
 
 
 def slug(label: str) -> str:
@@ -479,7 +510,7 @@ def run(config: Namespace) -> None:
                 setattr(experiment, name, {c: grid[c] for c in chosen})
         if options.jobs < 1:
             raise ExperimentError(f"--jobs {options.jobs} must be at least 1")
-    except ExperimentError as error:
+    except UserError as error:
         print(f"nla experiment: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     if options.seeds:

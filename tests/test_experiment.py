@@ -175,6 +175,32 @@ def test_dry_run_and_bad_experiment_files(tmp_path, rafdb_root, capsys):
     assert "no methods ['Nope']" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("methods: [a\n", "bad.yaml:2: not valid YAML (expected ',' or ']'"),
+        ("- a\n- b\n", "bad.yaml: expected a mapping of name, base, methods, ...; got list"),
+        ("name: x\nbase: []\nmethods: {CE: []}\nseeds: [0, x]\n", "bad.yaml: seeds is [0, 'x']; expected list[int]"),
+        ("name: x\nbase: []\nmethods: {CE: ce.yaml}\n", "methods is {'CE': 'ce.yaml'}; expected dict[str, list[str]]"),
+    ],
+)
+def test_a_malformed_experiment_file_is_one_line(text, message, tmp_path, capsys):
+    """Broken YAML was a traceback; a wrong type passed the check and failed later, far from the file."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(SystemExit) as stopped:
+        main(["experiment", str(bad)])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nla experiment: error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_an_empty_protocol_is_no_overlay(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text("name: x\nbase: []\nmethods: {CE: []}\nprotocols:\n  clean:\n")
+    assert Experiment.load(path).protocols == {"clean": []}
+
+
 def test_shipped_experiment_files_are_valid():
     for path in (CONFIGS / "experiments").glob("*.yaml"):
         experiment = Experiment.load(path)
