@@ -195,6 +195,8 @@ def run_grid(experiment: Experiment, extra: Sequence[str], dry_run: bool = False
         return []
     failed: list[str] = []
     running: list[Cell] = []
+    succeeded, start_errors = False, []  # the errors of the runs that failed before their first checkpoint
+    shared_error: Optional[str] = None
     try:
         while pending or running:
             while pending and len(running) < jobs:
@@ -202,12 +204,22 @@ def run_grid(experiment: Experiment, extra: Sequence[str], dry_run: bool = False
             time.sleep(0.2)
             for cell in [c for c in running if c.process is not None and c.process.poll() is not None]:
                 running.remove(cell)
-                finish(cell, failed)
+                error = finish(cell, failed)
+                succeeded = succeeded or cell.label not in failed
+                if cell.label in failed and not (cell.run_dir / "checkpoints" / "last.ckpt").is_file():
+                    start_errors.append((error or "").replace(str(cell.run_dir), "<run>"))
+            if not succeeded and len(start_errors) >= 2 and len(set(start_errors)) == 1 and start_errors[0]:
+                shared_error, pending = start_errors[0], []  # what the cells share is wrong: all would fail so
     except BaseException:  # SIGTERM, Ctrl-C: the runs still going stop too, and their time so far is recorded
         stop(running)
         for cell in running:
             finish(cell, failed, interrupted=True)
         raise
+    if shared_error:
+        raise ExperimentError(
+            f"stopped: the first {len(start_errors)} runs failed at their start with the same error, and the others "
+            f"would too ({shared_error}); fix it and run the same command again"
+        )
     return failed
 
 
@@ -278,8 +290,9 @@ def stop(cells: Sequence[Cell], grace_s: float = 60.0) -> None:
             process.wait()
 
 
-def finish(cell: Cell, failed: list[str], interrupted: bool = False) -> None:
-    """Close a cell's attempt in its ``runner.json`` with its wall time and exit code."""
+def finish(cell: Cell, failed: list[str], interrupted: bool = False) -> Optional[str]:
+    """Close a cell's attempt in its ``runner.json`` with its wall time and exit code; a failed run's one-line
+    error, if its log ends with one."""
     assert cell.process is not None and cell.log is not None
     cell.log.close()
     code, wall = cell.process.returncode, time.time() - cell.started
@@ -291,9 +304,21 @@ def finish(cell: Cell, failed: list[str], interrupted: bool = False) -> None:
         print(f"[stopped] {cell.label} after {wall / 60:.1f} min; the same command resumes it")
     elif code != 0 or not (cell.run_dir / RunSummary.FILENAME).is_file():
         failed.append(cell.label)
-        print(f"[failed]  {cell.label}: exit code {code}, see {cell.run_dir / 'fit.log'}")
+        error = last_error(cell.run_dir / "fit.log")
+        print(f"[failed]  {cell.label}: {error or f'exit code {code}'}; see {cell.run_dir / 'fit.log'}")
+        return error
     else:
         print(f"[done]    {cell.label}: {wall / 60:.1f} min")
+    return None
+
+
+def last_error(log: Path) -> Optional[str]:
+    """The last ``nla: error: ...`` line of a run's log, without its prefix."""
+    with open(log, "rb") as file:
+        file.seek(max(0, file.seek(0, 2) - 65536))
+        lines = file.read().decode("utf-8", "replace").splitlines()
+    errors = [line.removeprefix("nla: error: ") for line in lines if line.startswith("nla: error: ")]
+    return errors[-1] if errors else None
 
 
 # --- tables -----------------------------------------------------------------------------------------
@@ -519,6 +544,9 @@ def run(config: Namespace) -> None:
         experiment.output_dir = options.output_dir
     try:
         failed = [] if options.tables_only else run_grid(experiment, extra, options.dry_run, options.jobs)
+    except ExperimentError as error:
+        print(f"nla experiment: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
     except (SIGTERMException, KeyboardInterrupt) as error:
         how, code = ("SIGTERM", 143) if isinstance(error, SIGTERMException) else ("Ctrl-C", 130)
         print(

@@ -113,6 +113,35 @@ def test_a_stopped_grid_stops_its_runs_and_records_their_time(tmp_path, rafdb_ro
         assert attempt["interrupted"] and attempt["exit_code"] == -signal.SIGTERM and 0.4 < attempt["wall_s"] < 60
 
 
+@pytest.mark.parametrize("shared", [True, False])
+def test_a_grid_whose_runs_all_fail_at_their_start_alike_stops(shared, tmp_path, rafdb_root, monkeypatch, capsys):
+    """A wrong --data.root made every cell of a grid fail, one after another; the same error from the first runs,
+    before any checkpoint, stops the grid. Runs that fail each their own way do not."""
+    import nla.experiment
+
+    def failing(experiment, protocol, method, seed, extra, resume):
+        run_dir = experiment.run_dir(protocol, method, seed)
+        error = "bad root" if shared else f"bad {method}"
+        code = f"print('nla: error: {error} for {run_dir}'); raise SystemExit(1)"
+        return [sys.executable, "-c", code]
+
+    monkeypatch.setattr(nla.experiment, "fit_command", failing)
+    config = write_experiment(tmp_path, rafdb_root)
+    with pytest.raises(SystemExit) as stopped:
+        main(["experiment", config])
+    printed = capsys.readouterr()
+    assert stopped.value.code == 1
+    assert f"[failed]  CE / clean / seed 0: bad {'root' if shared else 'CE'} for {tmp_path}" in printed.out
+    if shared:
+        assert printed.out.count("[failed]") == 2 and not (tmp_path / "grid" / "noise-20pct").exists()
+        assert printed.err == (
+            "nla experiment: error: stopped: the first 2 runs failed at their start with the same error, and the "
+            "others would too (bad root for <run>); fix it and run the same command again\n"
+        )
+    else:
+        assert printed.out.count("[failed]") == 4 and "4 run(s) failed" in printed.err
+
+
 def test_an_attempt_whose_runner_died_is_closed_at_the_runs_last_write(tmp_path):
     from nla.experiment import runner_record
 
