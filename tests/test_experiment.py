@@ -113,7 +113,7 @@ def test_a_stopped_grid_stops_its_runs_and_records_their_time(tmp_path, rafdb_ro
         assert attempt["interrupted"] and attempt["exit_code"] == -signal.SIGTERM and 0.4 < attempt["wall_s"] < 60
 
 
-@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("shared", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_a_grid_whose_runs_all_fail_at_their_start_alike_stops(shared, tmp_path, rafdb_root, monkeypatch, capsys):
     """A wrong --data.root made every cell of a grid fail, one after another; the same error from the first runs,
     before any checkpoint, stops the grid. Runs that fail each their own way do not."""

@@ -217,7 +217,14 @@ def test_checkpoints_follow_the_umask_like_every_other_output(trained_run):
 # --- one line, not a wall -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("data", ["FERPlusDataModule", "AffectNetDataModule", "ImageFolderDataModule"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        "FERPlusDataModule",
+        pytest.param("AffectNetDataModule", marks=pytest.mark.slow),
+        pytest.param("ImageFolderDataModule", marks=pytest.mark.slow),
+    ],
+)
 def test_a_data_root_that_is_no_folder_is_named_first(data, tmp_path, capsys):
     """Each dataset's own file check named a file under the root, or (a folder of images) first announced a
     hold-out for a root that is not there."""
