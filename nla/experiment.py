@@ -209,7 +209,7 @@ def run_grid(experiment: Experiment, extra: Sequence[str], dry_run: bool = False
                 if cell.label in failed and not (cell.run_dir / "checkpoints" / "last.ckpt").is_file():
                     start_errors.append((error or "").replace(str(cell.run_dir), "<run>"))
             if not succeeded and len(start_errors) >= 2 and len(set(start_errors)) == 1 and start_errors[0]:
-                shared_error, pending = start_errors[0], []  # what the cells share is wrong: all would fail so
+                shared_error, pending = start_errors[0], []  # what the cells share is wrong; the rest would fail alike
     except BaseException:  # SIGTERM, Ctrl-C: the runs still going stop too, and their time so far is recorded
         stop(running)
         for cell in running:
