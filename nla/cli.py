@@ -35,7 +35,7 @@ from jsonargparse import ArgumentParser, Namespace
 from jsonargparse.typing import PositiveInt
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from nla import label_issues
 from nla.backbone import WeightsMismatchError, load_trusted
@@ -443,11 +443,22 @@ class NLACLI(LightningCLI):
         if trainer.precision is None:
             on_gpu = torch.cuda.is_available() and trainer.accelerator not in ("cpu",)
             trainer.precision = "bf16-mixed" if on_gpu else "32-true"
+        if trainer.accelerator in ("gpu", "cuda") and not (
+            torch.cuda.is_available() or torch.backends.mps.is_available()
+        ):
+            build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "a build without CUDA"
+            raise UserError(
+                f"--trainer.accelerator {trainer.accelerator}: PyTorch finds no GPU on this machine (torch "
+                f"{torch.__version__}, {build}); leave it at auto to run on the CPU"
+            )
         root = self._run_root(config)
         if trainer.get("enable_checkpointing") is False and trainer.callbacks:
             # nla's defaults add checkpoint callbacks, which Lightning refuses beside enable_checkpointing false
             trainer.callbacks = [c for c in trainer.callbacks if not _is_checkpoint_callback(c)]
         if subcommand == "fit":
+            for limit in ("max_epochs", "max_steps"):
+                if trainer.get(limit) == 0:
+                    raise UserError(f"trainer.{limit}=0 trains nothing; give 1 or more (-1: no limit)")
             trainer.default_root_dir = str(root)
             if config.ckpt_path:
                 path = resolve_checkpoint(config.ckpt_path, root)
@@ -540,7 +551,16 @@ def run_cli(args: Optional[Sequence[str]] = None, **kwargs: Any) -> NLACLI:
 
 
 #: Mistakes in the user's input or environment, reported as one line rather than a traceback.
-USER_ERRORS = (UserError, RunDirectoryError, WeightsMismatchError, FileExistsError, FileNotFoundError)
+#: Lightning raises MisconfigurationException for trainer settings it cannot use (``--trainer.accelerator gpu``
+#: where there is none, ``--trainer.max_epochs -2``); its message names the setting.
+USER_ERRORS = (
+    UserError,
+    RunDirectoryError,
+    WeightsMismatchError,
+    FileExistsError,
+    FileNotFoundError,
+    MisconfigurationException,
+)
 
 
 SIGTERM_MESSAGE = "stopped by SIGTERM; the checkpoints written so far are kept. Resume with --ckpt_path last"

@@ -253,6 +253,27 @@ def test_an_invalid_option_value_is_one_line(option, message, rafdb_root, tmp_pa
     assert message in fails(fit_args(rafdb_root, tmp_path / "run", *option), capsys)
 
 
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--trainer.max_epochs", "0"], "trainer.max_epochs=0 trains nothing; give 1 or more (-1: no limit)"),
+        (["--trainer.max_steps", "0"], "trainer.max_steps=0 trains nothing"),
+        (["--trainer.max_epochs", "-2"], "`max_epochs` must be a non-negative integer or -1. You passed in -2."),
+        pytest.param(
+            ["--trainer.accelerator", "gpu"],
+            "--trainer.accelerator gpu: PyTorch finds no GPU on this machine",
+            marks=pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(), reason="a GPU"),
+        ),
+    ],
+)
+def test_trainer_settings_lightning_cannot_use_are_one_line_before_the_run(
+    option, message, rafdb_root, tmp_path, capsys
+):
+    """Lightning's refusals were tracebacks; zero epochs trained nothing and said nothing."""
+    assert message in fails(fit_args(rafdb_root, tmp_path / "run", *option), capsys)
+    assert not (tmp_path / "run").exists()
+
+
 def test_label_issues_refuses_a_count_of_suspects_below_one(trained_run, capsys):
     """``--top -3`` silently dropped the last three images from the figure."""
     command = ["label-issues", "--ckpt_path", str(trained_run / "checkpoints" / "last.ckpt"), "--top", "-3"]
