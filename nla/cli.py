@@ -456,9 +456,13 @@ class NLACLI(LightningCLI):
             # nla's defaults add checkpoint callbacks, which Lightning refuses beside enable_checkpointing false
             trainer.callbacks = [c for c in trainer.callbacks if not _is_checkpoint_callback(c)]
         if subcommand == "fit":
-            for limit in ("max_epochs", "max_steps"):
+            for limit, more in (
+                ("max_epochs", "1 or more (-1: no limit)"),
+                ("max_steps", "1 or more (-1: no limit)"),
+                ("limit_train_batches", "a count of batches or a fraction above 0"),
+            ):
                 if trainer.get(limit) == 0:
-                    raise UserError(f"trainer.{limit}=0 trains nothing; give 1 or more (-1: no limit)")
+                    raise UserError(f"trainer.{limit}={trainer.get(limit)} trains nothing; give {more}")
             trainer.default_root_dir = str(root)
             if config.ckpt_path:
                 path = resolve_checkpoint(config.ckpt_path, root)

@@ -257,7 +257,16 @@ def test_an_invalid_option_value_is_one_line(option, message, rafdb_root, tmp_pa
     "option, message",
     [
         (["--trainer.max_epochs", "0"], "trainer.max_epochs=0 trains nothing; give 1 or more (-1: no limit)"),
-        (["--trainer.max_steps", "0"], "trainer.max_steps=0 trains nothing"),
+        pytest.param(["--trainer.max_steps", "0"], "trainer.max_steps=0 trains nothing", marks=pytest.mark.slow),
+        pytest.param(
+            ["--trainer.limit_train_batches", "0"],
+            "trainer.limit_train_batches=0.0 trains nothing",
+            marks=pytest.mark.slow,
+        ),
+        (
+            ["--data.batch_size", "1000", "--data.drop_last", "true"],
+            "the train split has 42 images, fewer than --data.batch_size 1000: with --data.drop_last true not one",
+        ),
         (["--trainer.max_epochs", "-2"], "`max_epochs` must be a non-negative integer or -1. You passed in -2."),
         pytest.param(
             ["--trainer.accelerator", "gpu"],
@@ -269,7 +278,7 @@ def test_an_invalid_option_value_is_one_line(option, message, rafdb_root, tmp_pa
 def test_trainer_settings_lightning_cannot_use_are_one_line_before_the_run(
     option, message, rafdb_root, tmp_path, capsys
 ):
-    """Lightning's refusals were tracebacks; zero epochs trained nothing and said nothing."""
+    """Lightning's refusals were tracebacks; zero epochs (or batches) trained nothing and said nothing."""
     assert message in fails(fit_args(rafdb_root, tmp_path / "run", *option), capsys)
     assert not (tmp_path / "run").exists()
 

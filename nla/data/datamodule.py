@@ -313,6 +313,11 @@ class FERDataModule(LightningDataModule):
         if split == "train":
             samples = self._apply_protocols(samples)
             check_classes_present(samples, split)
+            if self.drop_last and len(samples) < self.batch_size:
+                raise DataError(
+                    f"the train split has {len(samples)} images, fewer than --data.batch_size {self.batch_size}: with "
+                    "--data.drop_last true not one batch would train; lower the batch size"
+                )
         return samples
 
     def _load_split(self, split: str) -> None:
