@@ -87,13 +87,20 @@ def export(ckpt_path: str | Path, output: str | Path, fmt: str = "onnx", image_s
     """Write the model to ``output`` and its preprocessing to ``output`` + ``.json``; returns the model's path."""
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}; expected one of {list(FORMATS)}")
+    if image_size is not None and image_size < 16:
+        raise UserError(f"--image_size {image_size} is too small; give the side of the network input, e.g. 224")
     output = Path(output)
+    named = next((other for other, suffix in FORMATS.items() if output.suffix == suffix), fmt)
+    if named != fmt:
+        raise UserError(
+            f"{output} is named as {named} but the format is {fmt}; name it {FORMATS[fmt]} or pass --format {named}"
+        )
     sidecar = output.with_name(output.name + ".json")
     for path in (output, sidecar):
         if path.exists():
             raise FileExistsError(f"{path} exists and is not overwritten; choose another --output")
     module, preprocessing = load_checkpoint(ckpt_path)
-    size = image_size or preprocessing["image_size"]
+    size = image_size if image_size is not None else preprocessing["image_size"]
     model = ExportedClassifier(module.model, preprocessing["mean"], preprocessing["std"]).eval()
     example = torch.rand(2, 3, size, size) * 255
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -107,6 +107,14 @@ def test_export_through_the_cli_refuses_to_overwrite_and_bad_files(trained, tmp_
     with pytest.raises(SystemExit):
         main(["export", "--ckpt_path", str(ckpt), "--format", "torchscript", "--output", str(tmp_path / "m.pt")])
     assert "is not overwritten" in capsys.readouterr().err
+    for wrong, message in (
+        (["--image_size", "0"], "--image_size 0 is too small"),  # was the training size, silently
+        (["--format", "torchscript", "--output", str(tmp_path / "t.onnx")], "t.onnx is named as onnx but the format"),
+    ):
+        with pytest.raises(SystemExit):
+            main(["export", "--ckpt_path", str(ckpt), *wrong])
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "t.onnx").exists() and not ckpt.with_suffix(".onnx").exists()
     broken = tmp_path / "broken.ckpt"
     broken.write_bytes(ckpt.read_bytes()[:5000])  # a checkpoint cut short
     with pytest.raises(SystemExit):
