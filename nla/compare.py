@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
 from jsonargparse import ArgumentParser, Namespace
 
-from nla.experiment import EVALUATIONS, evaluation_title, summary_rows
+from nla.experiment import EVALUATIONS, SummaryEvaluation, evaluation_title, summary_rows
 from nla.results import RunSummary
 
 HELP = "Compare runs: last, best and mean of the last k epochs, overall, mean and per-class accuracy"
@@ -29,7 +30,10 @@ def rows_of(run_dirs: list[str]) -> list[dict[str, Any]]:
         summary_file = path / RunSummary.FILENAME if path.is_dir() else path
         if not summary_file.is_file():
             raise FileNotFoundError(f"{run_dir}: no {RunSummary.FILENAME} (a run writes it when its fit ends)")
-        summary = RunSummary.read(summary_file)
+        try:
+            summary = RunSummary.read(summary_file)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{summary_file}:{error.lineno}: not valid JSON ({error.msg})") from None
         if not summary.epochs:
             raise FileNotFoundError(f"{summary_file}: records no validated epoch")
         rows += summary_rows(summary, run=str(path), images=summary.validation.get("images"))
@@ -73,7 +77,10 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("runs", nargs="+", help="run directories (or their summary.json)")
     parser.add_argument("--csv", action="store_true", help="print CSV instead of a markdown table")
     parser.add_argument(
-        "--evaluations", type=list[str], default=list(EVALUATIONS), help="which of last, best, mean_last to show"
+        "--evaluations",
+        type=list[SummaryEvaluation],
+        default=list(EVALUATIONS),
+        help="which of last, best, mean_last to show",
     )
     return parser
 

@@ -39,7 +39,7 @@ import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Optional
+from typing import IO, Any, Literal, Optional
 
 from jsonargparse import ArgumentParser, Namespace
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -49,7 +49,9 @@ from nla.errors import UserError, read_yaml
 from nla.results import RunSummary
 
 HELP = "Run a grid of methods x protocols x seeds (the paper's tables) and write its tables"
-EVALUATIONS = ("last", "best", "mean_last")
+#: How a run is summed up: its last epoch, its best epoch, the mean of its last k epochs.
+SummaryEvaluation = Literal["last", "best", "mean_last"]
+EVALUATIONS: tuple[SummaryEvaluation, ...] = typing.get_args(SummaryEvaluation)
 
 
 class ExperimentError(UserError, ValueError):

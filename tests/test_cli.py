@@ -301,9 +301,19 @@ def test_compare_prints_last_best_and_mean_of_the_last_epochs(trained_run, tmp_p
     rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
     summary = json.loads((trained_run / "summary.json").read_text())
     assert len(rows) == 1 and float(rows[0]["acc"]) == pytest.approx(100 * summary["best"]["acc"], abs=0.01)
-    with pytest.raises(SystemExit):
-        main(["compare", str(tmp_path / "nowhere")])
-    assert "no summary.json" in capsys.readouterr().err
+    (tmp_path / "cut.json").write_text('{"epochs": [\n')
+    for wrong, message in (
+        ([str(tmp_path / "nowhere")], "no summary.json"),
+        ([str(tmp_path / "cut.json")], "cut.json:2: not valid JSON"),
+        (
+            [str(trained_run), "--evaluations", "[last, worst]"],
+            "expected one of 'last', 'best', 'mean_last'; got worst",
+        ),
+    ):
+        with pytest.raises(SystemExit):
+            main(["compare", *wrong])
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
 
 
 @pytest.mark.slow
