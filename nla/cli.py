@@ -41,7 +41,7 @@ from nla import label_issues
 from nla.backbone import WeightsMismatchError, load_trusted
 from nla.callbacks import RunConfigSaver
 from nla.data.datamodule import FERDataModule
-from nla.errors import UserError, read_yaml
+from nla.errors import UserError, check_seed, read_yaml
 from nla.module import NLAModule
 from nla.rundir import RunDirectoryError, RunLock, fresh_folder, holds_run, resolve_checkpoint, run_of_checkpoint
 
@@ -306,6 +306,9 @@ class NLACLI(LightningCLI):
 
     def _set_seed(self) -> None:
         if self.config.get("subcommand") not in self._extra:
+            seed = self._get(self.config, "seed_everything")
+            if isinstance(seed, int) and not isinstance(seed, bool):
+                check_seed(seed, "--seed_everything")
             super()._set_seed()
 
     def instantiate_classes(self) -> None:

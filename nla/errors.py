@@ -14,6 +14,17 @@ class ConfigError(UserError, ValueError):
     """A setting with a value nla cannot use."""
 
 
+#: The seeds numpy, and so Lightning's ``seed_everything``, accepts.
+SEED_RANGE = (0, 2**32 - 1)
+
+
+def check_seed(seed: int, name: str) -> None:
+    """A seed outside :data:`SEED_RANGE` is a :class:`ConfigError` naming ``name`` (the option or key)."""
+    low, high = SEED_RANGE
+    if not low <= seed <= high:
+        raise ConfigError(f"{name} {seed} is outside {low}..{high}, the seeds numpy accepts")
+
+
 def read_yaml(path: Path) -> Any:
     """A YAML file the user wrote; one that is not YAML is a :class:`UserError` naming it and the line."""
     try:

@@ -45,7 +45,7 @@ from jsonargparse import ArgumentParser, Namespace
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from nla.callbacks import free_path
-from nla.errors import UserError, read_yaml
+from nla.errors import UserError, check_seed, read_yaml
 from nla.results import RunSummary
 
 HELP = "Run a grid of methods x protocols x seeds (the paper's tables) and write its tables"
@@ -537,11 +537,15 @@ def run(config: Namespace) -> None:
                 setattr(experiment, name, {c: grid[c] for c in chosen})
         if options.jobs < 1:
             raise ExperimentError(f"--jobs {options.jobs} must be at least 1")
+        if options.seeds is not None:
+            experiment.seeds = list(options.seeds)
+        if not experiment.seeds:
+            raise ExperimentError(f"no seeds to run: give --seeds, e.g. [0], or seeds in {options.config}")
+        for seed in experiment.seeds:
+            check_seed(seed, "seed")
     except UserError as error:
         print(f"nla experiment: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    if options.seeds:
-        experiment.seeds = list(options.seeds)
     if options.output_dir:
         experiment.output_dir = options.output_dir
     try:

@@ -199,9 +199,10 @@ def test_dry_run_and_bad_experiment_files(tmp_path, rafdb_root, capsys):
     bad.write_text(yaml.safe_dump({"name": "x", "base": ["configs/absent.yaml"], "methods": {"CE": []}}))
     with pytest.raises(ExperimentError, match="names config 'configs/absent.yaml', which does not exist"):
         Experiment.load(bad)
-    with pytest.raises(SystemExit):
-        main(["experiment", config, "--methods", "[Nope]"])
-    assert "no methods ['Nope']" in capsys.readouterr().err
+    for option, message in ((["--methods", "[Nope]"], "no methods ['Nope']"), (["--seeds", "[]"], "no seeds to run")):
+        with pytest.raises(SystemExit):
+            main(["experiment", config, *option])
+        assert message in capsys.readouterr().err  # [] ran the file's seeds
 
 
 @pytest.mark.parametrize(
@@ -211,6 +212,8 @@ def test_dry_run_and_bad_experiment_files(tmp_path, rafdb_root, capsys):
         ("- a\n- b\n", "bad.yaml: expected a mapping of name, base, methods, ...; got list"),
         ("name: x\nbase: []\nmethods: {CE: []}\nseeds: [0, x]\n", "bad.yaml: seeds is [0, 'x']; expected list[int]"),
         ("name: x\nbase: []\nmethods: {CE: ce.yaml}\n", "methods is {'CE': 'ce.yaml'}; expected dict[str, list[str]]"),
+        ("name: x\nbase: []\nmethods: {CE: []}\nseeds: [0, -1]\n", "seed -1 is outside 0..4294967295"),
+        ("name: x\nbase: []\nmethods: {CE: []}\nseeds: []\n", "no seeds to run: give --seeds, e.g. [0], or seeds in"),
     ],
 )
 def test_a_malformed_experiment_file_is_one_line(text, message, tmp_path, capsys):

@@ -246,6 +246,7 @@ def test_a_data_root_that_is_no_folder_is_named_first(data, tmp_path, capsys):
         pytest.param(["--data.image_size", "4"], "image_size 4 is too small", marks=pytest.mark.slow),
         pytest.param(["--model.lr", "-1"], "model.lr=-1.0 must be a finite positive number", marks=pytest.mark.slow),
         (["--model.lr", "nan"], "model.lr=nan must be a finite positive number"),
+        (["--seed_everything", "-1"], "--seed_everything -1 is outside 0..4294967295, the seeds numpy accepts"),
         pytest.param(["--model.lr", "inf"], "model.lr=inf must be a finite positive number", marks=pytest.mark.slow),
     ],
 )
