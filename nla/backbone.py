@@ -15,7 +15,7 @@ import timm
 import torch
 from torch import nn
 
-from nla.errors import ConfigError
+from nla.errors import ConfigError, missing_file
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def require_torch_file(path: str | Path, what: str = "weights file") -> Path:
     """``path``, if it is a file ``torch.load`` could read (a zip archive or a pickle); else one line."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
+        raise missing_file(path, what)
     with open(path, "rb") as handle:
         start = handle.read(2)
     if not zipfile.is_zipfile(path) and start[:1] != b"\x80":  # torch.save writes a zip; older files a pickle

@@ -25,6 +25,15 @@ def check_seed(seed: int, name: str) -> None:
         raise ConfigError(f"{name} {seed} is outside {low}..{high}, the seeds numpy accepts")
 
 
+def missing_file(path: Path, what: str) -> FileNotFoundError:
+    """The error for a ``path`` that is no file: absent, or a folder (then naming a checkpoint in it, if any)."""
+    if not path.is_dir():
+        return FileNotFoundError(f"{what} {str(path)!r} does not exist")
+    inside = next((p for p in (path / "last.ckpt", path / "checkpoints" / "last.ckpt") if p.is_file()), None)
+    hint = f"; did you mean {str(inside)!r}?" if inside else f"; give the path of the {what} itself"
+    return FileNotFoundError(f"{what} {str(path)!r} is a folder, not a file{hint}")
+
+
 def read_yaml(path: Path) -> Any:
     """A YAML file the user wrote; one that is not YAML is a :class:`UserError` naming it and the line."""
     try:

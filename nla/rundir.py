@@ -18,6 +18,8 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from nla.errors import missing_file
+
 
 class RunDirectoryError(RuntimeError):
     """The run directory cannot be used by this command: it holds another run, or another process uses it."""
@@ -56,7 +58,7 @@ def resolve_checkpoint(ckpt_path: str, root: Path) -> Path:
         return found[-1]
     path = Path(ckpt_path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {ckpt_path!r} does not exist")
+        raise missing_file(path, "checkpoint")
     return path
 
 

@@ -434,6 +434,18 @@ def test_a_corrupt_checkpoint_is_one_line_in_every_command(trained_run, tmp_path
         assert "last.ckpt' cannot be read as a PyTorch file" in err and "Traceback" not in err, (args[0], err)
 
 
+def test_a_folder_given_for_a_checkpoint_is_named_with_the_checkpoint_in_it(trained_run, tmp_path, capsys):
+    """A run folder or its checkpoints folder was "does not exist"."""
+    last = str(trained_run / "checkpoints" / "last.ckpt")
+    err = fails(["test", "--ckpt_path", str(trained_run)], capsys)
+    assert err == f"nla: error: checkpoint {str(trained_run)!r} is a folder, not a file; did you mean {last!r}?\n"
+    with pytest.raises(SystemExit):
+        main(["export", "--ckpt_path", str(trained_run / "checkpoints"), "--output", str(tmp_path / "m.onnx")])
+    assert f"is a folder, not a file; did you mean {last!r}?" in capsys.readouterr().err
+    assert "give the path of the checkpoint itself" in fails(["test", "--ckpt_path", str(tmp_path)], capsys)
+    assert not (trained_run / "test").exists() and not (tmp_path / "m.onnx").exists()
+
+
 def test_a_checkpoint_holding_pickled_objects_is_refused(trained_run, tmp_path, capsys):
     checkpoint = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
     checkpoint["extra"] = RunLock(tmp_path)  # any object that is not plain data
