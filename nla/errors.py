@@ -1,7 +1,7 @@
 """The errors that are the user's input, reported by the ``nla`` command as one line rather than a traceback."""
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 
@@ -12,6 +12,17 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A setting with a value nla cannot use."""
+
+
+#: The smallest input side nla trains or exports at.
+MIN_IMAGE_SIZE = 16
+
+
+def image_size_problem(size: int, name: str) -> Optional[str]:
+    """What is wrong with an input side ``size`` given as ``name``, or ``None``."""
+    if size < MIN_IMAGE_SIZE:
+        return f"{name} {size} is too small; give the side of the network input, e.g. 224"
+    return None
 
 
 #: The seeds numpy, and so Lightning's ``seed_everything``, accepts.
