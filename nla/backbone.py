@@ -15,7 +15,8 @@ import timm
 import torch
 from torch import nn
 
-from nla.errors import ConfigError, missing_file
+from nla.errors import ConfigError
+from nla.rundir import missing_file
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The errors that are the user's input, reported by the ``nla`` command as one line rather than a traceback."""
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -18,11 +18,10 @@ class ConfigError(UserError, ValueError):
 MIN_IMAGE_SIZE = 16
 
 
-def image_size_problem(size: int, name: str) -> Optional[str]:
-    """What is wrong with an input side ``size`` given as ``name``, or ``None``."""
+def check_image_size(size: int, name: str, error: type[UserError] = ConfigError) -> None:
+    """An input side below :data:`MIN_IMAGE_SIZE` is an ``error`` naming ``name`` (the option or argument)."""
     if size < MIN_IMAGE_SIZE:
-        return f"{name} {size} is too small; give the side of the network input, e.g. 224"
-    return None
+        raise error(f"{name} {size} is too small; give the side of the network input, e.g. 224")
 
 
 #: The seeds numpy, and so Lightning's ``seed_everything``, accepts.
@@ -34,15 +33,6 @@ def check_seed(seed: int, name: str) -> None:
     low, high = SEED_RANGE
     if not low <= seed <= high:
         raise ConfigError(f"{name} {seed} is outside {low}..{high}, the seeds numpy accepts")
-
-
-def missing_file(path: Path, what: str) -> FileNotFoundError:
-    """The error for a ``path`` that is no file: absent, or a folder (then naming a checkpoint in it, if any)."""
-    if not path.is_dir():
-        return FileNotFoundError(f"{what} {str(path)!r} does not exist")
-    inside = next((p for p in (path / "last.ckpt", path / "checkpoints" / "last.ckpt") if p.is_file()), None)
-    hint = f"; did you mean {str(inside)!r}?" if inside else f"; give the path of the {what} itself"
-    return FileNotFoundError(f"{what} {str(path)!r} is a folder, not a file{hint}")
 
 
 def read_yaml(path: Path) -> Any:

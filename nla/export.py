@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from nla.backbone import WeightsMismatchError, load_trusted
 from nla.data.batch_augment import normalisation
-from nla.errors import UserError, image_size_problem
+from nla.errors import UserError, check_image_size
 from nla.module import NLAModule
 
 HELP = "Write a trained checkpoint as ONNX, TorchScript or a torch.export program, with its preprocessing"
@@ -87,9 +87,8 @@ def export(ckpt_path: str | Path, output: str | Path, fmt: str = "onnx", image_s
     """Write the model to ``output`` and its preprocessing to ``output`` + ``.json``; returns the model's path."""
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}; expected one of {list(FORMATS)}")
-    problem = None if image_size is None else image_size_problem(image_size, "--image_size")
-    if problem:
-        raise UserError(problem)
+    if image_size is not None:
+        check_image_size(image_size, "--image_size")
     output = Path(output)
     named = next((other for other, suffix in FORMATS.items() if output.suffix == suffix), fmt)
     if named != fmt:

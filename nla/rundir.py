@@ -18,8 +18,6 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from nla.errors import missing_file
-
 
 class RunDirectoryError(RuntimeError):
     """The run directory cannot be used by this command: it holds another run, or another process uses it."""
@@ -38,6 +36,15 @@ def run_of_checkpoint(ckpt_path: Path) -> Optional[Path]:
     """The run directory a checkpoint belongs to (``<run>/checkpoints/x.ckpt``), or ``None``."""
     parent = ckpt_path.resolve().parent
     return parent.parent if parent.name == CHECKPOINTS else None
+
+
+def missing_file(path: Path, what: str) -> FileNotFoundError:
+    """The error for a ``path`` that is no file: absent, or a folder (then naming a checkpoint in it, if any)."""
+    if not path.is_dir():
+        return FileNotFoundError(f"{what} {str(path)!r} does not exist")
+    inside = next((p for p in (path / "last.ckpt", path / CHECKPOINTS / "last.ckpt") if p.is_file()), None)
+    hint = f"; did you mean {str(inside)!r}?" if inside else f"; give the path of the {what} itself"
+    return FileNotFoundError(f"{what} {str(path)!r} is a folder, not a file{hint}")
 
 
 def resolve_checkpoint(ckpt_path: str, root: Path) -> Path:

@@ -34,7 +34,7 @@ from nla.data.sources import affectnet, ferplus, generic, rafdb
 from nla.data.splits import HoldOut
 from nla.data.stats import measure_stats
 from nla.data.transforms import Augmentation, eval_transform, train_transform
-from nla.errors import image_size_problem
+from nla.errors import check_image_size
 from nla.faces import FaceDetector
 
 Split = Literal["train", "valid", "test"]
@@ -150,9 +150,7 @@ class FERDataModule(LightningDataModule):
         self.hparams["augmentation"] = dataclasses.asdict(augmentation)  # plain types: weights_only checkpoints
         if batch_size < 1:
             raise DataError(f"batch_size {batch_size} must be at least 1")
-        problem = image_size_problem(image_size, "image_size")
-        if problem:
-            raise DataError(problem)
+        check_image_size(image_size, "image_size", DataError)
         if num_workers is not None and num_workers < 0:
             raise DataError(f"num_workers {num_workers} must be >= 0")
         for name, value in (("mean", mean), ("std", std)):
