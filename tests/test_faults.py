@@ -268,6 +268,12 @@ def test_an_invalid_option_value_is_one_line(option, message, rafdb_root, tmp_pa
             ["--data.batch_size", "1000", "--data.drop_last", "true"],
             "the train split has 42 images, fewer than --data.batch_size 1000: with --data.drop_last true not one",
         ),
+        (["--trainer.val_check_interval", "1000"], "--trainer.val_check_interval 1000 is more than the "),
+        pytest.param(
+            ["--trainer.limit_train_batches", "0.001"],
+            "--trainer.limit_train_batches 0.001 keeps none of the ",
+            marks=pytest.mark.slow,
+        ),
         (["--trainer.max_epochs", "-2"], "`max_epochs` must be a non-negative integer or -1. You passed in -2."),
         pytest.param(
             ["--trainer.accelerator", "gpu"],

@@ -270,6 +270,31 @@ class FERDataModule(LightningDataModule):
         for split in self._splits_for(stage):
             if split not in self.splits and split not in self._labelled:
                 self._labelled[split] = self._label(split)
+        if stage == "fit" and "train" in self._labelled:
+            self._check_schedule(len(self._labelled["train"]))
+
+    def _check_schedule(self, images: int) -> None:
+        """The trainer's batch limit and validation interval against the batches an epoch of ``images`` holds:
+        Lightning refuses them only once the fit loop starts, after the run folder and the logger exist."""
+        trainer = self.trainer
+        assert trainer is not None
+        per_rank = math.ceil(images / trainer.world_size)
+        full = per_rank // self.batch_size if self.drop_last else math.ceil(per_rank / self.batch_size)
+        limit = trainer.limit_train_batches
+        batches = min(full, limit) if isinstance(limit, int) else int(full * limit)
+        if batches == 0:
+            raise DataError(
+                f"--trainer.limit_train_batches {limit} keeps none of the {full} training batches of an epoch "
+                f"({per_rank} images, batches of {self.batch_size}); give a larger fraction or a count of batches"
+            )
+        interval = trainer.val_check_interval
+        validates = trainer.check_val_every_n_epoch is not None and trainer.limit_val_batches > 0
+        if isinstance(interval, int) and interval > batches and validates:
+            raise DataError(
+                f"--trainer.val_check_interval {interval} is more than the {batches} training batches of an epoch; "
+                "give at most that many, a fraction of an epoch (e.g. 0.5), or --trainer.check_val_every_n_epoch null "
+                "to count batches across epochs"
+            )
 
     def setup(self, stage: Optional[str] = None) -> None:
         self._choose_splits(stage)
