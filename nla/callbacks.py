@@ -7,9 +7,11 @@ other command into a fresh sub-folder of it (see :mod:`nla.rundir`).
 from __future__ import annotations
 
 import csv
+import importlib.metadata
 import json
 import math
 import os
+import platform
 import shlex
 import shutil
 import time
@@ -17,6 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
 import yaml
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint, TQDMProgressBar
@@ -102,6 +105,32 @@ class RunCheckpoint(ModelCheckpoint):
         super().load_state_dict(state_dict)
 
 
+PACKAGES = ("nla", "torchvision", "lightning", "torchmetrics", "timm", "numpy", "albumentations")
+
+
+def environment(trainer: Trainer) -> dict[str, Any]:
+    """The versions, the device and the CPU threads a trainer's numbers came from: runs of the same config and
+    seed agree only where these agree (a CPU run's results also depend on its thread count)."""
+    device = trainer.strategy.root_device
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,  # with its build (+cu132, +cpu), which the package metadata leaves out
+        **{name: _version(name) for name in PACKAGES},
+        "cuda": torch.version.cuda,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+        "devices": trainer.world_size,
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+    }
+
+
+def _version(package: str) -> Optional[str]:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 class AccuracySummary(Callback):
     """Writes ``summary.json`` when a fit ends, and ``metrics.json`` for ``nla validate`` and ``nla test``.
 
@@ -126,7 +155,7 @@ class AccuracySummary(Callback):
             "limit_train_batches": trainer.limit_train_batches,
             "max_epochs": trainer.max_epochs,
         }
-        return RunSummary(history, self.last_k, validation)
+        return RunSummary(history, self.last_k, validation, environment(trainer))
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         summary = self.summary(trainer, pl_module)
@@ -157,6 +186,7 @@ class AccuracySummary(Callback):
                 "split": "test" if stage == "test" else getattr(datamodule, "val_split", None),
             },
             **record.to_dict(),
+            "environment": environment(trainer),
         }
         path = Path(trainer.default_root_dir) / "metrics.json"
         path.write_text(json.dumps(result, indent=2))

@@ -107,12 +107,15 @@ class RunSummary:
     """A fit's validation history and the three numbers FER papers report from it: the last epoch, the
     best epoch and the mean of the last ``last_k`` epochs. Written as ``summary.json``.
 
-    ``validation`` records what was validated on: the split, its number of images and any batch limits.
+    ``validation`` records what was validated on: the split, its number of images and any batch limits;
+    ``environment`` what the numbers came from: the versions, the device and the threads of the process that
+    wrote the summary (:func:`nla.callbacks.environment`), so that two runs that differ can be told apart.
     """
 
     epochs: list[Evaluation] = field(default_factory=list)
     last_k: int = 5
     validation: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
 
     FILENAME = "summary.json"
 
@@ -138,15 +141,16 @@ class RunSummary:
         return Aggregate.of(self.epochs[-self.last_k :])
 
     def to_dict(self) -> dict[str, Any]:
+        records = {"validation": self.validation, "environment": self.environment}
         if not self.epochs:
-            return {"epochs": [], "last_k": self.last_k, "validation": self.validation}
+            return {"epochs": [], "last_k": self.last_k, **records}
         return {
             "last": self.last.to_dict(),
             "best": self.best.to_dict(),
             "best_by_mean_acc": self.best_by_mean_acc.to_dict(),
             "mean_last": {"k": self.last_k, **asdict(self.mean_last)},
             "last_k": self.last_k,
-            "validation": self.validation,
+            **records,
             "epochs": [r.to_dict() for r in self.epochs],
         }
 
@@ -162,6 +166,7 @@ class RunSummary:
             [Evaluation.from_dict(r) for r in data.get("epochs", [])],
             int(data.get("last_k", 5)),
             dict(data.get("validation", {})),
+            dict(data.get("environment", {})),
         )
 
     @classmethod

@@ -290,6 +290,24 @@ def test_protocol_run_writes_its_training_labels_and_they_load_back(rafdb_root, 
     assert (again / "train_labels.txt").read_text().splitlines() == labels
 
 
+def test_a_runs_numbers_record_the_versions_device_and_threads_they_came_from(trained_run, tmp_path):
+    """Two runs of one config and seed that disagree could not be told apart: nothing said what they ran on."""
+    import lightning
+    import torch
+
+    import nla
+
+    environment = json.loads((trained_run / "summary.json").read_text())["environment"]
+    assert environment["torch"] == torch.__version__
+    assert environment["lightning"] == lightning.__version__ and environment["nla"] == nla.__version__
+    assert environment["threads"] == torch.get_num_threads() and environment["devices"] == 1
+    assert environment["device"] == ("cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(0))
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    main(["validate", "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"), *NO_LOGGER])
+    assert json.loads((run_dir / "validate" / "metrics.json").read_text())["environment"] == environment
+
+
 def test_compare_prints_last_best_and_mean_of_the_last_epochs(trained_run, tmp_path, capsys):
     other = tmp_path / "other"
     shutil.copytree(trained_run, other)

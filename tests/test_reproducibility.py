@@ -67,5 +67,6 @@ def test_ddp_on_two_cpu_processes_matches_one_process(rafdb_root, tmp_path):
     assert sorted(p.name for p in run_dir.glob("test*")) == ["test", "test-1"]
     distributed, single = (json.loads((run_dir / name / "metrics.json").read_text()) for name in ("test", "test-1"))
     assert distributed["num_samples"] == single["num_samples"] == 21
+    assert (distributed["environment"]["devices"], single["environment"]["devices"]) == (2, 1)
     for key in ("acc", "mean_acc", "class_acc", "confusion"):
         assert distributed[key] == single[key], key
