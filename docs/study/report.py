@@ -63,7 +63,7 @@ def left_majority(summary: dict) -> int | None:
     return next((e["epoch"] + 1 for e in summary["epochs"] if e["mean_acc"] > 1 / 7 + 0.02), None)
 
 
-def write(cells: list[dict], out: Path) -> None:
+def write(cells: list[dict], out: Path, heading: str = "From scratch") -> None:
     out.mkdir(parents=True, exist_ok=True)
     lines = [
         "| protocol | method | seed | acc per epoch (%) | mean acc per epoch (%) | left one class at epoch | minutes |",
@@ -121,7 +121,7 @@ def write(cells: list[dict], out: Path) -> None:
                 axis.plot([e + 1 for e in epochs], values, marker=".", label=f"{cell['method']} {cell['seed']}")
             axis.set(title=title, xlabel="epoch")
         axis.legend(fontsize=6, ncol=1, loc="best")
-        figure.suptitle(f"From scratch, {protocol}", fontsize=10)
+        figure.suptitle(f"{heading}, {protocol}", fontsize=10)
         figure.tight_layout()
         figure.savefig(out / f"{protocol}.png", dpi=80)
 
@@ -137,8 +137,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("grid", type=Path, help="an nla experiment's output folder")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--title", default="From scratch", help="the figures' title, before the protocol")
     args = parser.parse_args()
-    write(collect(args.grid), args.out)
+    write(collect(args.grid), args.out, args.title)
 
 
 if __name__ == "__main__":
