@@ -7,11 +7,15 @@
 - ``confusion_matrix_figure``;
 - ``noise_weight_histogram``: under label noise, the weights of flipped against clean samples, with the
   AUROC of "low weight" as a detector of flipped labels.
+
+:class:`SampleRecord` keeps, for every training image and epoch, its NAW weight, ``p_GT``, ``p_NN`` and
+predicted class in ``<run dir>/per_sample.npz``, for studies of what the weight tracks.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -155,7 +159,90 @@ def noise_weight_histogram(weights: np.ndarray, flipped: np.ndarray, epoch: int)
     return figure
 
 
-class NAWDiagnostics(Callback):
+class EpochOutputs(Callback):
+    """Collects what ``training_step`` publishes (probabilities, labels, NAW weights, sample indices) over an epoch
+    on the device, so the step never waits for the host; :meth:`gather` moves it to the host once."""
+
+    def __init__(self) -> None:
+        self._batches: list[dict[str, torch.Tensor]] = []
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._batches = []
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not isinstance(outputs, dict) or "probs" not in outputs:
+            return
+        kept = {key: outputs[key].detach() for key in ("probs", "labels", "weights", "index") if key in outputs}
+        self._batches.append(kept)
+
+    def gather(self, pl_module: Any) -> Optional[dict[str, torch.Tensor]]:
+        """The epoch's outputs on the host, with ``weights`` the NAW weight that NAW gives (or would give, in a
+        run without it) at this epoch; ``None`` when nothing was collected."""
+        if not self._batches:
+            return None
+        gathered = {key: torch.cat([b[key] for b in self._batches]).float().cpu() for key in self._batches[0]}
+        self._batches = []
+        gathered["labels"] = gathered["labels"].long()
+        if "weights" not in gathered:
+            schedule = pl_module.criterion.schedule(pl_module.current_epoch, pl_module.schedule_epochs)
+            config = pl_module.criterion.config
+            gathered["weights"] = losses.naw_weight(gathered["probs"], gathered["labels"], schedule, config.kernels)
+        return gathered
+
+
+class SampleRecord(EpochOutputs):
+    """Per training image and epoch: the NAW weight, ``p_GT``, ``p_NN``, the predicted class and the label trained
+    on, written to ``<run dir>/per_sample.npz`` after every epoch (arrays of epochs x images; NaN or -1 where an
+    image was not seen, as with ``limit_train_batches``).
+    Add it with ``--trainer.callbacks+=nla.diagnostics.SampleRecord``.
+
+    The values are those of the training step: the augmented view, with the weights as they were before that
+    step's update. A resumed run continues the file it finds.
+    """
+
+    FILE = "per_sample.npz"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._record: dict[str, np.ndarray] = {}
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: Any) -> None:
+        gathered = self.gather(pl_module)
+        if gathered is None or "index" not in gathered or not trainer.is_global_zero:
+            return
+        path = Path(trainer.default_root_dir) / self.FILE
+        index = gathered["index"].long().numpy()
+        train = getattr(getattr(trainer, "datamodule", None), "splits", {}).get("train")
+        images = len(train) if train is not None else int(index.max()) + 1
+        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else trainer.current_epoch + 1
+        if not self._record and path.is_file():
+            with np.load(path) as saved:
+                self._record = {key: saved[key] for key in saved.files}
+        probs, labels = gathered["probs"], gathered["labels"]
+        values = {
+            "weight": gathered["weights"].numpy(),
+            "p_gt": probs.gather(1, labels[:, None]).squeeze(1).numpy(),
+            "p_nn": losses.nearest_negative(probs, labels).numpy(),
+            "predicted": probs.argmax(1).numpy(),
+            "label": labels.numpy(),
+        }
+        for key, value in values.items():
+            integer = key in ("predicted", "label")
+            shape = (max(epochs, trainer.current_epoch + 1), images)
+            if key not in self._record or self._record[key].shape[0] < shape[0]:
+                fresh = np.full(shape, -1 if integer else np.nan, dtype=np.int16 if integer else np.float32)
+                if key in self._record:
+                    fresh[: len(self._record[key])] = self._record[key]
+                self._record[key] = fresh
+            self._record[key][trainer.current_epoch, index] = value
+        partial = path.with_name(f".{self.FILE}.{os.getpid()}.partial.npz")
+        np.savez_compressed(partial, **self._record)
+        os.replace(partial, path)
+
+
+class NAWDiagnostics(EpochOutputs):
     """Draws the NAW figures during training and saves them under ``<run dir>/figures`` and to W&B.
 
     Under label noise it also logs, every epoch, ``naw/noise_auroc`` (how well a low weight detects the
@@ -173,22 +260,9 @@ class NAWDiagnostics(Callback):
     """
 
     def __init__(self, every_n_epochs: int = 1, max_points: int = 4000, log_to_loggers: bool = True) -> None:
+        super().__init__()
         self.every_n_epochs, self.max_points, self.log_to_loggers = every_n_epochs, max_points, log_to_loggers
-        self._batches: list[dict[str, torch.Tensor]] = []
         self.noise_stats: list[dict[str, float]] = []
-
-    # --- collecting -------------------------------------------------------------------------------
-
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._batches = []
-
-    def on_train_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        if not isinstance(outputs, dict) or "probs" not in outputs:
-            return
-        kept = {key: outputs[key].detach() for key in ("probs", "labels", "weights", "index") if key in outputs}
-        self._batches.append(kept)
 
     def _draws_this_epoch(self, trainer: Trainer) -> bool:
         last = trainer.max_epochs is not None and trainer.current_epoch == trainer.max_epochs - 1
@@ -197,18 +271,13 @@ class NAWDiagnostics(Callback):
     # --- drawing ------------------------------------------------------------------------------------
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: Any) -> None:
-        if not self._batches or not trainer.is_global_zero:
-            self._batches = []
+        gathered = self.gather(pl_module)
+        if gathered is None or not trainer.is_global_zero:
             return
-        gathered = {key: torch.cat([b[key] for b in self._batches]).float().cpu() for key in self._batches[0]}
-        self._batches = []
-        probs, labels = gathered["probs"], gathered["labels"].long()
+        probs, labels, given = gathered["probs"], gathered["labels"], gathered["weights"]
         epoch = trainer.current_epoch
         criterion = pl_module.criterion
         schedule = criterion.schedule(epoch, pl_module.schedule_epochs)
-        given = gathered.get("weights")
-        if given is None:  # a run without NAW: show the weights NAW would have given
-            given = losses.naw_weight(probs, labels, schedule, criterion.config.kernels)
         p_gt = probs.gather(1, labels[:, None]).squeeze(1).numpy()
         p_nn = losses.nearest_negative(probs, labels).numpy()
         prediction_true = losses.prediction_true(probs, labels).numpy()

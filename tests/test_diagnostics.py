@@ -39,3 +39,18 @@ def test_figures_are_written_beside_the_run(method, rafdb_root, tmp_path):
     assert "naw/noise_auroc" in header and "train/false_branch_share" in header and "train/prediction_entropy" in header
     assert ("train/naw_weight_false_branch" in header) == (method == "nla")
     assert ("train/weight_gradient_norm" in header) == (method == "nla")
+
+
+def test_sample_record_keeps_every_training_image_per_epoch(rafdb_root, tmp_path):
+    run_dir = tmp_path / "run"
+    record = ["--trainer.callbacks+=nla.diagnostics.SampleRecord", "--config", str(CONFIGS / "methods" / "ce.yaml")]
+    run_cli(fit_args(rafdb_root, run_dir, *record, epochs=2))
+    with np.load(run_dir / "per_sample.npz") as saved:
+        weight, p_gt, p_nn, label = saved["weight"], saved["p_gt"], saved["p_nn"], saved["label"]
+        predicted = saved["predicted"]
+    images = 6 * 7
+    assert weight.shape == p_gt.shape == label.shape == predicted.shape == (2, images)
+    assert np.isfinite(weight).all() and (weight > 0).all()  # CE has no NAW: the weight NAW would give
+    assert ((p_gt >= 0) & (p_gt <= 1) & (p_nn >= 0) & (p_nn <= 1) & (p_gt + p_nn <= 1 + 1e-5)).all()
+    assert (label[0] == label[1]).all() and sorted(set(label[0].tolist())) == list(range(7))
+    assert ((predicted >= 0) & (predicted < 7)).all()
