@@ -238,7 +238,7 @@ class SampleRecord(EpochOutputs):
                 self._record[key] = fresh
             self._record[key][trainer.current_epoch, index] = value
         partial = path.with_name(f".{self.FILE}.{os.getpid()}.partial.npz")
-        np.savez_compressed(partial, **self._record)
+        np.savez_compressed(partial, **self._record)  # type: ignore[arg-type]  # numpy types allow_pickle first
         os.replace(partial, path)
 
 
