@@ -51,6 +51,43 @@ def say(trainer: Trainer, text: str) -> None:
         print(text, flush=True)
 
 
+class ProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, redrawn every ``refresh_rate`` batches. Each redraw reads the loss from the device,
+    which makes the host wait for it; so by default (``None``) it redraws every batch on a CPU and every 25 batches
+    on an accelerator, where a batch takes milliseconds and a wait per step would slow training.
+
+    Args:
+        refresh_rate: Batches between redraws; ``None`` chooses by device as above.
+        leave: Leave each epoch's bar on the screen.
+
+    Besides Lightning's metrics it shows ``loss``, the loss of the latest training step.
+    """
+
+    CPU_REFRESH, ACCELERATOR_REFRESH = 1, 25
+
+    def __init__(self, refresh_rate: Optional[int] = None, leave: bool = False) -> None:
+        super().__init__(refresh_rate=refresh_rate or 1, leave=leave)
+        self._chosen_rate = refresh_rate
+        self._device_rate = 1
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        on_cpu = trainer.strategy.root_device.type == "cpu"
+        self._device_rate = self.CPU_REFRESH if on_cpu else self.ACCELERATOR_REFRESH
+
+    @property
+    def refresh_rate(self) -> int:
+        return self._chosen_rate or self._device_rate
+
+    def get_metrics(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
+        """Lightning's, with the loss of the latest training step (which nla does not log as a bar metric)."""
+        metrics: dict[str, Any] = {}
+        loss = getattr(pl_module, "last_loss", None)
+        if isinstance(loss, torch.Tensor) and trainer.training:
+            metrics["loss"] = f"{float(loss):.4f}"
+        return {**metrics, **super().get_metrics(trainer, pl_module)}
+
+
 class RunConfigSaver(SaveConfigCallback):
     """Saves the full config of a command in its run directory and sends it to the loggers.
 

@@ -34,6 +34,7 @@ import yaml
 from jsonargparse import ArgumentParser, Namespace
 from jsonargparse.typing import PositiveInt
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
@@ -197,11 +198,11 @@ def _explicit_init_args(data: Namespace, data_class: type) -> dict[str, Any]:
     return {key: value for key, value in values.items() if key in defaults and not _same(value, _plain(defaults[key]))}
 
 
-def _is_checkpoint_callback(callback: Any) -> bool:
-    """Whether a trainer callback (a config entry or an object) is a ``ModelCheckpoint``."""
+def _is_callback(callback: Any, kind: type) -> bool:
+    """Whether a trainer callback (a config entry or an object) is a ``kind``."""
     if isinstance(callback, Namespace) and callback.get("class_path"):
-        return issubclass(_import(callback.class_path), ModelCheckpoint)
-    return isinstance(callback, ModelCheckpoint)
+        return issubclass(_import(callback.class_path), kind)
+    return isinstance(callback, kind)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -455,9 +456,11 @@ class NLACLI(LightningCLI):
                 f"{torch.__version__}, {build}); leave it at auto to run on the CPU"
             )
         root = self._run_root(config)
-        if trainer.get("enable_checkpointing") is False and trainer.callbacks:
-            # nla's defaults add checkpoint callbacks, which Lightning refuses beside enable_checkpointing false
-            trainer.callbacks = [c for c in trainer.callbacks if not _is_checkpoint_callback(c)]
+        # nla's defaults add checkpoint callbacks and a progress bar, which Lightning refuses beside
+        # enable_checkpointing false and enable_progress_bar false
+        for setting, kind in (("enable_checkpointing", ModelCheckpoint), ("enable_progress_bar", ProgressBarBase)):
+            if trainer.get(setting) is False and trainer.callbacks:
+                trainer.callbacks = [c for c in trainer.callbacks if not _is_callback(c, kind)]
         if subcommand == "fit":
             for limit, more in (
                 ("max_epochs", "1 or more (-1: no limit)"),

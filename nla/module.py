@@ -72,6 +72,8 @@ class NLAModule(LightningModule):
 
     label_lookup: Tensor  # data class index -> model class index (-1: a class the model lacks), once set up
     excluded_counts: Tensor  # images of such classes met in the current evaluation
+    nonfinite: Tensor  # 1.0 once a training step of this fit had a non-finite loss (on the device, no host sync)
+    nonfinite_record: Tensor  # that first step's (classification, consistency, epoch, global step)
 
     def __init__(
         self,
@@ -110,8 +112,12 @@ class NLAModule(LightningModule):
         self.evaluations: dict[str, Evaluation] = {}  # the latest evaluation of each stage
         self.class_match: Optional[ClassMatch] = None
         self._resumed_hparams: Optional[dict[str, Any]] = None
+        self._epoch_lr: Optional[float] = None
+        self.last_loss: Optional[Tensor] = None  # of the latest training step, on the device
         # Read by build(); the hparam is the record. `nla fit --ckpt_path` keeps the record and reads no file.
         self._pretrained_weights = pretrained_weights
+        self.register_buffer("nonfinite", torch.zeros(()), persistent=False)
+        self.register_buffer("nonfinite_record", torch.zeros(4), persistent=False)
         if num_classes is not None or class_names is not None:
             self.build(list(class_names) if class_names else [str(k) for k in range(num_classes or 0)])
 
@@ -138,8 +144,10 @@ class NLAModule(LightningModule):
             )
         self.model = model.to(memory_format=torch.channels_last) if hp["channels_last"] else model
         self._forward = torch.compile(self.features_and_logits) if hp["compile"] else self.features_and_logits
-        for stage in EVALUATION_STAGES:
-            setattr(self, f"{stage}_confusion", MulticlassConfusionMatrix(len(self.class_names)))
+        for (
+            stage
+        ) in EVALUATION_STAGES:  # labels and logits are checked by nla; torchmetrics' checks wait for the device
+            setattr(self, f"{stage}_confusion", MulticlassConfusionMatrix(len(self.class_names), validate_args=False))
 
     def _require_model(self) -> Any:
         if self.model is None:
@@ -248,20 +256,12 @@ class NLAModule(LightningModule):
             features_mirror=features[n:] if mirrored else None,
             classifier_weight=getattr(self.model.get_classifier(), "weight", None) if mirrored else None,
         )
-        if not torch.isfinite(output.total):
-            raise NonFiniteError(
-                f"non-finite loss at epoch {self.current_epoch}, step {self.global_step}: classification="
-                f"{output.classification.item():.4g}, consistency={output.consistency.item():.4g}. The run stops "
-                "before this step changes any weight; the checkpoints already written are kept. Resume with "
-                "--ckpt_path last "
-                "and a lower --model.lr"
-            )
-        self.log("train/loss", output.total, on_step=True, on_epoch=True, batch_size=n, prog_bar=True)
+        self.watch_finite(output)
+        # Not a progress-bar metric: Lightning reads those from the device after every step; nla's bar reads
+        # last_loss when it redraws.
+        self.log("train/loss", output.total, on_step=True, on_epoch=True, batch_size=n)
+        self.last_loss = output.total.detach()
         self.log_dict(self.mechanism(z, output, labels), on_step=False, on_epoch=True, batch_size=n)
-        epoch_values = {"train/covariance_schedule": output.schedule}
-        if self._trainer is not None and self.trainer.optimizers:
-            epoch_values["train/lr"] = self.trainer.optimizers[0].param_groups[0]["lr"]
-        self.log_dict(epoch_values, on_step=False, on_epoch=True, batch_size=n)
         result = {"loss": output.total, "probs": output.probs, "labels": labels}
         if output.weights is not None:
             result["weights"] = output.weights.detach()
@@ -293,13 +293,56 @@ class NLAModule(LightningModule):
                 logged["train/weight_gradient_norm"] = gradient
         return logged
 
+    # --- a non-finite loss: found on the device, acted on by the optimiser, reported by the host ----------
+
+    def watch_finite(self, output: CriterionOutput) -> None:
+        """Note on the device whether this step's loss is finite, without making the host wait for the device.
+
+        From the first non-finite loss on, the fused Adam skips every update (``found_inf``, the flag by which
+        torch's fused optimisers skip a step, as ``torch.amp.GradScaler`` sets it), so that step changes no weight
+        and neither does any later one; :meth:`check_finite` reports it every ``log_every_n_steps`` steps, before
+        every validation and before every checkpoint. An optimiser without that flag is checked on the host here.
+        """
+        bad = ~torch.isfinite(output.total.detach())
+        first = bad & (self.nonfinite == 0)
+        where = [output.classification.detach(), output.consistency.detach()]
+        where += [self.nonfinite.new_full((), float(self.current_epoch)), self.nonfinite.new_full((), self.global_step)]
+        self.nonfinite_record = torch.where(first, torch.stack([v.float() for v in where]), self.nonfinite_record)
+        self.nonfinite = torch.maximum(self.nonfinite, bad.float())
+        optimizers = self.trainer.optimizers if self._trainer is not None else []
+        for optimizer in optimizers:
+            if optimizer.defaults.get("fused"):
+                optimizer.found_inf = self.nonfinite  # type: ignore[attr-defined]
+        if not optimizers or not all(optimizer.defaults.get("fused") for optimizer in optimizers):
+            self.check_finite()
+
+    def check_finite(self) -> None:
+        """Stop the run if a training step of this fit had a non-finite loss (one host sync)."""
+        if self.nonfinite.item():
+            classification, consistency, epoch, step = self.nonfinite_record.tolist()
+            raise NonFiniteError(
+                f"non-finite loss at epoch {int(epoch)}, step {int(step)}: classification={classification:.4g}, "
+                f"consistency={consistency:.4g}. The run stops before this step changes any weight; the checkpoints "
+                "already written are kept. Resume with --ckpt_path last and a lower --model.lr"
+            )
+
+    def on_train_start(self) -> None:
+        self.nonfinite.zero_()
+        self._resume_optimiser_settings()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if (batch_idx + 1) % max(1, self.trainer.log_every_n_steps) == 0:  # type: ignore[attr-defined]
+            self.check_finite()
+
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        optimizer = torch.optim.Adam(self.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+        # Fused Adam (one kernel for all parameters) where torch has it; it also skips a step on the device.
+        fused = self.device.type in ("cuda", "cpu")
+        optimizer = torch.optim.Adam(self.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"], fused=fused)
         scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=hp["lr_gamma"])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
-    def on_train_start(self) -> None:
+    def _resume_optimiser_settings(self) -> None:
         """A resumed run takes the optimiser settings it is given now, not the ones its checkpoint restored."""
         if self._resumed_hparams is None:
             return
@@ -334,10 +377,21 @@ class NLAModule(LightningModule):
 
     def on_validation_start(self) -> None:
         if self.trainer.state.fn == "fit":
+            self.check_finite()
             self.check_finite_weights()
 
     def on_train_epoch_end(self) -> None:
+        self.check_finite()
         self.check_finite_weights()  # before an epoch-end checkpoint, when this epoch is not validated
+        # Constant over an epoch (the scheduler and the LR step per epoch): logged once, not per step.
+        epoch_values = {"train/covariance_schedule": self.criterion.schedule(self.current_epoch, self.schedule_epochs)}
+        if self._epoch_lr is not None:
+            epoch_values["train/lr"] = self._epoch_lr
+        self.log_dict(epoch_values, on_step=False, on_epoch=True)
+
+    def on_train_epoch_start(self) -> None:
+        # The rate this epoch trains at: Lightning steps the scheduler after the last batch, before the end hooks.
+        self._epoch_lr = float(self.trainer.optimizers[0].param_groups[0]["lr"]) if self.trainer.optimizers else None
 
     # --- evaluation ----------------------------------------------------------------------------
 
@@ -414,6 +468,8 @@ class NLAModule(LightningModule):
         return super().load_from_checkpoint(*args, **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            self.check_finite()  # whatever callback saves it, and however often
         checkpoint["class_names"] = list(self.class_names)
         checkpoint["validation_history"] = [r.to_dict() for r in self.validation_history]
 

@@ -6,6 +6,7 @@ distributions (a test compares the two), but runs on a whole uint8 batch already
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Optional
@@ -22,27 +23,34 @@ def to_nchw(images: Tensor) -> Tensor:
     return images.permute(0, 3, 1, 2).clone(memory_format=torch.channels_last)
 
 
-def _chosen(n: int, p: float, device: torch.device, generator: Optional[torch.Generator]) -> Tensor:
-    """Indices of the images a transform with probability ``p`` applies to."""
-    return torch.nonzero(torch.rand(n, device=device, generator=generator) < p).squeeze(1)
+def _chosen(images: Tensor, p: float, generator: Optional[torch.Generator]) -> Tensor:
+    """Which images (N x 1 x 1 x 1, bool) a transform with probability ``p`` applies to: a mask, not indices, so
+    that the host never waits for the device to count them."""
+    chosen = torch.rand(len(images), device=images.device, generator=generator) < p
+    return chosen.view(-1, *([1] * (images.dim() - 1)))
 
 
 def gaussian_noise_(images: Tensor, variance: float, p: float, generator: Optional[torch.Generator] = None) -> Tensor:
     """In place on uint8 images: add N(0, variance) per pixel and channel to a share ``p``, rounding and clipping."""
-    chosen = _chosen(len(images), p, images.device, generator)
-    noise = torch.randn((len(chosen), *images.shape[1:]), device=images.device, generator=generator)
-    noisy = (images[chosen].float() + noise * math.sqrt(variance)).round_().clamp_(0, 255)
-    images[chosen] = noisy.to(torch.uint8)
-    return images
+    chosen = _chosen(images, p, generator)
+    noise = torch.randn(images.shape, device=images.device, generator=generator)
+    noisy = (images.float() + noise * math.sqrt(variance)).round_().clamp_(0, 255).to(torch.uint8)
+    return images.copy_(torch.where(chosen, noisy, images))
 
 
 def normalisation(
     mean: Sequence[float], std: Sequence[float], device: Optional[torch.device] = None
 ) -> tuple[Tensor, Tensor]:
-    """``(scale, shift)`` with ``x * scale + shift == (x / 255 - mean) / std``, shaped 1 x C x 1 x 1."""
-    mean_t = torch.as_tensor(mean, device=device, dtype=torch.float32).view(1, -1, 1, 1)
-    std_t = torch.as_tensor(std, device=device, dtype=torch.float32).view(1, -1, 1, 1)
-    return 1.0 / (std_t * 255.0), -mean_t / std_t
+    """``(scale, shift)`` with ``x * scale + shift == (x / 255 - mean) / std``, shaped 1 x C x 1 x 1; made once per
+    device and statistics, since copying them to a device every batch would make the host wait for it."""
+    return _normalisation(tuple(float(m) for m in mean), tuple(float(s) for s in std), torch.device(device or "cpu"))
+
+
+@functools.lru_cache(maxsize=16)
+def _normalisation(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (1.0 / (std_t * 255.0)).to(device), (-mean_t / std_t).to(device)
 
 
 def new_input(shape: Sequence[int], device: torch.device) -> Tensor:
@@ -64,9 +72,8 @@ def resize_normalize(
 
 
 def random_hflip_(images: Tensor, p: float, generator: Optional[torch.Generator] = None) -> Tensor:
-    chosen = _chosen(len(images), p, images.device, generator)
-    images[chosen] = images[chosen].flip(-1)
-    return images
+    """In place: mirror a share ``p`` of the images left to right."""
+    return images.copy_(torch.where(_chosen(images, p, generator), images.flip(-1), images))
 
 
 def erasing_boxes(
