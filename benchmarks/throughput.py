@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -185,11 +186,11 @@ def measure_reference(args, root: Path, device: torch.device) -> float:
 # --- (c) the roof: the model alone ----------------------------------------------------------------------
 
 
-def measure_roof(args, device: torch.device) -> float:
+def measure_roof(args, device: torch.device, batch_size: Optional[int] = None) -> float:
     module = NLAModule(num_classes=7, compile=args.compile, channels_last=True).to(device)
     criterion = Criterion()
-    optimizer = torch.optim.Adam(module.parameters(), lr=1e-4, weight_decay=1e-4)
-    n = args.fast_batch_size
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-4, weight_decay=1e-4, fused=True)  # as NLAModule's
+    n = batch_size or args.fast_batch_size
     images = torch.randn(n, 3, args.image_size, args.image_size, device=device)
     views = torch.cat([images, images.flip(-1)]).contiguous(
         memory_format=torch.channels_last
@@ -298,6 +299,13 @@ def main(argv=None) -> dict:
     )
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the pipelines-only measurement")
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast path and the roof")
+    parser.add_argument(
+        "--roof-batch-sizes",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also measure the roof at these batch sizes (roof_<n>_samples_per_s), e.g. 256",
+    )
     parser.add_argument("--data-root", default=None, help="a RAF-DB copy; default: a synthetic one")
     parser.add_argument("--synthetic-images", type=int, default=2000, help="training images of the synthetic RAF-DB")
     parser.add_argument("--json", default=None, help="write the results here")
@@ -318,6 +326,7 @@ def main(argv=None) -> dict:
     fast, fast_peak = measure_fast(args, root, device)
     reference = measure_reference(args, root, device)
     roof = measure_roof(args, device)
+    more_roofs = {f"roof_{n}_samples_per_s": measure_roof(args, device, n) for n in args.roof_batch_sizes}
     pipelines = measure_pipelines(args, root, device)
     results = {
         "device": device_name(device),
@@ -332,6 +341,7 @@ def main(argv=None) -> dict:
         "fast_samples_per_s": fast,
         "reference_samples_per_s": reference,
         "roof_samples_per_s": roof,
+        **more_roofs,
         "fast_peak_mem_mb": fast_peak,
         "fast_peak_mem_kind": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process peak RSS",
         **pipelines,
@@ -348,6 +358,7 @@ def main(argv=None) -> dict:
         ("(a) fast path, samples (image + mirror)", fast),
         ("(b) official-style reference, samples", reference),
         ("(c) roof: model alone, samples", roof),
+        *[(f"(c) roof at batch {key.split('_')[1]}, samples", value) for key, value in more_roofs.items()],
         ("(d) fast data pipeline alone, images", pipelines["fast_pipeline_images_per_s"]),
         ("(d) reference data pipeline alone, images", pipelines["reference_pipeline_images_per_s"]),
     ]:

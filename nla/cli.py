@@ -36,6 +36,7 @@ from jsonargparse.typing import PositiveInt
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from nla import label_issues
@@ -43,6 +44,7 @@ from nla.backbone import WeightsMismatchError, load_trusted
 from nla.callbacks import RunConfigSaver
 from nla.data.datamodule import FERDataModule
 from nla.errors import UserError, check_seed, read_yaml
+from nla.loggers import wandb_available
 from nla.module import NLAModule
 from nla.rundir import RunDirectoryError, RunLock, fresh_folder, holds_run, resolve_checkpoint, run_of_checkpoint
 
@@ -179,6 +181,19 @@ def _names_data(args: Sequence[str]) -> bool:
         if path.is_file():
             loaded = read_yaml(path) or {}
             if isinstance(loaded, dict) and isinstance(loaded.get("data"), (dict, str)):
+                return True
+    return False
+
+
+def _names_logger(args: Sequence[str]) -> bool:
+    """Whether a command line chooses or configures the logger, itself or in one of its --config files."""
+    if any(arg.split("=", 1)[0].startswith("--trainer.logger") for arg in args):
+        return True
+    for path in _config_files(args):
+        if path.is_file():
+            loaded = read_yaml(path) or {}
+            trainer = loaded.get("trainer") if isinstance(loaded, dict) else None
+            if isinstance(trainer, dict) and "logger" in trainer:
                 return True
     return False
 
@@ -353,6 +368,7 @@ class NLACLI(LightningCLI):
                 if class_path:
                     args = [given[0], "--data", class_path, *given[1:]]
                     self._data_from_run = True
+        self._given_args = list(given or [])
         if given is not None:  # Lightning's own method warns when it gets arguments and sys.argv has some too
             self.config = parser.parse_args(args if args is not None else given)
         else:
@@ -456,6 +472,7 @@ class NLACLI(LightningCLI):
                 f"{torch.__version__}, {build}); leave it at auto to run on the CPU"
             )
         root = self._run_root(config)
+        self._without_wandb(trainer)
         # nla's defaults add checkpoint callbacks and a progress bar, which Lightning refuses beside
         # enable_checkpointing false and enable_progress_bar false
         for setting, kind in (("enable_checkpointing", ModelCheckpoint), ("enable_progress_bar", ProgressBarBase)):
@@ -504,6 +521,34 @@ class NLACLI(LightningCLI):
             elif config.get("data") is None:
                 raise UserError(needs_model_and_data(subcommand))
         self._name_loggers(config.trainer, root if subcommand == "fit" else Path(config.trainer.default_root_dir))
+
+    def _without_wandb(self, trainer: Namespace) -> None:
+        """Where the wandb package is missing, nla's default W&B logger becomes a CSV logger, with a note; a W&B
+        logger the command asked for is one line saying what to do."""
+        loggers = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
+        wandb_loggers = [
+            logger
+            for logger in loggers
+            if isinstance(logger, Namespace) and issubclass(_import(logger.class_path), LightningWandbLogger)
+        ]
+        if not wandb_loggers or wandb_available():
+            return
+        if _names_logger(self._given_args):
+            raise UserError(
+                "a W&B logger needs the wandb package, which is not installed: pip install wandb, or log to CSV "
+                "(--trainer.logger lightning.pytorch.loggers.CSVLogger) or not at all (--trainer.logger false)"
+            )
+        # <run dir>/csv/version_<n>/metrics.csv: a new version for each command, so nothing is overwritten
+        csv = Namespace(
+            class_path="lightning.pytorch.loggers.CSVLogger", init_args=Namespace(save_dir=None, name="csv")
+        )
+        replaced = [csv if logger in wandb_loggers else logger for logger in loggers]
+        trainer.logger = replaced if isinstance(trainer.logger, list) else replaced[0]
+        if not launched_process():
+            print(
+                "nla: wandb is not installed: logging to CSV in <run dir>/csv instead (pip install wandb for W&B)",
+                file=sys.stderr,
+            )
 
     def _data_from_checkpoint(self, config: Namespace) -> None:
         """Evaluate with the preprocessing the model was trained with; with no ``--data``, on the run's own data."""

@@ -2,11 +2,13 @@
 bf16 autocast in the criterion and the metrics. (bf16-mixed and torch.compile fits: tests/test_precision.py; the
 batched augmentation: tests/test_batch_augment.py.)"""
 
+import sys
+
 import torch
 
 from nla.callbacks import ProgressBar
-from nla.cli import run_cli
-from tests.conftest import TINY, fit_args
+from nla.cli import main, run_cli
+from tests.conftest import CONFIGS, TINY, fit_args
 from tests.helpers import PoisonBatch
 from tests.test_faults import fails
 
@@ -35,3 +37,19 @@ def test_a_non_finite_loss_stops_the_run_with_the_weights_of_before_it_and_no_ch
     assert PoisonBatch.unchanged and all(PoisonBatch.unchanged.values())  # the update was skipped on the device
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["epoch"] == 0 and all(torch.isfinite(t).all() for t in last["state_dict"].values())
+
+
+def test_without_wandb_the_default_logger_is_csv_and_an_asked_for_wandb_logger_is_one_line(
+    rafdb_root, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as on a machine without it: importing it fails
+    run_dir = tmp_path / "run"
+    args = ["fit", "--config", str(CONFIGS / "rafdb.yaml"), *TINY, "--data.root", str(rafdb_root)]
+    args += ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"]
+    main([*args, "--trainer.default_root_dir", str(run_dir)])
+    assert "wandb is not installed: logging to CSV" in capsys.readouterr().err
+    (metrics,) = (run_dir / "csv").glob("version_*/metrics.csv")
+    assert "train/loss_epoch" in metrics.read_text().splitlines()[0]
+    for logger in ("nla.loggers.WandbLogger", "lightning.pytorch.loggers.WandbLogger"):
+        err = fails([*args, "--trainer.default_root_dir", str(tmp_path / "w"), "--trainer.logger", logger], capsys)
+        assert "a W&B logger needs the wandb package, which is not installed: pip install wandb" in err

@@ -1,0 +1,528 @@
+"""One device call, everything in it, in priority order; each result is written under $OUT as soon as it exists.
+
+    benchmarks/gpu/run            on the GPU machine (after benchmarks/gpu/pack here; carry .gpu)
+    benchmarks/gpu/run --tiny     the same code path at tiny sizes on the CPU (benchmarks/gpu/twin)
+
+1. the environment: Python, torch and its CUDA, the GPU, the libraries, the commit;
+2. a smoke fit: 20 training steps at 224 px in bf16, a short validation, and the host waits of 20 steps counted with
+   ``torch.cuda.set_sync_debug_mode`` (benchmarks/gpu/syncs.py);
+3. ``benchmarks/throughput.py``: fast path, official-style reference and model-only roof at batch 32, the roof at 256;
+4. the main job, ``nla fit --config configs/rafdb.yaml``, timed end to end (its epochs are timed as they end, so a fit
+   cut short by the deadline still gives its time per epoch);
+5. side by side on the one GPU, as many cells of CE / ``official`` / ``from_scratch`` on clean and 30%-noise RAF-DB
+   (configs/experiments/gpu_rafdb.yaml; the main job is its official/clean cell) as the time left allows.
+
+It keeps a deadline (``--deadline``, default 530 s from its start): no phase or cell is started that the time left
+cannot hold, and a phase still running at the deadline is stopped, keeping what it finished. Everything it writes
+fits the 8 files a call returns:
+
+    summary.json     the environment and every phase: status, wall time, results (rewritten after each phase)
+    log.txt          each command and its output
+    syncs.json       host waits per training step, on the GPU
+    throughput.json  benchmarks/throughput.py's results
+    fit.json         the main job: wall time, epochs and their times, its summary
+    cells.json       every cell: command, status, wall time, accuracies
+    runs.tar.gz      configs, summaries, metrics and figures of every run (no checkpoints)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Optional
+
+REPO = Path(__file__).resolve().parents[2]
+EXPERIMENT = REPO / "configs" / "experiments" / "gpu_rafdb.yaml"
+MAIN_CELL = ("clean", "NLA official")  # the main job is this cell of the grid
+CELL_ORDER = [  # which cells go first when not all fit
+    ("clean", "CE"),
+    ("noise 30%", "CE"),
+    ("noise 30%", "NLA from_scratch"),
+    ("clean", "NLA from_scratch"),
+    ("noise 30%", "NLA official"),
+]
+EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+)\s")
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # the progress bar's cursor moves
+
+# Tiny sizes for the twin: the same commands, on the CPU, in seconds, with the GPU's pixel pipeline and precision.
+TINY_FIT = [
+    "--data.pipeline",
+    "cached",
+    "--trainer.precision",
+    "bf16-mixed",
+    "--data.image_size",
+    "32",
+    "--trainer.limit_train_batches",
+    "3",
+    "--trainer.limit_val_batches",
+    "2",
+    "--trainer.max_epochs",
+    "2",
+]
+
+
+class Call:
+    """The call's clock, its output folder and its log."""
+
+    def __init__(self, out: Path, deadline_s: float) -> None:
+        self.out, self.started, self.deadline_s = out, time.monotonic(), deadline_s
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.summary: dict[str, Any] = {"deadline_s": deadline_s, "phases": {}}
+        self.log_file = (self.out / "log.txt").open("a", buffering=1)
+        self.logs = Path(tempfile.mkdtemp(prefix="nla-gpu-logs-"))  # each process's whole output
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def left(self) -> float:
+        return self.deadline_s - self.elapsed()
+
+    def log(self, text: str) -> None:
+        line = f"[{self.elapsed():6.1f}s] {text}"
+        print(line, flush=True)
+        self.log_file.write(line + "\n")
+
+    def write(self, name: str, data: Any) -> None:
+        partial = self.out / f".{name}.partial"
+        partial.write_text(json.dumps(data, indent=2, default=str))
+        os.replace(partial, self.out / name)
+
+    def phase(self, name: str, **record: Any) -> None:
+        self.summary["phases"][name] = {**self.summary["phases"].get(name, {}), **record}
+        self.summary["elapsed_s"] = round(self.elapsed(), 1)
+        self.write("summary.json", self.summary)
+
+
+class GPUSampler(threading.Thread):
+    """nvidia-smi's utilisation and memory every ``every_s`` seconds, while running."""
+
+    def __init__(self, every_s: float = 2.0) -> None:
+        super().__init__(daemon=True)
+        self.every_s, self.samples, self.stopped = every_s, [], threading.Event()
+
+    def run(self) -> None:
+        query = ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"]
+        while not self.stopped.is_set():
+            try:
+                line = subprocess.run(query, capture_output=True, text=True, timeout=5).stdout.strip().splitlines()[0]
+                utilisation, memory = (float(v) for v in line.split(","))
+                self.samples.append((utilisation, memory))
+            except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+                return
+            self.stopped.wait(self.every_s)
+
+    def stop(self) -> dict[str, Any]:
+        self.stopped.set()
+        if not self.samples:
+            return {}
+        utilisation = [u for u, _ in self.samples]
+        return {
+            "gpu_utilisation_mean_pct": round(sum(utilisation) / len(utilisation), 1),
+            "gpu_utilisation_max_pct": max(utilisation),
+            "gpu_memory_max_mib": max(m for _, m in self.samples),
+            "samples": len(self.samples),
+        }
+
+
+class Process:
+    """A command run in the background into its own log, with the time of every ``epoch N/M`` line it prints."""
+
+    def __init__(self, name: str, command: list[str], logs: Path, threads: Optional[int] = None) -> None:
+        self.name, self.command = name, command
+        self.log_path = logs / f"{name}.log"
+        self.epochs: list[tuple[int, int, float]] = []  # (epoch, of epochs, seconds since the start)
+        self.started = time.monotonic()
+        self.ended: Optional[float] = None
+        self.killed = False
+        environment = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+        self.process = subprocess.Popen(
+            command,
+            cwd=REPO,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        with self.log_path.open("w") as log:
+            for line in self.process.stdout:
+                log.write(line)
+                for part in ANSI.sub("", line).split("\r"):
+                    found = EPOCH_LINE.match(part.strip())
+                    if found:
+                        epoch, total = int(found.group(1)), int(found.group(2))
+                        self.epochs.append((epoch, total, time.monotonic() - self.started))
+
+    def poll(self) -> Optional[int]:
+        code = self.process.poll()
+        if code is not None and self.ended is None:
+            self.reader.join(timeout=10)
+            self.ended = time.monotonic()
+        return code
+
+    def stop(self) -> None:
+        """SIGTERM (nla keeps its checkpoints and says so), then SIGKILL after 20 s."""
+        if self.poll() is not None:
+            return
+        self.killed = True
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.poll()
+
+    def wall_s(self) -> float:
+        return (self.ended or time.monotonic()) - self.started
+
+    def tail(self, lines: int = 25) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
+
+
+def run_one(call: Call, name: str, command: list[str], limit_s: float) -> tuple[Process, Optional[int]]:
+    """Run ``command`` to its end or for ``limit_s``, logging it; the exit code (None when stopped)."""
+    call.log(f"$ {' '.join(command)}   (limit {limit_s:.0f} s)")
+    process = Process(name, command, call.logs)
+    while process.poll() is None and process.wall_s() < limit_s:
+        time.sleep(0.5)
+    if process.poll() is None:
+        process.stop()
+        code = None
+    else:
+        code = process.poll()
+    call.log(f"{name}: exit {code}, {process.wall_s():.1f} s\n{process.tail()}")
+    return process, code
+
+
+# --- 1. environment ------------------------------------------------------------------------------------------
+
+
+def environment() -> dict[str, Any]:
+    import torch
+
+    versions = {}
+    for package in (
+        "torch",
+        "torchvision",
+        "lightning",
+        "torchmetrics",
+        "timm",
+        "numpy",
+        "opencv-python-headless",
+        "albumentations",
+        "jsonargparse",
+        "pydantic",
+        "wandb",
+        "onnx",
+        "onnxruntime",
+    ):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "versions": versions,
+        "torch_cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "cuda_available": torch.cuda.is_available(),
+        "commit": (REPO / ".gpu" / "commit.txt").read_text().strip()
+        if (REPO / ".gpu" / "commit.txt").exists()
+        else None,
+    }
+    if torch.cuda.is_available():
+        properties = torch.cuda.get_device_properties(0)
+        info.update(
+            device=torch.cuda.get_device_name(0),
+            capability=f"{properties.major}.{properties.minor}",
+            memory_gib=round(properties.total_memory / 2**30, 1),
+            multiprocessors=properties.multi_processor_count,
+        )
+        try:
+            info["nvidia_smi"] = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,driver_version,clocks.max.sm,power.limit", "--format=csv"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError) as error:
+            info["nvidia_smi"] = str(error)
+    return info
+
+
+# --- the data ----------------------------------------------------------------------------------------------------
+
+
+def rafdb_root(tiny: bool) -> Path:
+    packed = REPO / ".gpu" / "data" / "rafdb"
+    if packed.is_dir():
+        return packed
+    if not tiny:
+        raise SystemExit("run: no RAF-DB in .gpu/data/rafdb; run benchmarks/gpu/pack first")
+    from nla.data.synthetic import write_rafdb
+
+    return write_rafdb(Path(tempfile.mkdtemp()) / "rafdb", train_per_class=12, test_per_class=4, size=100)
+
+
+def nla(*args: str) -> list[str]:
+    return [sys.executable, "-m", "nla", *args]
+
+
+# --- the phases --------------------------------------------------------------------------------------------------
+
+
+def smoke(call: Call, work: Path, data: Path, tiny: bool) -> None:
+    syncs = work / "syncs.json"
+    command = nla(
+        "fit",
+        "--config",
+        "configs/rafdb.yaml",
+        "--data.root",
+        str(data),
+        "--trainer.default_root_dir",
+        str(work / "runs" / "smoke"),
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "30",
+        "--trainer.limit_val_batches",
+        "10",
+        "--trainer.callbacks+=benchmarks.gpu.syncs.CudaSyncCount",
+        "--trainer.callbacks.output",
+        str(syncs),
+        "--trainer.callbacks.start",
+        "5",
+        "--trainer.callbacks.steps",
+        "20",
+        *([*TINY_FIT, "--trainer.limit_train_batches", "8", "--trainer.max_epochs", "1"] if tiny else []),
+    )
+    process, code = run_one(call, "smoke", command, limit_s=min(150.0, call.left() - 10))
+    summary = work / "runs" / "smoke" / "summary.json"
+    record: dict[str, Any] = {"status": "ok" if code == 0 else f"failed (exit {code})", "wall_s": process.wall_s()}
+    if summary.exists():
+        record["last"] = json.loads(summary.read_text()).get("last")
+    if syncs.exists():
+        call.write("syncs.json", json.loads(syncs.read_text()))
+    call.phase("smoke", **record)
+
+
+def throughput(call: Call, work: Path, data: Path, tiny: bool) -> None:
+    result = work / "throughput.json"
+    if tiny:
+        sizes = ["--device", "cpu", "--steps", "3", "--warmup", "1", "--batch-size", "8", "--image-size", "32"]
+        sizes += ["--workers", "2", "--pipeline-steps", "3", "--rounds", "1", "--roof-batch-sizes", "16"]
+    else:
+        sizes = ["--device", "cuda", "--steps", "100", "--warmup", "20", "--batch-size", "32", "--image-size", "224"]
+        sizes += ["--workers", "8", "--pipeline-steps", "50", "--rounds", "5", "--roof-batch-sizes", "256"]
+    command = [sys.executable, "benchmarks/throughput.py", *sizes, "--data-root", str(data), "--json", str(result)]
+    process, code = run_one(call, "throughput", command, limit_s=min(200.0, call.left() - 10))
+    record: dict[str, Any] = {"status": "ok" if code == 0 else f"failed (exit {code})", "wall_s": process.wall_s()}
+    if result.exists():
+        measured = json.loads(result.read_text())
+        call.write("throughput.json", measured)
+        record.update({k: v for k, v in measured.items() if k.endswith(("_per_s", "over_reference", "over_roof"))})
+    call.phase("throughput", **record)
+
+
+def cell_commands(data: Path, tiny: bool) -> dict[tuple[str, str], tuple[Path, list[str]]]:
+    from nla.experiment import Experiment, fit_command
+
+    experiment = Experiment.load(EXPERIMENT)
+    extra = ["--data.root", str(data), *(TINY_FIT if tiny else [])]
+    return {
+        (protocol, method): (
+            experiment.run_dir(protocol, method, seed),
+            fit_command(experiment, protocol, method, seed, extra, resume=False),
+        )
+        for protocol, method, seed in experiment.cells()
+    }
+
+
+def run_record(run_dir: Path) -> dict[str, Any]:
+    summary = run_dir / "summary.json"
+    if not summary.exists():
+        return {}
+    saved = json.loads(summary.read_text())
+    return {key: saved.get(key) for key in ("last", "best", "best_by_mean_acc", "mean_last", "environment")}
+
+
+def main_job(call: Call, data: Path, tiny: bool, cells: dict) -> Optional[float]:
+    """The main job, timed; returns its (measured or extrapolated) wall time for a whole run."""
+    run_dir, _ = cells[MAIN_CELL]
+    command = nla("fit", "--config", "configs/rafdb.yaml", "--data.root", str(data))
+    command += ["--trainer.default_root_dir", str(run_dir), *(TINY_FIT if tiny else [])]
+    sampler = GPUSampler()
+    sampler.start()
+    process, code = run_one(call, "main-job", command, limit_s=call.left() - 15)
+    gpu = sampler.stop()
+    ends = {epoch: seconds for epoch, _, seconds in process.epochs}  # the last line of each epoch
+    epochs = sorted(ends.items())
+    total = process.epochs[-1][1] if process.epochs else None
+    record: dict[str, Any] = {
+        "command": " ".join(["nla", *command[3:]]),
+        "status": "ok" if code == 0 else ("stopped at the deadline" if process.killed else f"failed (exit {code})"),
+        "wall_s": round(process.wall_s(), 1),
+        "epochs_done": len(epochs),
+        "epochs": total,
+        "epoch_end_s": [round(t, 1) for _, t in epochs],
+        **gpu,
+        **run_record(run_dir),
+    }
+    estimate: Optional[float] = process.wall_s() if code == 0 else None
+    if code != 0 and len(epochs) >= 2 and total:
+        per_epoch = (epochs[-1][1] - epochs[0][1]) / (len(epochs) - 1)
+        estimate = epochs[0][1] + per_epoch * (total - 1)
+        record["estimated_wall_s"] = round(estimate, 1)
+    call.write("fit.json", record)
+    call.phase("main_job", **{k: v for k, v in record.items() if k not in ("environment", "epoch_end_s")})
+    return estimate if code == 0 else None
+
+
+def side_by_side(call: Call, cells: dict, alone_s: Optional[float], utilisation: Optional[float]) -> None:
+    """As many cells as the time left holds, started together; each is stopped at the deadline if still running."""
+    if alone_s is None:
+        call.phase("cells", status="not started: the main job did not finish, so a cell's time is unknown")
+        return
+    chosen: list[tuple[str, str]] = []
+    for k in range(len(CELL_ORDER), 0, -1):  # k runs side by side: each as slow as the GPU's share allows
+        share = max(1.0, (k + 1) * (utilisation or 100.0) / 100.0) if k > 1 else 1.0
+        estimate = alone_s * share * 1.15
+        if estimate < call.left() - 20:
+            chosen = CELL_ORDER[:k]
+            break
+    record: dict[str, Any] = {"alone_s": round(alone_s, 1), "time_left_s": round(call.left(), 1)}
+    if not chosen:
+        call.phase("cells", status="not started: the time left cannot hold one", **record)
+        return
+    call.log(f"cells side by side: {chosen}")
+    sampler = GPUSampler()
+    sampler.start()
+    running = []
+    for protocol, method in chosen:
+        run_dir, command = cells[(protocol, method)]
+        call.log(f"$ {' '.join(command)}")
+        name = f"cell-{method}-{protocol}".replace(" ", "_").replace("%", "pct")
+        threads = max(1, (os.cpu_count() or 2) // (len(chosen) + 1))  # the cells share the CPU cores
+        running.append(((protocol, method), run_dir, command, Process(name, command, call.logs, threads)))
+    while any(p.poll() is None for *_, p in running) and call.left() > 10:
+        time.sleep(1)
+    for *_, process in running:
+        process.stop()
+    gpu = sampler.stop()
+    results = []
+    for (protocol, method), run_dir, command, process in running:
+        code = process.poll()
+        results.append(
+            {
+                "protocol": protocol,
+                "method": method,
+                "seed": 0,
+                "command": " ".join(["nla", *command[3:]]),
+                "status": "ok" if code == 0 else ("stopped at the deadline" if process.killed else f"exit {code}"),
+                "wall_s": round(process.wall_s(), 1),
+                "epochs_done": len(process.epochs),
+                **run_record(run_dir),
+            }
+        )
+        call.log(f"{process.name}: exit {code}, {process.wall_s():.1f} s\n{process.tail(8)}")
+    call.write("cells.json", {"side_by_side": len(running), **gpu, "cells": results})
+    call.phase("cells", status="ran", side_by_side=len(running), **gpu, **record)
+
+
+def tables(call: Call) -> None:
+    """The grid's results.md and results.csv, laid out like the paper's tables, from the runs that finished."""
+    from nla.experiment import Experiment, collect, write_tables
+
+    experiment = Experiment.load(EXPERIMENT)
+    try:
+        rows = collect(experiment)
+        if rows:
+            markdown, _ = write_tables(experiment, rows)
+            call.log(markdown.read_text())
+    except Exception as error:  # the tables are a convenience; the JSON files hold the numbers
+        call.log(f"tables: {type(error).__name__}: {error}")
+
+
+def pack_runs(call: Call, work: Path) -> None:
+    """Configs, summaries, metrics, the logs and the last figures of every run, within 15 MB."""
+    target = call.out / "runs.tar.gz"
+    partial = call.out / ".runs.tar.gz.partial"
+    with tarfile.open(partial, "w:gz") as archive:
+        for folder in (call.logs, work / "runs", REPO / "runs" / "experiments" / "gpu_rafdb"):
+            if not folder.exists():
+                continue
+            for path in sorted(folder.rglob("*")):
+                if not path.is_file() or path.suffix == ".ckpt" or path.stat().st_size > 2_000_000:
+                    continue
+                if path.suffix == ".png" and "epoch" in path.stem and not path.stem.endswith(("059", "001")):
+                    continue  # the first and last epochs' figures only
+                archive.add(path, arcname=str(path.relative_to(folder.parent)))
+    if partial.stat().st_size < 15_000_000:
+        os.replace(partial, target)
+    else:
+        partial.unlink()
+        call.log("runs.tar.gz would exceed 15 MB; not written")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="tiny sizes on the CPU: the device twin")
+    parser.add_argument("--deadline", type=float, default=530.0, help="seconds from the start; nothing runs past it")
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["smoke", "throughput", "main_job", "cells"], help="phases to skip"
+    )
+    args = parser.parse_args(argv)
+    out = Path(os.environ.get("OUT") or REPO / ("twin-results" if args.tiny else "gpu-results"))
+    call = Call(out, args.deadline)
+    work = Path(tempfile.mkdtemp(prefix="nla-gpu-"))
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    shutil.rmtree(REPO / "runs" / "experiments" / "gpu_rafdb", ignore_errors=True)  # a fresh grid each call
+
+    call.summary["environment"] = environment()
+    call.summary["tiny"] = args.tiny
+    call.phase("environment", status="ok")
+    call.log(json.dumps(call.summary["environment"]))
+    data = rafdb_root(args.tiny)
+    cells = cell_commands(data, args.tiny)
+    try:
+        if "smoke" not in args.skip:
+            smoke(call, work, data, args.tiny)
+        if "throughput" not in args.skip:
+            throughput(call, work, data, args.tiny)
+        alone = None
+        if "main_job" not in args.skip:
+            alone = main_job(call, data, args.tiny, cells)
+        if "cells" not in args.skip:
+            utilisation = call.summary["phases"].get("main_job", {}).get("gpu_utilisation_mean_pct")
+            side_by_side(call, cells, alone, utilisation)
+    finally:
+        tables(call)
+        pack_runs(call, work)
+        call.phase("end", status="done", elapsed_s=round(call.elapsed(), 1))
+        call.log(f"done in {call.elapsed():.0f} s; results in {out}")
+
+
+if __name__ == "__main__":
+    main()
