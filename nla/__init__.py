@@ -3,7 +3,11 @@
 Implements NLA (Navigating Label Ambiguity, AAAI 2025) and the baselines it is measured against.
 """
 
+import os
 from importlib.metadata import PackageNotFoundError, version
+
+# nla works offline: albumentations would otherwise ask the internet for a newer version at every import.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from nla.criterion import Criterion, CriterionConfig
 from nla.module import NLAModule

@@ -19,7 +19,8 @@ fits the 8 files a call returns:
     summary.json     the environment and every phase: status, wall time, results (rewritten after each phase)
     log.txt          each command and its output
     syncs.json       host waits per training step, on the GPU
-    throughput.json  benchmarks/throughput.py's results
+    throughput.json  benchmarks/throughput.py's results (throughput-compiled.json: with --compile)
+    profile.txt      two epochs of the main job under Lightning's SimpleProfiler (``--phases ... profile``)
     fit.json         the main job: wall time, epochs and their times, its summary
     cells.json       every cell: command, status, wall time, accuracies
     runs.tar.gz      configs, summaries, metrics and figures of every run (no checkpoints)
@@ -328,22 +329,43 @@ def smoke(call: Call, work: Path, data: Path, tiny: bool) -> None:
     call.phase("smoke", **record)
 
 
-def throughput(call: Call, work: Path, data: Path, tiny: bool) -> None:
-    result = work / "throughput.json"
+def throughput(call: Call, work: Path, data: Path, tiny: bool, compiled: bool = False) -> None:
+    """benchmarks/throughput.py; ``compiled``: with the fast path and the roof under torch.compile, and a shorter
+    pipelines-only measurement (compiling takes the time)."""
+    name = "throughput-compiled" if compiled else "throughput"
+    result = work / f"{name}.json"
     if tiny:
         sizes = ["--device", "cpu", "--steps", "3", "--warmup", "1", "--batch-size", "8", "--image-size", "32"]
         sizes += ["--workers", "2", "--pipeline-steps", "3", "--rounds", "1", "--roof-batch-sizes", "16"]
+    elif compiled:
+        sizes = ["--device", "cuda", "--steps", "100", "--warmup", "20", "--batch-size", "32", "--image-size", "224"]
+        sizes += ["--workers", "8", "--pipeline-steps", "10", "--rounds", "1", "--compile"]
     else:
         sizes = ["--device", "cuda", "--steps", "100", "--warmup", "20", "--batch-size", "32", "--image-size", "224"]
         sizes += ["--workers", "8", "--pipeline-steps", "50", "--rounds", "5", "--roof-batch-sizes", "256"]
     command = [sys.executable, "benchmarks/throughput.py", *sizes, "--data-root", str(data), "--json", str(result)]
-    process, code = run_one(call, "throughput", command, limit_s=min(200.0, call.left() - 10))
+    process, code = run_one(call, name, command, limit_s=min(200.0, call.left() - 10))
     record: dict[str, Any] = {"status": "ok" if code == 0 else f"failed (exit {code})", "wall_s": process.wall_s()}
     if result.exists():
         measured = json.loads(result.read_text())
-        call.write("throughput.json", measured)
+        call.write(f"{name}.json", measured)
         record.update({k: v for k, v in measured.items() if k.endswith(("_per_s", "over_reference", "over_roof"))})
-    call.phase("throughput", **record)
+    call.phase(name, **record)
+
+
+def profile(call: Call, work: Path, data: Path, tiny: bool) -> None:
+    """Two epochs of the main job under Lightning's SimpleProfiler: the time of every hook and callback per step."""
+    run_dir = work / "runs" / "profile"
+    command = nla("fit", "--config", "configs/rafdb.yaml", "--data.root", str(data))
+    command += ["--trainer.default_root_dir", str(run_dir), "--trainer.max_epochs", "2"]
+    command += ["--trainer.profiler", "lightning.pytorch.profilers.SimpleProfiler"]
+    command += ["--trainer.profiler.dirpath", str(work), "--trainer.profiler.filename", "profile"]
+    command += [*(TINY_FIT if tiny else [])]
+    process, code = run_one(call, "profile", command, limit_s=min(120.0, call.left() - 10))
+    report = work / "fit-profile.txt"
+    if report.exists():
+        shutil.copy(report, call.out / "profile.txt")
+    call.phase("profile", status="ok" if code == 0 else f"failed (exit {code})", wall_s=round(process.wall_s(), 1))
 
 
 def cell_commands(data: Path, tiny: bool) -> dict[tuple[str, str], tuple[Path, list[str]]]:
@@ -491,7 +513,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny sizes on the CPU: the device twin")
     parser.add_argument("--deadline", type=float, default=530.0, help="seconds from the start; nothing runs past it")
     parser.add_argument(
-        "--skip", nargs="*", default=[], choices=["smoke", "throughput", "main_job", "cells"], help="phases to skip"
+        "--phases",
+        nargs="*",
+        default=["smoke", "throughput", "main_job", "cells"],
+        choices=["smoke", "throughput", "main_job", "cells", "profile", "compiled"],
+        help="what to run, in this order (profile: two epochs of the main job under Lightning's SimpleProfiler; "
+        "compiled: throughput.py with --compile)",
     )
     args = parser.parse_args(argv)
     out = Path(os.environ.get("OUT") or REPO / ("twin-results" if args.tiny else "gpu-results"))
@@ -507,16 +534,19 @@ def main(argv: Optional[list[str]] = None) -> None:
     data = rafdb_root(args.tiny)
     cells = cell_commands(data, args.tiny)
     try:
-        if "smoke" not in args.skip:
-            smoke(call, work, data, args.tiny)
-        if "throughput" not in args.skip:
-            throughput(call, work, data, args.tiny)
         alone = None
-        if "main_job" not in args.skip:
-            alone = main_job(call, data, args.tiny, cells)
-        if "cells" not in args.skip:
-            utilisation = call.summary["phases"].get("main_job", {}).get("gpu_utilisation_mean_pct")
-            side_by_side(call, cells, alone, utilisation)
+        for phase in args.phases:
+            if phase == "smoke":
+                smoke(call, work, data, args.tiny)
+            elif phase in ("throughput", "compiled"):
+                throughput(call, work, data, args.tiny, compiled=phase == "compiled")
+            elif phase == "main_job":
+                alone = main_job(call, data, args.tiny, cells)
+            elif phase == "cells":
+                utilisation = call.summary["phases"].get("main_job", {}).get("gpu_utilisation_mean_pct")
+                side_by_side(call, cells, alone, utilisation)
+            elif phase == "profile":
+                profile(call, work, data, args.tiny)
     finally:
         tables(call)
         pack_runs(call, work)

@@ -4,7 +4,7 @@
 on for ``steps`` training steps after ``start`` and writes, per step, how many there were and where (the Python line
 that made the call) to ``output`` as JSON. Load it into a fit with
 ``--trainer.callbacks+=benchmarks.gpu.syncs.CudaSyncCount --trainer.callbacks.output syncs.json``.
-On a CPU it writes only that there was no CUDA device.
+On a CPU it counts nothing: there is no CUDA device to wait for.
 """
 
 from __future__ import annotations
@@ -57,10 +57,13 @@ class CudaSyncCount(Callback):
         if self._caught is not None:
             self._finish()
 
-    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-        if not self._cuda(pl_module):
-            self.output.write_text(json.dumps({"device": str(pl_module.device), "note": "no CUDA device"}))
-        elif not self.output.exists():
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self.device = str(pl_module.device)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._caught is not None:
+            self._finish()
+        elif not self.output.exists():  # no CUDA device, or fewer steps than asked for
             self.write()
 
     def write(self) -> None:
@@ -68,6 +71,7 @@ class CudaSyncCount(Callback):
         self.output.write_text(
             json.dumps(
                 {
+                    "device": getattr(self, "device", None),
                     "steps": steps,
                     "first_step": self.start,
                     "syncs_per_step": self.per_step,
