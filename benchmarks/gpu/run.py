@@ -336,7 +336,8 @@ def throughput(call: Call, work: Path, data: Path, tiny: bool, compiled: bool = 
     result = work / f"{name}.json"
     if tiny:
         sizes = ["--device", "cpu", "--steps", "3", "--warmup", "1", "--batch-size", "8", "--image-size", "32"]
-        sizes += ["--workers", "2", "--pipeline-steps", "3", "--rounds", "1", "--roof-batch-sizes", "16"]
+        sizes += ["--workers", "2", "--pipeline-steps", "3", "--rounds", "1"]
+        sizes += ["--compile"] if compiled else ["--roof-batch-sizes", "16"]
     elif compiled:
         sizes = ["--device", "cuda", "--steps", "100", "--warmup", "20", "--batch-size", "32", "--image-size", "224"]
         sizes += ["--workers", "8", "--pipeline-steps", "10", "--rounds", "1", "--compile"]
