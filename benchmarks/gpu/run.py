@@ -20,7 +20,7 @@ fits the 8 files a call returns:
     log.txt          each command and its output
     syncs.json       host waits per training step, on the GPU
     throughput.json  benchmarks/throughput.py's results (throughput-compiled.json: with --compile)
-    profile.txt      two epochs of the main job under Lightning's SimpleProfiler (``--phases ... profile``)
+    profile.txt      one epoch of the main job under Lightning's SimpleProfiler (``--phases ... profile``)
     fit.json         the main job: wall time, epochs and their times, its summary
     cells.json       every cell: command, status, wall time, accuracies
     runs.tar.gz      configs, summaries, metrics and figures of every run (no checkpoints)
@@ -355,10 +355,10 @@ def throughput(call: Call, work: Path, data: Path, tiny: bool, compiled: bool = 
 
 
 def profile(call: Call, work: Path, data: Path, tiny: bool) -> None:
-    """Two epochs of the main job under Lightning's SimpleProfiler: the time of every hook and callback per step."""
+    """One epoch of the main job under Lightning's SimpleProfiler: the time of every hook and callback per step."""
     run_dir = work / "runs" / "profile"
     command = nla("fit", "--config", "configs/rafdb.yaml", "--data.root", str(data))
-    command += ["--trainer.default_root_dir", str(run_dir), "--trainer.max_epochs", "2"]
+    command += ["--trainer.default_root_dir", str(run_dir), "--trainer.max_epochs", "1"]
     command += ["--trainer.profiler", "lightning.pytorch.profilers.SimpleProfiler"]
     command += ["--trainer.profiler.dirpath", str(work), "--trainer.profiler.filename", "profile"]
     command += [*(TINY_FIT if tiny else [])]
@@ -518,7 +518,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         nargs="*",
         default=["smoke", "throughput", "main_job", "cells"],
         choices=["smoke", "throughput", "main_job", "cells", "profile", "compiled"],
-        help="what to run, in this order (profile: two epochs of the main job under Lightning's SimpleProfiler; "
+        help="what to run, in this order (profile: one epoch of the main job under Lightning's SimpleProfiler; "
         "compiled: throughput.py with --compile)",
     )
     args = parser.parse_args(argv)
