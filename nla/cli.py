@@ -461,8 +461,7 @@ class NLACLI(LightningCLI):
         config = self.config[subcommand]
         trainer = config.trainer
         if trainer.precision is None:
-            on_gpu = torch.cuda.is_available() and trainer.accelerator not in ("cpu",)
-            trainer.precision = "bf16-mixed" if on_gpu else "32-true"
+            trainer.precision = default_precision(trainer.accelerator)
         if trainer.accelerator in ("gpu", "cuda") and not (
             torch.cuda.is_available() or torch.backends.mps.is_available()
         ):
@@ -684,6 +683,12 @@ def main(args: Optional[Sequence[str]] = None) -> None:
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def default_precision(accelerator: Any) -> str:
+    """``precision: null``: bf16 mixed precision where a CUDA GPU will train, full precision on a CPU."""
+    on_gpu = torch.cuda.is_available() and accelerator not in ("cpu",)
+    return "bf16-mixed" if on_gpu else "32-true"
 
 
 def needs_model_and_data(command: str) -> str:
