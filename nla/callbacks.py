@@ -1,4 +1,5 @@
-"""Callbacks for a run directory: its config, checkpoints, accuracy summary, predictions and what is printed.
+"""Callbacks for a run directory: its config, checkpoints, accuracy summary and predictions (what a run prints is
+:mod:`nla.console`).
 
 Nothing a command writes replaces what another wrote: a fit writes into its run directory, and every
 other command into a fresh sub-folder of it (see :mod:`nla.rundir`).
@@ -9,12 +10,9 @@ from __future__ import annotations
 import csv
 import importlib.metadata
 import json
-import math
 import os
 import platform
-import shlex
 import shutil
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -22,70 +20,16 @@ from typing import Any, Optional
 import torch
 import yaml
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
+from nla.console import ProgressBar as ProgressBar  # its old home, which configs may name
+from nla.console import RunReport as RunReport
+from nla.console import say
 from nla.results import Evaluation, RunSummary
-from nla.rundir import CHECKPOINTS
-
-
-def free_path(path: Path) -> Path:
-    """``path`` if it does not exist yet, else ``stem-1.suffix``, ``stem-2.suffix``, ... (the first free one)."""
-    candidate, n = path, 0
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
-    return candidate
-
-
-def say(trainer: Trainer, text: str) -> None:
-    """Print a line from the main process, above the progress bar when there is one."""
-    if not trainer.is_global_zero:
-        return
-    bar = trainer.progress_bar_callback
-    if isinstance(bar, TQDMProgressBar) and bar.is_enabled:
-        bar.print(text)
-    else:
-        print(text, flush=True)
-
-
-class ProgressBar(TQDMProgressBar):
-    """Lightning's progress bar, redrawn every ``refresh_rate`` batches. Each redraw reads the loss from the device,
-    which makes the host wait for it; so by default (``None``) it redraws every batch on a CPU and every 25 batches
-    on an accelerator, where a batch takes milliseconds and a wait per step would slow training.
-
-    Args:
-        refresh_rate: Batches between redraws; ``None`` chooses by device as above.
-        leave: Leave each epoch's bar on the screen.
-
-    Besides Lightning's metrics it shows ``loss``, the loss of the latest training step.
-    """
-
-    CPU_REFRESH, ACCELERATOR_REFRESH = 1, 25
-
-    def __init__(self, refresh_rate: Optional[int] = None, leave: bool = False) -> None:
-        super().__init__(refresh_rate=refresh_rate or 1, leave=leave)
-        self._chosen_rate = refresh_rate
-        self._device_rate = 1
-
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        on_cpu = trainer.strategy.root_device.type == "cpu"
-        self._device_rate = self.CPU_REFRESH if on_cpu else self.ACCELERATOR_REFRESH
-
-    @property
-    def refresh_rate(self) -> int:
-        return self._chosen_rate or self._device_rate
-
-    def get_metrics(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
-        """Lightning's, with the loss of the latest training step (which nla does not log as a bar metric)."""
-        metrics: dict[str, Any] = {}
-        loss = getattr(pl_module, "last_loss", None)
-        if isinstance(loss, torch.Tensor) and trainer.training:
-            metrics["loss"] = f"{float(loss):.4f}"
-        return {**metrics, **super().get_metrics(trainer, pl_module)}
+from nla.rundir import CHECKPOINTS, free_path
 
 
 class RunConfigSaver(SaveConfigCallback):
@@ -236,117 +180,6 @@ class AccuracySummary(Callback):
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.state.fn == "validate":
             self._write_metrics(trainer, pl_module, "val")
-
-
-class RunReport(Callback):
-    """What a fit prints: one line after each validation, an estimate of the whole run's time after the first
-    batches on a CPU, and at the end the best and last results, the run directory and how to test it.
-
-    Args:
-        estimate_after: Training batches of the first epoch to time before estimating (on a CPU).
-    """
-
-    def __init__(self, estimate_after: int = 10) -> None:
-        self.estimate_after = estimate_after
-        self._started: Optional[float] = None
-        self._estimated = False
-        self._loss_sum: Any = 0.0
-        self._loss_count = 0
-
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # An epoch shorter than Lightning's logging interval logs nothing until its end, and Lightning warns;
-        # log at least once per epoch instead.
-        batches = getattr(getattr(trainer, "datamodule", None), "train_batches", None)
-        if batches:
-            limit = trainer.limit_train_batches
-            if isinstance(limit, int):
-                batches = min(batches, limit)
-            elif limit is not None:
-                batches = max(1, int(batches * limit))
-            trainer.log_every_n_steps = max(1, min(trainer.log_every_n_steps, batches))  # type: ignore[attr-defined]
-
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._loss_sum, self._loss_count = 0.0, 0
-        if not self._estimated:
-            self._started = time.perf_counter()
-
-    def on_train_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        if isinstance(outputs, dict) and "loss" in outputs:
-            self._loss_sum = self._loss_sum + outputs["loss"].detach()  # summed on the device: no sync per step
-            self._loss_count += 1
-        if (
-            self._estimated
-            or self._started is None
-            or batch_idx + 1 < min(self.estimate_after, trainer.num_training_batches)
-        ):
-            return
-        self._estimated = True
-        if trainer.strategy.root_device.type != "cpu":
-            return
-        per_batch = (time.perf_counter() - self._started) / (batch_idx + 1)
-        batches = trainer.num_training_batches
-        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
-        remaining_epochs = epochs - trainer.current_epoch
-        if trainer.max_steps and trainer.max_steps > 0:
-            total_batches = max(0, trainer.max_steps - trainer.global_step)
-        else:
-            total_batches = int(batches * remaining_epochs) if math.isfinite(batches) else 0
-        hours = per_batch * total_batches / 3600
-        say(
-            trainer,
-            f"on the CPU: {per_batch:.2f} s per training batch, so about {format_hours(hours)} for the "
-            f"{total_batches} batches of this run (validation not counted). A GPU trains the paper's recipe "
-            "in minutes; docs/experiments.md has a CPU-scale recipe",
-        )
-
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        history = getattr(pl_module, "validation_history", [])
-        if trainer.sanity_checking or trainer.state.fn != "fit" or not history:
-            return
-        last = history[-1]
-        best = max(history, key=lambda r: r.acc)
-        best_mean = max(history, key=lambda r: r.mean_acc)
-        loss_text = f"train loss {float(self._loss_sum) / self._loss_count:.4f}  " if self._loss_count else ""
-        say(
-            trainer,
-            f"epoch {last.epoch + 1}/{trainer.max_epochs}  {loss_text}val {last.line()}  (best acc "
-            f"{100 * best.acc:.1f}% at epoch {best.epoch + 1}, best mean {100 * best_mean.mean_acc:.1f}% at "
-            f"epoch {best_mean.epoch + 1})",
-        )
-
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        history = getattr(pl_module, "validation_history", [])
-        if not trainer.is_global_zero or not history:
-            return
-        summary = RunSummary(history)
-        root = Path(trainer.default_root_dir)
-        say(
-            trainer,
-            f"done: last epoch {summary.last.line()}; best epoch {(summary.best.epoch or 0) + 1}: "
-            f"{summary.best.line()}; best mean accuracy {100 * summary.best_by_mean_acc.mean_acc:.1f}% at epoch "
-            f"{(summary.best_by_mean_acc.epoch or 0) + 1}",
-        )
-        if not trainer.checkpoint_callbacks:
-            say(trainer, f"run directory: {root}   no checkpoint written (--trainer.enable_checkpointing false)")
-            return
-        best_checkpoint = next(
-            (
-                c.best_model_path
-                for c in trainer.checkpoint_callbacks
-                if isinstance(c, ModelCheckpoint) and c.monitor == "val/acc" and c.best_model_path
-            ),
-            None,
-        )
-        checkpoint = best_checkpoint or str(root / CHECKPOINTS / "last.ckpt")
-        say(trainer, f"run directory: {root}   test it: nla test --ckpt_path {shlex.quote(checkpoint)}")
-
-
-def format_hours(hours: float) -> str:
-    if hours >= 1:
-        return f"{hours:.1f} h"
-    return f"{60 * hours:.0f} min" if hours * 60 >= 1 else f"{3600 * hours:.0f} s"
 
 
 class PredictionWriter(BasePredictionWriter):

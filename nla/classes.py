@@ -7,8 +7,11 @@ Classes of the data that the model lacks (contempt, for a 7-class model) are lef
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
 
 from nla.data.samples import DataError
 
@@ -99,3 +102,35 @@ def match_classes(data_classes: Sequence[str], model_classes: Sequence[str]) -> 
             "fear/fearful, disgust/disgusted, neutral, contempt), so name the data's classes like the model's"
         )
     return ClassMatch(data_classes, model_classes, tuple(to_model))
+
+
+class LabelMap(nn.Module):
+    """Evaluating a model on data whose classes it names otherwise: each data label becomes the model's class of the
+    same name; images of a data class the model lacks are left out of the metrics and counted."""
+
+    lookup: Tensor  # data class index -> model class index (-1: a class the model lacks)
+    excluded_counts: Tensor  # images of such classes met since the last :meth:`take_excluded`
+
+    def __init__(self, match: ClassMatch) -> None:
+        super().__init__()
+        self.match = match
+        lookup = [-1 if k is None else k for k in match.to_model]
+        self.register_buffer("lookup", torch.tensor(lookup), persistent=False)
+        self.register_buffer("excluded_counts", torch.zeros(len(lookup), dtype=torch.long), persistent=False)
+
+    def forward(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """The logits and model-class labels of the images whose class the model has."""
+        if self.match.identity:
+            return logits, labels
+        mapped = self.lookup[labels]
+        kept = mapped >= 0
+        self.excluded_counts += torch.bincount(labels[~kept], minlength=len(self.lookup))
+        return logits[kept], mapped[kept]
+
+    def take_excluded(self, reduce: Callable[[Tensor], Tensor]) -> dict[str, int]:
+        """The images left out per data class the model lacks (summed by ``reduce`` over processes), and reset."""
+        if not self.match.unmatched:
+            return {}
+        counts = reduce(self.excluded_counts).tolist()
+        self.excluded_counts.zero_()
+        return {name: int(n) for name, n in zip(self.match.data_classes, counts) if name in self.match.unmatched}

@@ -255,3 +255,27 @@ class Criterion(nn.Module):
         through_weight = self.config.lam * (output.weights * self.per_sample_loss(logits.detach(), targets)).mean()
         (gradient,) = torch.autograd.grad(through_weight, logits, retain_graph=True)
         return gradient.norm()
+
+    def mechanism(self, logits: Tensor, output: CriterionOutput, labels: Tensor) -> dict[str, Tensor]:
+        """Per-epoch means of what the loss does: its parts, the NAW weight per branch of eq. 4, the share of
+        samples in the false branch, the gradient that reaches the logits through ``w``, and the entropy of
+        the predictions. ``logits`` are those the output was computed from."""
+        false_branch = (~output.prediction_true).float()
+        logged = {
+            "train/classification": output.classification,
+            "train/consistency": output.consistency,
+            "train/false_branch_share": false_branch.mean(),
+            "train/prediction_entropy": losses.prediction_entropy(output.probs).mean(),
+        }
+        if output.weights is not None:
+            w = output.weights.detach()
+            logged["train/naw_weight"] = w.mean()
+            # Means over the branch's samples of this batch (0 when the batch has none of them).
+            logged["train/naw_weight_true_branch"] = (w * (1 - false_branch)).sum() / (
+                1 - false_branch
+            ).sum().clamp_min(1)
+            logged["train/naw_weight_false_branch"] = (w * false_branch).sum() / false_branch.sum().clamp_min(1)
+            gradient = self.weight_gradient_norm(logits, output, labels)
+            if gradient is not None:
+                logged["train/weight_gradient_norm"] = gradient
+        return logged

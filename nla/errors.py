@@ -1,5 +1,6 @@
 """The errors that are the user's input, reported by the ``nla`` command as one line rather than a traceback."""
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,12 @@ def check_seed(seed: int, name: str) -> None:
     low, high = SEED_RANGE
     if not low <= seed <= high:
         raise ConfigError(f"{name} {seed} is outside {low}..{high}, the seeds numpy accepts")
+
+
+def check_positive_finite(value: float, name: str) -> None:
+    """A value that is not a finite number above 0 is a :class:`ConfigError` naming ``name``."""
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ConfigError(f"{name}={value} must be a finite positive number")
 
 
 def read_yaml(path: Path) -> Any:

@@ -13,14 +13,12 @@ resize, the mean and std, the class names and this contract. An ONNX export is o
 from __future__ import annotations
 
 import json
-import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import torch
-from jsonargparse import ArgumentParser, Namespace
 from torch import Tensor, nn
 
 from nla.backbone import WeightsMismatchError, load_trusted
@@ -28,7 +26,6 @@ from nla.data.batch_augment import normalisation
 from nla.errors import UserError, check_image_size
 from nla.module import NLAModule
 
-HELP = "Write a trained checkpoint as ONNX, TorchScript or a torch.export program, with its preprocessing"
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "exported_program": ".pt2"}
 Format = Literal["onnx", "torchscript", "exported_program"]
 RESIZE = {
@@ -141,26 +138,3 @@ def export(ckpt_path: str | Path, output: str | Path, fmt: str = "onnx", image_s
         )
     )
     return output
-
-
-def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--ckpt_path", type=str, required=True, help="a checkpoint written by nla fit")
-    parser.add_argument("--format", type=Format, default="onnx", help="onnx, torchscript or exported_program")
-    parser.add_argument(
-        "--output", type=Optional[str], default=None, help="the file to write (default: beside the checkpoint)"
-    )
-    parser.add_argument(
-        "--image_size", type=Optional[int], default=None, help="input side S (default: the training image size)"
-    )
-    return parser
-
-
-def run(config: Namespace) -> None:
-    output = config.output or str(Path(config.ckpt_path).with_suffix(FORMATS[config.format]))
-    try:
-        path = export(config.ckpt_path, output, config.format, config.image_size)
-    except (UserError, FileExistsError, FileNotFoundError) as error:
-        print(f"nla export: error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
-    print(f"exported {config.format} to {path} (preprocessing in {path.name}.json)")

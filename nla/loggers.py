@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
+from jsonargparse import Namespace
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
+
+from nla.config import import_class
+from nla.errors import UserError
 
 
 def wandb_available() -> bool:
@@ -31,3 +35,26 @@ class WandbLogger(LightningWandbLogger):
             self._wandb_init.pop("anonymous", None)
         if self._wandb_init.get("dir"):
             Path(self._wandb_init["dir"]).mkdir(parents=True, exist_ok=True)
+
+
+def without_wandb(trainer: Namespace, asked: bool) -> Optional[str]:
+    """Where the wandb package is missing, nla's default W&B logger in a command's trainer config becomes a CSV
+    logger (``<run dir>/csv/version_<n>/metrics.csv``, a new version each command, so nothing is overwritten), and the
+    note that says so is returned; a W&B logger the command ``asked`` for is a :class:`UserError` saying what to do."""
+    loggers = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
+    wandb_loggers = [
+        logger
+        for logger in loggers
+        if isinstance(logger, Namespace) and issubclass(import_class(logger.class_path), LightningWandbLogger)
+    ]
+    if not wandb_loggers or wandb_available():
+        return None
+    if asked:
+        raise UserError(
+            "a W&B logger needs the wandb package, which is not installed: pip install wandb, or log to CSV "
+            "(--trainer.logger lightning.pytorch.loggers.CSVLogger) or not at all (--trainer.logger false)"
+        )
+    csv = Namespace(class_path="lightning.pytorch.loggers.CSVLogger", init_args=Namespace(save_dir=None, name="csv"))
+    replaced = [csv if logger in wandb_loggers else logger for logger in loggers]
+    trainer.logger = replaced if isinstance(trainer.logger, list) else replaced[0]
+    return "nla: wandb is not installed: logging to CSV in <run dir>/csv instead (pip install wandb for W&B)"

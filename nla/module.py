@@ -24,23 +24,14 @@ from nla.backbone import (
     require_timm_model,
     require_torch_file,
 )
-from nla.classes import ClassMatch, match_classes
-from nla.criterion import Criterion, CriterionConfig, CriterionOutput
+from nla.classes import LabelMap, match_classes
+from nla.criterion import Criterion, CriterionConfig
 from nla.data.samples import DataError
-from nla.errors import ConfigError, UserError
-from nla.losses import prediction_entropy
+from nla.errors import ConfigError, check_positive_finite
+from nla.nonfinite import LossWatch, check_finite_weights
 from nla.results import Evaluation
 
 EVALUATION_STAGES = ("val", "test")
-
-
-class NonFiniteError(UserError, FloatingPointError):
-    """The loss or the weights became NaN or infinite; raised before anything non-finite is saved."""
-
-
-def _positive_finite(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ConfigError(f"model.{name}={value} must be a finite positive number")
 
 
 class NLAModule(LightningModule):
@@ -70,11 +61,6 @@ class NLAModule(LightningModule):
         class_counts: Training class counts for the class-imbalance losses (``None``: the DataModule's).
     """
 
-    label_lookup: Tensor  # data class index -> model class index (-1: a class the model lacks), once set up
-    excluded_counts: Tensor  # images of such classes met in the current evaluation
-    nonfinite: Tensor  # 1.0 once a training step of this fit had a non-finite loss (on the device, no host sync)
-    nonfinite_record: Tensor  # that first step's (classification, consistency, epoch, global step)
-
     def __init__(
         self,
         backbone: str = "resnet18",
@@ -92,8 +78,8 @@ class NLAModule(LightningModule):
         class_counts: Optional[list[int]] = None,
     ) -> None:
         super().__init__()
-        _positive_finite("lr", lr)
-        _positive_finite("lr_gamma", lr_gamma)
+        check_positive_finite(lr, "model.lr")
+        check_positive_finite(lr_gamma, "model.lr_gamma")
         if not (math.isfinite(weight_decay) and weight_decay >= 0):
             raise ConfigError(f"model.weight_decay={weight_decay} must be a finite number >= 0")
         if class_names is not None and num_classes is not None and len(class_names) != num_classes:
@@ -110,14 +96,13 @@ class NLAModule(LightningModule):
         self._forward = self.features_and_logits
         self.validation_history: list[Evaluation] = []  # one record per validated epoch; part of the checkpoint
         self.evaluations: dict[str, Evaluation] = {}  # the latest evaluation of each stage
-        self.class_match: Optional[ClassMatch] = None
+        self.label_map: Optional[LabelMap] = None  # the data's classes to the model's, once set up
         self._resumed_hparams: Optional[dict[str, Any]] = None
         self._epoch_lr: Optional[float] = None
         self.last_loss: Optional[Tensor] = None  # of the latest training step, on the device
         # Read by build(); the hparam is the record. `nla fit --ckpt_path` keeps the record and reads no file.
         self._pretrained_weights = pretrained_weights
-        self.register_buffer("nonfinite", torch.zeros(()), persistent=False)
-        self.register_buffer("nonfinite_record", torch.zeros(4), persistent=False)
+        self.loss_watch = LossWatch()  # a non-finite loss, noted on the device
         if num_classes is not None or class_names is not None:
             self.build(list(class_names) if class_names else [str(k) for k in range(num_classes or 0)])
 
@@ -207,14 +192,10 @@ class NLAModule(LightningModule):
                 "a model is trained on the classes of its data"
             )
         if data_classes and stage in ("fit", "validate", "test"):
-            self.class_match = match_classes(data_classes, self.class_names)
-            if not self.class_match.identity:
-                rank_zero_info(f"classes: {self.class_match.describe()}")
-            lookup = [-1 if k is None else k for k in self.class_match.to_model]
-            self.register_buffer("label_lookup", torch.tensor(lookup, device=self.device), persistent=False)
-            self.register_buffer(
-                "excluded_counts", torch.zeros(len(lookup), dtype=torch.long, device=self.device), persistent=False
-            )
+            match = match_classes(data_classes, self.class_names)
+            if not match.identity:
+                rank_zero_info(f"classes: {match.describe()}")
+            self.label_map = LabelMap(match).to(self.device)
         if stage == "fit" and self.criterion.needs_class_counts and self.hparams["class_counts"] is None:
             counts = getattr(datamodule, "train_class_counts", None)
             if counts is None:
@@ -256,12 +237,14 @@ class NLAModule(LightningModule):
             features_mirror=features[n:] if mirrored else None,
             classifier_weight=getattr(self.model.get_classifier(), "weight", None) if mirrored else None,
         )
-        self.watch_finite(output)
+        optimizers = self.trainer.optimizers if self._trainer is not None else []
+        parts = (output.classification, output.consistency)
+        self.loss_watch.observe(output.total, parts, self.current_epoch, self.global_step, optimizers)
         # Not a progress-bar metric: Lightning reads those from the device after every step; nla's bar reads
         # last_loss when it redraws.
         self.log("train/loss", output.total, on_step=True, on_epoch=True, batch_size=n)
         self.last_loss = output.total.detach()
-        self.log_dict(self.mechanism(z, output, labels), on_step=False, on_epoch=True, batch_size=n)
+        self.log_dict(self.criterion.mechanism(z, output, labels), on_step=False, on_epoch=True, batch_size=n)
         result = {"loss": output.total, "probs": output.probs, "labels": labels}
         if output.weights is not None:
             result["weights"] = output.weights.detach()
@@ -269,65 +252,18 @@ class NLAModule(LightningModule):
             result["index"] = batch["index"]
         return result
 
-    def mechanism(self, logits: Tensor, output: CriterionOutput, labels: Tensor) -> dict[str, Tensor]:
-        """Per-epoch means of what the loss does: its parts, the NAW weight per branch of eq. 4, the share of
-        samples in the false branch, the gradient that reaches the logits through ``w``, and the entropy of
-        the predictions."""
-        false_branch = (~output.prediction_true).float()
-        logged = {
-            "train/classification": output.classification,
-            "train/consistency": output.consistency,
-            "train/false_branch_share": false_branch.mean(),
-            "train/prediction_entropy": prediction_entropy(output.probs).mean(),
-        }
-        if output.weights is not None:
-            w = output.weights.detach()
-            logged["train/naw_weight"] = w.mean()
-            # Means over the branch's samples of this batch (0 when the batch has none of them).
-            logged["train/naw_weight_true_branch"] = (w * (1 - false_branch)).sum() / (
-                1 - false_branch
-            ).sum().clamp_min(1)
-            logged["train/naw_weight_false_branch"] = (w * false_branch).sum() / false_branch.sum().clamp_min(1)
-            gradient = self.criterion.weight_gradient_norm(logits, output, labels)
-            if gradient is not None:
-                logged["train/weight_gradient_norm"] = gradient
-        return logged
-
-    # --- a non-finite loss: found on the device, acted on by the optimiser, reported by the host ----------
-
-    def watch_finite(self, output: CriterionOutput) -> None:
-        """Note on the device whether this step's loss is finite, without making the host wait for the device.
-
-        From the first non-finite loss on, the fused Adam skips every update (``found_inf``, the flag by which
-        torch's fused optimisers skip a step, as ``torch.amp.GradScaler`` sets it), so that step changes no weight
-        and neither does any later one; :meth:`check_finite` reports it every ``log_every_n_steps`` steps, before
-        every validation and before every checkpoint. An optimiser without that flag is checked on the host here.
-        """
-        bad = ~torch.isfinite(output.total.detach())
-        first = bad & (self.nonfinite == 0)
-        where = [output.classification.detach(), output.consistency.detach()]
-        where += [self.nonfinite.new_full((), float(self.current_epoch)), self.nonfinite.new_full((), self.global_step)]
-        self.nonfinite_record = torch.where(first, torch.stack([v.float() for v in where]), self.nonfinite_record)
-        self.nonfinite = torch.maximum(self.nonfinite, bad.float())
-        optimizers = self.trainer.optimizers if self._trainer is not None else []
-        for optimizer in optimizers:
-            if optimizer.defaults.get("fused"):
-                optimizer.found_inf = self.nonfinite  # type: ignore[attr-defined]
-        if not optimizers or not all(optimizer.defaults.get("fused") for optimizer in optimizers):
-            self.check_finite()
+    # --- a non-finite loss or weights (nla.nonfinite) ------------------------------------------------
 
     def check_finite(self) -> None:
         """Stop the run if a training step of this fit had a non-finite loss (one host sync)."""
-        if self.nonfinite.item():
-            classification, consistency, epoch, step = self.nonfinite_record.tolist()
-            raise NonFiniteError(
-                f"non-finite loss at epoch {int(epoch)}, step {int(step)}: classification={classification:.4g}, "
-                f"consistency={consistency:.4g}. The run stops before this step changes any weight; the checkpoints "
-                "already written are kept. Resume with --ckpt_path last and a lower --model.lr"
-            )
+        self.loss_watch.check()
+
+    def check_finite_weights(self) -> None:
+        """Stop the run when any parameter or buffer is NaN or infinite, before it is evaluated or saved."""
+        check_finite_weights(self, self.current_epoch, self.global_step)
 
     def on_train_start(self) -> None:
-        self.nonfinite.zero_()
+        self.loss_watch.reset()
         self._resume_optimiser_settings()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -365,16 +301,6 @@ class NLAModule(LightningModule):
             )
         self._resumed_hparams = None
 
-    def check_finite_weights(self) -> None:
-        """Stop the run when any parameter or buffer is NaN or infinite, before it is evaluated or saved."""
-        for name, tensor in self.state_dict().items():
-            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                raise NonFiniteError(
-                    f"the weights became non-finite ({name}) at epoch {self.current_epoch}, step {self.global_step}; "
-                    "they are not evaluated or saved, and the last good checkpoint is kept. Resume with "
-                    "--ckpt_path last and a lower --model.lr"
-                )
-
     def on_validation_start(self) -> None:
         if self.trainer.state.fn == "fit":
             self.check_finite()
@@ -400,11 +326,8 @@ class NLAModule(LightningModule):
         if labels is None:
             raise ValueError(f"a {stage} batch needs labels")
         logits = self(images).float()
-        if self.class_match is not None and not self.class_match.identity:  # data labels to the model's classes
-            mapped = self.label_lookup[labels]
-            kept = mapped >= 0
-            self.excluded_counts += torch.bincount(labels[~kept], minlength=len(self.label_lookup))
-            logits, labels = logits[kept], mapped[kept]
+        if self.label_map is not None:  # the data's labels as the model's classes
+            logits, labels = self.label_map(logits, labels)
         getattr(self, f"{stage}_confusion").update(logits, labels)
         if len(labels):
             self.log(f"{stage}/loss", nn.functional.cross_entropy(logits, labels), batch_size=len(labels))
@@ -418,14 +341,8 @@ class NLAModule(LightningModule):
     def _end_evaluation(self, stage: str) -> Evaluation:
         confusion = getattr(self, f"{stage}_confusion")
         excluded = {}
-        if self.class_match is not None and self.class_match.unmatched:
-            counts = self.trainer.strategy.reduce(self.excluded_counts, reduce_op="sum").tolist()
-            excluded = {
-                name: int(n)
-                for name, n in zip(self.class_match.data_classes, counts)
-                if name in self.class_match.unmatched
-            }
-            self.excluded_counts.zero_()
+        if self.label_map is not None:
+            excluded = self.label_map.take_excluded(lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"))
         record = Evaluation.from_confusion(
             confusion.compute().cpu(),
             self.class_names,

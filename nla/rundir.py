@@ -8,6 +8,10 @@
   before it writes anything removes the directory it created.
 - ``validate``, ``test`` and ``predict`` write into a fresh sub-folder of the run, ``<command>``,
   ``<command>-1``, ..., so no command overwrites another's outputs.
+- A fit with no ``--trainer.default_root_dir`` writes into ``runs/<dataset>``; an evaluation command into the run of
+  its checkpoint. Loggers left without a folder or a name write into the run directory and take its name.
+- A resumed fit may change what can change mid-run (learning rate, schedule, criterion), never what defines the run
+  (:data:`FIXED_ON_RESUME`: the backbone, the data, the label protocol, the input).
 """
 
 from __future__ import annotations
@@ -16,7 +20,11 @@ import errno
 import fcntl
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
+
+from jsonargparse import Namespace
+
+from nla.config import import_class, leaves, same
 
 
 class RunDirectoryError(RuntimeError):
@@ -25,6 +33,15 @@ class RunDirectoryError(RuntimeError):
 
 CHECKPOINTS = "checkpoints"
 LOCK_FILE = ".nla.lock"
+
+
+def free_path(path: Path) -> Path:
+    """``path`` if it does not exist yet, else ``stem-1.suffix``, ``stem-2.suffix``, ... (the first free one)."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
 
 
 def holds_run(root: Path) -> bool:
@@ -143,3 +160,100 @@ def fresh_folder(root: Path, name: str) -> Path:
             return candidate
         except FileExistsError:
             n += 1
+
+
+#: Settings a resumed fit may not change: they define the model or the training data.
+FIXED_ON_RESUME = {  # by the setting's name within its group
+    "model": ("backbone",),
+    "data": (
+        "noise_rate",
+        "noise_seed",
+        "noise_source",
+        "train_label_file",
+        "imbalance_factor",
+        "long_tail_seed",
+        "long_tail_class_order",
+        "val_fraction",
+        "num_folds",
+        "fold",
+        "group_pattern",
+        "split_seed",
+        "num_classes",
+        "label_source",
+        "layout",
+        "crop_face",
+        "class_names",
+        "train_csv",
+        "image_size",
+        "mean",
+        "std",
+        "val_split",
+    ),
+}
+
+
+def check_resume(checkpoint: dict[str, Any], config: Namespace) -> Optional[str]:
+    """Refuse a resume that changes what defines the run (:data:`FIXED_ON_RESUME`), naming the setting and both
+    values; return a note of the settings that do change, or ``None``. A mean and std the run measured are kept."""
+    root = config.trainer.default_root_dir
+    saved_data = dict(checkpoint.get("datamodule_hyper_parameters") or {})
+    old_class, new_class = saved_data.get("_class_path"), config.data.get("class_path")
+    if old_class and new_class and old_class != new_class:
+        raise RunDirectoryError(
+            f"cannot resume {root!r} with --data {new_class}: the run was trained on "
+            f"{old_class}; start a new run with another --trainer.default_root_dir"
+        )
+    for key in ("mean", "std"):  # measured when the run started: keep what the model was trained with
+        if config.data.init_args.get(key) is None and saved_data.get(key) is not None:
+            config.data.init_args[key] = tuple(saved_data[key])
+    old = {**leaves(checkpoint.get("hyper_parameters") or {}, "model."), **leaves(saved_data, "data.")}
+    new = {**leaves(config.model, "model."), **leaves(config.data.init_args, "data.")}
+    changed = []
+    for key, value in new.items():
+        group, name = key.split(".", 1)
+        if key not in old or name.startswith("_") or same(old[key], value):
+            continue
+        if group == "model" and name in ("num_classes", "class_names", "pretrained_weights"):
+            continue  # derived from the data, or only used to initialise
+        if name in FIXED_ON_RESUME[group]:
+            raise RunDirectoryError(
+                f"cannot resume {root!r} with {key}={value!r}: the run was trained with {old[key]!r}, and a "
+                f"resumed run keeps its {'model' if group == 'model' else 'training data and input'}; start a new "
+                "run with another --trainer.default_root_dir"
+            )
+        changed.append(f"{key} {old[key]!r} -> {value!r}")
+    if not changed:
+        return None
+    return (
+        f"nla: resuming {root} with changed settings, which apply from epoch {checkpoint.get('epoch', 0) + 1} on: "
+        f"{'; '.join(changed)}"
+    )
+
+
+def default_run_dir(config: Namespace, base_class: type) -> Path:
+    """Where a command writes when ``--trainer.default_root_dir`` is not given: the run of its checkpoint, else
+    ``runs/<the dataset's name>`` (``base_class``'s name when no dataset is chosen)."""
+    if config.trainer.default_root_dir:
+        return Path(config.trainer.default_root_dir)
+    ckpt = config.get("ckpt_path")
+    if ckpt and ckpt not in ("last", "best") and Path(ckpt).is_file():
+        run = run_of_checkpoint(Path(ckpt))
+        return run if run is not None else Path("runs") / Path(ckpt).stem
+    data = config.get("data")
+    data_class = import_class(data.class_path) if isinstance(data, Namespace) and data.get("class_path") else base_class
+    return Path("runs") / getattr(data_class, "name", "data")
+
+
+def name_loggers(trainer: Namespace, run: Path, commands: tuple[str, ...]) -> None:
+    """Loggers whose folder or run name is left unset write into the run directory and take its name (an
+    evaluation command's folder, ``<command>[-n]`` of one of ``commands``, is named after its run too)."""
+    loggers = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
+    for logger in loggers:
+        init_args = logger.get("init_args") if isinstance(logger, Namespace) else None
+        if init_args is None:
+            continue
+        if "save_dir" in init_args and init_args.save_dir in (None, ".", "./"):
+            init_args.save_dir = str(run if trainer.default_root_dir is None else trainer.default_root_dir)
+        if "name" in init_args and init_args.name is None:
+            parent = run.parent.name if run.name.split("-")[0] in commands else None
+            init_args.name = f"{parent}/{run.name}" if parent else run.name

@@ -4,6 +4,7 @@ settings that make a CLI run take seconds on 2 CPU cores."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from unittest.mock import patch
 
@@ -12,6 +13,7 @@ import pytest
 from nla.data.synthetic import write_affectnet, write_ferplus, write_image_folder, write_rafdb
 
 os.environ.setdefault("WANDB_MODE", "offline")
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="nla-test-cache-")  # the help cache, not the user's
 os.environ.setdefault("WANDB_SILENT", "true")
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from nla import CriterionConfig, NLAModule
-from nla.callbacks import ProgressBar
-from nla.cli import default_precision, main, run_cli
+from nla.cli import main, run_cli
+from nla.cli.lightning import default_precision
+from nla.console import ProgressBar
 from nla.data import RAFDBDataModule
 from tests.conftest import CONFIGS, TINY, fit_args
 from tests.helpers import PoisonBatch

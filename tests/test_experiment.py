@@ -84,10 +84,10 @@ def test_grid_runs_writes_tables_and_resumes(tmp_path, rafdb_root, capsys):
 def test_a_stopped_grid_stops_its_runs_and_records_their_time(tmp_path, rafdb_root, monkeypatch, capsys):
     """SIGTERM to the runner (a scheduler's, or the end of a job) stops the runs it started, records how long they
     ran, and says in one line that the same command resumes them."""
-    import nla.experiment
+    import nla.experiment.runner
 
     sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
-    monkeypatch.setattr(nla.experiment, "fit_command", lambda *args, **kwargs: sleeper)
+    monkeypatch.setattr(nla.experiment.runner, "fit_command", lambda *args, **kwargs: sleeper)
     config = write_experiment(tmp_path, rafdb_root)
     experiment = Experiment.load(config)
     cells = [experiment.run_dir(*cell) for cell in experiment.cells()[:2]]
@@ -117,7 +117,7 @@ def test_a_stopped_grid_stops_its_runs_and_records_their_time(tmp_path, rafdb_ro
 def test_a_grid_whose_runs_all_fail_at_their_start_alike_stops(shared, tmp_path, rafdb_root, monkeypatch, capsys):
     """A wrong --data.root made every cell of a grid fail, one after another; the same error from the first runs,
     before any checkpoint, stops the grid. Runs that fail each their own way do not."""
-    import nla.experiment
+    import nla.experiment.runner
 
     def failing(experiment, protocol, method, seed, extra, resume):
         run_dir = experiment.run_dir(protocol, method, seed)
@@ -125,7 +125,7 @@ def test_a_grid_whose_runs_all_fail_at_their_start_alike_stops(shared, tmp_path,
         code = f"print('nla: error: {error} for {run_dir}'); raise SystemExit(1)"
         return [sys.executable, "-c", code]
 
-    monkeypatch.setattr(nla.experiment, "fit_command", failing)
+    monkeypatch.setattr(nla.experiment.runner, "fit_command", failing)
     config = write_experiment(tmp_path, rafdb_root)
     with pytest.raises(SystemExit) as stopped:
         main(["experiment", config])
@@ -162,9 +162,9 @@ def test_an_attempt_whose_runner_died_is_closed_at_the_runs_last_write(tmp_path)
 def test_a_cell_that_died_before_its_first_checkpoint_is_moved_aside_and_its_time_still_counts(
     tmp_path, rafdb_root, monkeypatch, capsys
 ):
-    import nla.experiment
+    import nla.experiment.runner
 
-    monkeypatch.setattr(nla.experiment, "fit_command", lambda *args, **kwargs: [sys.executable, "-c", "pass"])
+    monkeypatch.setattr(nla.experiment.runner, "fit_command", lambda *args, **kwargs: [sys.executable, "-c", "pass"])
     config = write_experiment(tmp_path, rafdb_root)
     run_dir = Experiment.load(config).run_dir("clean", "CE", 0)
     run_dir.mkdir(parents=True)

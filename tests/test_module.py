@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nla import Criterion, CriterionConfig, NLAModule
-from nla.module import NonFiniteError
+from nla.nonfinite import NonFiniteError
 
 
 def module(**criterion):

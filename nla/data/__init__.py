@@ -1,12 +1,12 @@
 """Reading FER datasets, label protocols, pixel pipelines and the DataModules that glue them together."""
 
+from nla.data.base import FERDataModule
 from nla.data.batch_augment import batch_eval_transform, batch_train_augment
 from nla.data.cache import build_image_cache
 from nla.data.checks import check_split
-from nla.data.datamodule import (
+from nla.data.datamodules import (
     AffectNetDataModule,
     CSVDataModule,
-    FERDataModule,
     FERPlusDataModule,
     ImageFolderDataModule,
     RAFDBDataModule,

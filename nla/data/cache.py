@@ -138,3 +138,13 @@ def _build(
     os.replace(partial, target)
     log.info("wrote image cache %s", target)
     return np.load(target, mmap_mode="c"), [], False
+
+
+def estimated_cache_gb(samples: Any, side: Optional[int]) -> float:
+    """The size of a split's cache: at ``side`` x ``side``, or at the first image's size (``None``)."""
+    if side is None:
+        first = load_image(samples.paths[0], None if samples.boxes is None else samples.boxes[0])
+        pixels = first.shape[0] * first.shape[1]
+    else:
+        pixels = side * side
+    return len(samples) * pixels * 3 / 1e9

@@ -1,4 +1,5 @@
-"""Checking a split's images before the first step, and building its decode-once cache.
+"""Checking a split's images before the first step, and building its decode-once cache; checking the trainer's
+batch limits against the batches of an epoch.
 
 A long run never dies halfway on a file it could have checked at the start: every listed image is
 checked to exist, and decoded when the cache is built or ``check_images`` is ``decode``. Unreadable
@@ -8,8 +9,9 @@ images stop the run with the label file and line that lists them, or are dropped
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import numpy as np
 
@@ -76,3 +78,25 @@ def check_split(
     if cache:
         images, _ = build(samples)
     return CheckedSplit(samples, images, skipped)
+
+
+def check_schedule(trainer: Any, images: int, batch_size: int, drop_last: bool) -> None:
+    """The trainer's batch limit and validation interval against the batches an epoch of ``images`` holds:
+    Lightning refuses them only once the fit loop starts, after the run folder and the logger exist."""
+    per_rank = math.ceil(images / trainer.world_size)
+    full = per_rank // batch_size if drop_last else math.ceil(per_rank / batch_size)
+    limit = trainer.limit_train_batches
+    batches = min(full, limit) if isinstance(limit, int) else int(full * limit)
+    if batches == 0:
+        raise DataError(
+            f"--trainer.limit_train_batches {limit} keeps none of the {full} training batches of an epoch "
+            f"({per_rank} images, batches of {batch_size}); give a larger fraction or a count of batches"
+        )
+    interval = trainer.val_check_interval
+    validates = trainer.check_val_every_n_epoch is not None and trainer.limit_val_batches > 0
+    if isinstance(interval, int) and interval > batches and validates:
+        raise DataError(
+            f"--trainer.val_check_interval {interval} is more than the {batches} training batches of an epoch; "
+            "give at most that many, a fraction of an epoch (e.g. 0.5), or --trainer.check_val_every_n_epoch null "
+            "to count batches across epochs"
+        )

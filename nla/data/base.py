@@ -1,11 +1,11 @@
-"""LightningDataModules for RAF-DB, FER+, AffectNet, image folders and CSV lists.
+"""The LightningDataModule every dataset's DataModule derives from: :class:`FERDataModule`, aligned face crops with
+the NLA training recipe.
 
-:class:`FERDataModule` orchestrates the jobs that live in their own modules: it reads each split with
-the dataset's source (:mod:`nla.data.sources`), holds out a validation split where the dataset has none
-(:mod:`nla.data.splits`), applies the label protocols to the training split (:mod:`nla.data.protocols`),
-checks every image and builds the cache before the first step (:mod:`nla.data.checks`), and serves
-batches through one of the two pixel pipelines (:mod:`nla.data.pipelines`). Subclasses only say how a
-split is read and what the classes are.
+It holds the settings and serves batches. Preparing each split (reading it with the dataset's source, holding out
+a validation split, the label protocols, the image checks and the cache) is its part
+:class:`nla.data.preparation.SplitPreparation`; the batches come from one of the two pixel pipelines
+(:mod:`nla.data.pipelines`). Each dataset's DataModule, in :mod:`nla.data.datamodules`, only says how a split is
+read and what the classes are.
 """
 
 from __future__ import annotations
@@ -13,31 +13,27 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from nla.data import pipelines
 from nla.data.batch_augment import batch_eval_transform, batch_train_augment
-from nla.data.checks import ImageCheck, check_split
+from nla.data.checks import ImageCheck, check_schedule
 from nla.data.datasets import FERImageDataset, PredictImageDataset
-from nla.data.images import list_images, load_image
-from nla.data.protocols import LabelProtocol, NoiseSource, write_label_file
-from nla.data.samples import DataError, Samples, check_classes_present, check_files_exist
-from nla.data.sources import affectnet, ferplus, generic, rafdb
+from nla.data.images import list_images
+from nla.data.preparation import Split, SplitPreparation
+from nla.data.protocols import LabelProtocol, NoiseSource
+from nla.data.samples import DataError, Samples
 from nla.data.splits import HoldOut
-from nla.data.stats import measure_stats
 from nla.data.transforms import Augmentation, eval_transform, train_transform
 from nla.errors import check_image_size
 from nla.faces import FaceDetector
 
-Split = Literal["train", "valid", "test"]
 Pipeline = Literal["auto", "cached", "albumentations"]
 RGB = tuple[float, float, float]
 
@@ -50,7 +46,7 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-class FERDataModule(LightningDataModule):
+class FERDataModule(SplitPreparation, LightningDataModule):
     """Aligned face crops for facial expression recognition, with the NLA training recipe.
 
     Args:
@@ -271,30 +267,7 @@ class FERDataModule(LightningDataModule):
             if split not in self.splits and split not in self._labelled:
                 self._labelled[split] = self._label(split)
         if stage == "fit" and "train" in self._labelled:
-            self._check_schedule(len(self._labelled["train"]))
-
-    def _check_schedule(self, images: int) -> None:
-        """The trainer's batch limit and validation interval against the batches an epoch of ``images`` holds:
-        Lightning refuses them only once the fit loop starts, after the run folder and the logger exist."""
-        trainer = self.trainer
-        assert trainer is not None
-        per_rank = math.ceil(images / trainer.world_size)
-        full = per_rank // self.batch_size if self.drop_last else math.ceil(per_rank / self.batch_size)
-        limit = trainer.limit_train_batches
-        batches = min(full, limit) if isinstance(limit, int) else int(full * limit)
-        if batches == 0:
-            raise DataError(
-                f"--trainer.limit_train_batches {limit} keeps none of the {full} training batches of an epoch "
-                f"({per_rank} images, batches of {self.batch_size}); give a larger fraction or a count of batches"
-            )
-        interval = trainer.val_check_interval
-        validates = trainer.check_val_every_n_epoch is not None and trainer.limit_val_batches > 0
-        if isinstance(interval, int) and interval > batches and validates:
-            raise DataError(
-                f"--trainer.val_check_interval {interval} is more than the {batches} training batches of an epoch; "
-                "give at most that many, a fraction of an epoch (e.g. 0.5), or --trainer.check_val_every_n_epoch null "
-                "to count batches across epochs"
-            )
+            check_schedule(self.trainer, len(self._labelled["train"]), self.batch_size, self.drop_last)
 
     def setup(self, stage: Optional[str] = None) -> None:
         self._choose_splits(stage)
@@ -303,152 +276,6 @@ class FERDataModule(LightningDataModule):
                 self._load_split(split)
         if stage in ("fit", None) and (self.mean is None or self.std is None):
             self._measure_stats()
-
-    def _choose_splits(self, stage: Optional[str]) -> None:
-        """Settle which splits a ``stage`` reads, before they are read (a folder without splits holds one out)."""
-
-    def _splits_for(self, stage: Optional[str]) -> list[Split]:
-        if stage in ("fit", None):
-            return ["train", self.val_split] + (["test"] if stage is None and self.val_split != "test" else [])
-        if stage == "validate":
-            return [self.val_split]
-        if stage == "test":
-            return ["test"]
-        return []
-
-    def _read(self, split: str) -> Samples:
-        if self.holdout is None or (split == "test" and self.has_split("test")):
-            return self.read_split(split)  # type: ignore[arg-type]
-        full = self.read_split("train")
-        train, held_out = self.holdout.split(full)
-        if split == "train":
-            rank_zero_info(
-                f"{type(self).__name__}: {len(held_out)} of {len(full)} images held out for validation "
-                f"({self.holdout.describe()})"
-            )
-        return full.subset(train if split == "train" else held_out)
-
-    def _label(self, split: str) -> Samples:
-        """A split's images and the labels it trains or is evaluated with; no image is opened."""
-        samples = self._read(split)
-        if list(samples.classes) != list(self.class_names):
-            raise DataError(f"the {split} split has classes {list(samples.classes)}, expected {self.class_names}")
-        for note in samples.notes:
-            rank_zero_info(f"{type(self).__name__} {split}: {note}")
-        if split == "train":
-            samples = self._apply_protocols(samples)
-            check_classes_present(samples, split)
-            if self.drop_last and len(samples) < self.batch_size:
-                raise DataError(
-                    f"the train split has {len(samples)} images, fewer than --data.batch_size {self.batch_size}: with "
-                    "--data.drop_last true not one batch would train; lower the batch size"
-                )
-        return samples
-
-    def _load_split(self, split: str) -> None:
-        samples = self._labelled.pop(split, None)
-        if samples is None:
-            samples = self._label(split)
-        if split != "train" and self.detector is not None and samples.boxes is None:
-            samples = self._find_faces(samples, split)
-        if not len(samples):
-            raise DataError(f"the {split} split of {self.root!r} has no images")
-        cached = self._cache_enabled(samples)
-        checked = check_split(
-            samples,
-            split,
-            self.check_images,
-            self.skip_unreadable,
-            cached,
-            self.cache_resolution,
-            self.image_size,
-            self.cache_dir,
-            max(self.num_workers, 1),
-        )
-        if checked.skipped:
-            self.skipped[split] = checked.skipped
-            shown = ", ".join(checked.skipped[:20]) + (" ..." if len(checked.skipped) > 20 else "")
-            rank_zero_warn(f"skipped {len(checked.skipped)} unreadable {split} image(s) of {len(samples)}: {shown}")
-        if checked.cache is not None:
-            self.caches[split] = checked.cache
-        self.splits[split] = checked.samples
-        counts = dict(zip(self.class_names, checked.samples.class_counts().tolist()))
-        rank_zero_info(f"{type(self).__name__} {split}: {len(checked.samples)} images {counts}")
-
-    def _find_faces(self, samples: Samples, split: str) -> Samples:
-        """Crop each image of an evaluation split to its largest face, or keep it whole where none is found."""
-        detector = self.detector
-        assert detector is not None
-
-        def crop(path: str) -> tuple[tuple[int, int, int, int], bool]:
-            image = load_image(path)
-            found = detector.crop_box(image)
-            return (found, True) if found is not None else ((0, 0, image.shape[1], image.shape[0]), False)
-
-        check_files_exist(samples, split)
-        with ThreadPoolExecutor(max_workers=max(self.num_workers, 1)) as pool:
-            results = list(pool.map(crop, samples.paths))
-        found = sum(ok for _, ok in results)
-        rank_zero_info(
-            f"{type(self).__name__} {split}: a face was found in {found} of {len(samples)} images"
-            + (f"; the other {len(samples) - found} are evaluated whole" if found < len(samples) else "")
-        )
-        return dataclasses.replace(samples, boxes=np.asarray([box for box, _ in results], dtype=np.float32))
-
-    def _apply_protocols(self, samples: Samples) -> Samples:
-        samples, notes = self.protocol.apply(samples, self.standard_noise_file, self.label_code_offset, self._resolve)
-        self.protocol_notes = notes
-        for note in notes:
-            rank_zero_info(f"{type(self).__name__} train: {note}")
-        if notes and self.save_train_labels:
-            self._write_train_labels(samples)
-        return samples
-
-    def _write_train_labels(self, samples: Samples) -> None:
-        trainer = self.trainer
-        if trainer is None or not trainer.is_global_zero:
-            return
-        path = Path(trainer.default_root_dir) / "train_labels.txt"
-        if path.exists():
-            return  # a resumed run: the protocol is seeded and unchanged (the CLI refuses a changed one)
-        write_label_file(path, samples.names, samples.labels, self.label_code_offset)
-
-    def _resolve(self, path: str) -> Path:
-        """Relative protocol files are looked up in the working directory, then under the data root."""
-        candidate = Path(path)
-        if candidate.is_absolute() or candidate.exists() or not self.root:
-            return candidate
-        return Path(self.root) / candidate
-
-    def _measure_stats(self) -> None:
-        train = self.splits["train"]
-        self.mean, self.std = measure_stats(
-            train, self.caches.get("train"), cache_dir=self.cache_dir, workers=max(self.num_workers, 1)
-        )
-        self.hparams.update(mean=self.mean, std=self.std)  # the checkpoint records what the model was trained with
-        rank_zero_info(
-            f"{type(self).__name__}: normalising with the training images' mean {self.mean} and std {self.std}"
-        )
-
-    def _cache_enabled(self, samples: Samples) -> bool:
-        """Decided once, on the first split loaded (the training split when fitting), for every split."""
-        if self._use_cache is None:
-            if self.pipeline != "auto":
-                self._use_cache = self.pipeline == "cached"
-            else:
-                on_accelerator = self.trainer is not None and self.trainer.strategy.root_device.type != "cpu"
-                self._use_cache = on_accelerator and self._estimated_cache_gb(samples) <= self.max_cache_gb
-            rank_zero_info(f"{type(self).__name__}: {'cached' if self._use_cache else 'albumentations'} pixel pipeline")
-        return self._use_cache
-
-    def _estimated_cache_gb(self, samples: Samples) -> float:
-        side = self.cache_resolution
-        if side is None:
-            first = load_image(samples.paths[0], None if samples.boxes is None else samples.boxes[0])
-            pixels = first.shape[0] * first.shape[1]
-        else:
-            pixels = side * side
-        return len(samples) * pixels * 3 / 1e9
 
     # --- batches ------------------------------------------------------------------------------
 
@@ -535,196 +362,3 @@ class FERDataModule(LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         return {"protocol_notes": self.protocol_notes, "class_names": self.class_names}
-
-
-class RAFDBDataModule(FERDataModule):
-    """RAF-DB basic, in the layout RAF-DB ships (``basic/EmoLabel``, ``basic/Image/aligned``) or the re-upload's
-    ``DATASET/{train,test}/<label>/`` with ``{train,test}_labels.csv``; ``layout="auto"`` detects which.
-
-    Classes, labels 1..7: Surprise, Fear, Disgust, Happiness, Sadness, Anger, Neutral. RAF-DB has no
-    validation split, so the paper's protocol validates on the test split.
-
-    Args:
-        layout: ``"auto"``, ``"basic"`` or ``"folders"``.
-        mean: The authors' RAF-DB statistics by default.
-        std: The authors' RAF-DB statistics by default.
-    """
-
-    label_code_offset = rafdb.LABEL_CODE_OFFSET
-    name = "rafdb"
-
-    def __init__(
-        self,
-        root: Optional[str] = None,
-        layout: rafdb.Layout = "auto",
-        mean: Optional[RGB] = rafdb.MEAN,
-        std: Optional[RGB] = rafdb.STD,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(root, mean=mean, std=std, **kwargs)
-        self.layout = layout
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(rafdb.CLASSES)
-
-    def read_split(self, split: Split) -> Samples:
-        if split == "valid":
-            raise DataError(
-                "RAF-DB has no validation split: validate on 'test' (the paper's protocol), or hold out part "
-                "of the training split with --data.val_fraction"
-            )
-        return rafdb.read_rafdb(self.require_root(), split, self.layout)
-
-    def standard_noise_file(self, rate: float) -> Optional[Path]:
-        return rafdb.standard_noise_file(self.require_root(), rate, self.layout)
-
-
-class FERPlusDataModule(FERDataModule):
-    """FER+ (``FER2013Train``/``Valid``/``Test``) with majority-vote labels from ``fer2013new.csv``, else ``label.csv``.
-
-    Classes: neutral, happiness, surprise, sadness, anger, disgust, fear, contempt (8), or the first 7.
-
-    Args:
-        num_classes: 8, or 7 with contempt dropped.
-        label_source: ``"auto"`` (``fer2013new.csv`` when present), ``"fer2013new"`` or ``"label_csv"``.
-    """
-
-    name = "ferplus"
-
-    def __init__(
-        self,
-        root: Optional[str] = None,
-        num_classes: Literal[7, 8] = 8,
-        label_source: ferplus.LabelSource = "auto",
-        val_split: Split = "valid",
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(root, val_split=val_split, **kwargs)
-        self._classes = ferplus.classes_for(num_classes)
-        self._num_classes = num_classes
-        self.label_source = label_source
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self._classes)
-
-    def read_split(self, split: Split) -> Samples:
-        return ferplus.read_ferplus(self.require_root(), split, self._num_classes, self.label_source)
-
-
-class AffectNetDataModule(FERDataModule):
-    """AffectNet from ``training.csv`` and ``validation.csv``; the validation set is the test set.
-
-    Classes, codes 0..7: Neutral, Happy, Sad, Surprise, Fear, Disgust, Anger, Contempt; codes 8-10 are dropped.
-
-    Args:
-        num_classes: 7, or 8 with contempt.
-        crop_face: Crop each image to its face box from the CSV.
-    """
-
-    name = "affectnet"
-
-    def __init__(
-        self, root: Optional[str] = None, num_classes: Literal[7, 8] = 7, crop_face: bool = False, **kwargs: Any
-    ) -> None:
-        super().__init__(root, **kwargs)
-        self._classes = affectnet.classes_for(num_classes)
-        self._num_classes = num_classes
-        self.crop_face = crop_face
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self._classes)
-
-    def read_split(self, split: Split) -> Samples:
-        samples = affectnet.read_affectnet(self.require_root(), split, self._num_classes)
-        if not self.crop_face:
-            samples.boxes = None
-        return samples
-
-
-class ImageFolderDataModule(FERDataModule):
-    """Class folders of face images, with splits (``root/<split>/<class>/*``, splits ``train``, ``val`` or
-    ``valid``, ``test``) or without (``root/<class>/*``, as CK+ or JAFFE ship).
-
-    Without splits, a fit holds out a seeded, stratified share of each class for validation
-    (``val_fraction``, 0.2 unless given, or ``num_folds`` and ``fold``); ``nla test`` evaluates the held-out
-    part when a hold-out is set, and every image otherwise.
-
-    Args:
-        class_names: The classes in label order; ``None`` takes the sorted folder names.
-    """
-
-    name = "folder"
-
-    def __init__(self, root: Optional[str] = None, class_names: Optional[list[str]] = None, **kwargs: Any) -> None:
-        super().__init__(root, **kwargs)
-        self._class_names = list(class_names) if class_names else None
-
-    @property
-    def class_names(self) -> list[str]:
-        if self._class_names is None:
-            self._class_names = list(generic.folder_classes(self.require_root()))
-        return self._class_names
-
-    @property
-    def flat(self) -> bool:
-        return not generic.has_split_folders(Path(self.require_root()))
-
-    def has_split(self, split: Split) -> bool:
-        return not self.flat
-
-    def _choose_splits(self, stage: Optional[str]) -> None:
-        if self.flat and self.holdout is None and stage in ("fit", None):
-            self.holdout, self.val_split = HoldOut(val_fraction=0.2, seed=self.hparams["split_seed"]), "valid"
-            rank_zero_info(
-                f"{self.root} has no train/ and test/ folders: holding out 20% of each class for validation "
-                "(set --data.val_fraction or --data.num_folds to choose)"
-            )
-
-    def read_split(self, split: Split) -> Samples:
-        if self.flat:
-            return generic.read_class_folders(self.require_root(), self.class_names)
-        return generic.read_image_folder(self.require_root(), split, self.class_names)
-
-
-class CSVDataModule(FERDataModule):
-    """Lists of ``path,label`` in CSV files, one per split; paths are relative to ``root`` (else to the CSV).
-
-    Args:
-        class_names: The classes in label order (required); labels may be these names or their indices.
-        train_csv: Training list (needed to fit, not to test).
-        val_csv: Validation list (``None``: validate on ``test_csv``).
-        test_csv: Test list.
-    """
-
-    name = "csv"
-
-    def __init__(
-        self,
-        class_names: Optional[list[str]] = None,
-        train_csv: Optional[str] = None,
-        test_csv: Optional[str] = None,
-        root: Optional[str] = None,
-        val_csv: Optional[str] = None,
-        **kwargs: Any,
-    ) -> None:
-        kwargs.setdefault("val_split", "valid" if val_csv else "test")
-        if not class_names:
-            raise DataError(
-                "CSVDataModule needs the classes in label order: pass --data.class_names, e.g. '[neutral, happy, sad]'"
-            )
-        super().__init__(root, **kwargs)
-        self._class_names = list(class_names)
-        self.csv_files = {"train": train_csv, "valid": val_csv, "test": test_csv}
-
-    @property
-    def class_names(self) -> list[str]:
-        return self._class_names
-
-    def read_split(self, split: Split) -> Samples:
-        path = self.csv_files[split]
-        if path is None:
-            raise DataError(f"no CSV list for the {split} split; set --data.{split if split != 'valid' else 'val'}_csv")
-        return generic.read_csv_list(self._resolve(path), self.class_names, self.root)

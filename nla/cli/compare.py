@@ -12,15 +12,14 @@ import csv
 import io
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
 from jsonargparse import ArgumentParser, Namespace
 
-from nla.experiment import EVALUATIONS, SummaryEvaluation, evaluation_title, summary_rows
+from nla.experiment.tables import EVALUATIONS, SummaryEvaluation, evaluation_title, summary_rows
 from nla.results import RunSummary
-
-HELP = "Compare runs: last, best and mean of the last k epochs, overall, mean and per-class accuracy"
 
 
 def rows_of(run_dirs: list[str]) -> list[dict[str, Any]]:
@@ -73,7 +72,7 @@ def markdown(header: list[str], body: list[list[str]]) -> str:
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(description=__doc__)
+    parser = ArgumentParser(prog="nla compare", description=__doc__, exit_on_error=False)
     parser.add_argument("runs", nargs="+", help="run directories (or their summary.json)")
     parser.add_argument("--csv", action="store_true", help="print CSV instead of a markdown table")
     parser.add_argument(
@@ -100,3 +99,7 @@ def run(config: Namespace) -> None:
         print(buffer.getvalue(), end="")
     else:
         print(markdown(header, body))
+
+
+def main(argv: Sequence[str]) -> None:
+    run(build_parser().parse_args(list(argv[1:])))

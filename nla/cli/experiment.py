@@ -1,0 +1,120 @@
+"""``nla experiment``: the command that runs an experiment file's grid and writes its tables (:mod:`nla.experiment`).
+
+nla experiment configs/experiments/table5_rafdb.yaml --data.root /path/to/RAF-DB
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any, Optional
+
+from jsonargparse import ArgumentParser, Namespace
+
+from nla.cli.messages import Terminated
+from nla.errors import UserError, check_seed
+from nla.experiment import Experiment, ExperimentError, collect, run_grid, write_tables
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="nla experiment",
+        exit_on_error=False,
+        description="Run a grid of methods x protocols x seeds and write the paper's tables. Arguments after the "
+        "experiment file that are not this command's own go to every `nla fit`, e.g. --data.root /path/to/RAF-DB.",
+    )
+    add_options(parser)
+    parser.add_argument("fit_args", nargs=argparse.REMAINDER, help="arguments for every nla fit")
+    return parser
+
+
+def add_options(parser: Any) -> None:
+    parser.add_argument("config", help="an experiment YAML, e.g. configs/experiments/table5_rafdb.yaml")
+    parser.add_argument("--seeds", type=Optional[list[int]], default=None, help="run only these seeds, e.g. [0,1]")
+    parser.add_argument("--methods", type=Optional[list[str]], default=None, help="run only these methods")
+    parser.add_argument("--protocols", type=Optional[list[str]], default=None, help="run only these protocols")
+    parser.add_argument("--output_dir", type=Optional[str], default=None, help="override the experiment's output_dir")
+    parser.add_argument("--jobs", type=int, default=1, help="cells run at once, each in its own process")
+    parser.add_argument("--dry_run", action="store_true", help="print what would run")
+    parser.add_argument("--tables_only", action="store_true", help="only rebuild the tables from finished runs")
+
+
+OPTIONS = ("--seeds", "--methods", "--protocols", "--output_dir", "--jobs", "--dry_run", "--tables_only")
+
+
+FLAGS = ("--dry_run", "--tables_only")
+
+
+def split_options(config: Namespace) -> tuple[Namespace, list[str]]:
+    """This command's own options may also follow the experiment file; the rest goes to every fit."""
+    own = ArgumentParser()
+    add_options(own)
+    remaining, known = [], [config.config]
+    args = list(config.fit_args or [])
+    while args:
+        arg = args.pop(0)
+        name = arg.split("=", 1)[0]
+        if name in OPTIONS:
+            known.append(arg)
+            if "=" not in arg and name not in FLAGS and args:
+                known.append(args.pop(0))
+        else:
+            remaining.append(arg)
+    parsed = own.parse_args(known, defaults=True)
+    for key in ("seeds", "methods", "protocols", "output_dir", "dry_run", "tables_only"):
+        if config.get(key) not in (None, False):
+            parsed[key] = config[key]
+    if config.jobs != 1:
+        parsed.jobs = config.jobs
+    return parsed, remaining
+
+
+def run(config: Namespace) -> None:
+    options, extra = split_options(config)
+    try:
+        experiment = Experiment.load(options.config)
+        for name in ("methods", "protocols"):
+            chosen = options.get(name)
+            if chosen:
+                grid = getattr(experiment, name)
+                unknown = [c for c in chosen if c not in grid]
+                if unknown:
+                    raise ExperimentError(f"{options.config}: no {name} {unknown}; it has {list(grid)}")
+                setattr(experiment, name, {c: grid[c] for c in chosen})
+        if options.jobs < 1:
+            raise ExperimentError(f"--jobs {options.jobs} must be at least 1")
+        if options.seeds is not None:
+            experiment.seeds = list(options.seeds)
+        if not experiment.seeds:
+            raise ExperimentError(f"no seeds to run: give --seeds, e.g. [0], or seeds in {options.config}")
+        for seed in experiment.seeds:
+            check_seed(seed, "seed")
+    except UserError as error:
+        print(f"nla experiment: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if options.output_dir:
+        experiment.output_dir = options.output_dir
+    try:
+        failed = [] if options.tables_only else run_grid(experiment, extra, options.dry_run, options.jobs)
+    except ExperimentError as error:
+        print(f"nla experiment: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except (Terminated, KeyboardInterrupt) as error:
+        how, code = ("SIGTERM", 143) if isinstance(error, Terminated) else ("Ctrl-C", 130)
+        print(
+            f"nla experiment: stopped by {how}; the finished runs are kept, the same command resumes the rest",
+            file=sys.stderr,
+        )
+        raise SystemExit(code) from None
+    if options.dry_run:
+        return
+    markdown, table = write_tables(experiment, collect(experiment))
+    print(f"tables: {markdown} and {table}")
+    if failed:
+        print(f"nla experiment: {len(failed)} run(s) failed: {failed}", file=sys.stderr)
+        raise SystemExit(1)
+
+
+def main(argv: Sequence[str]) -> None:
+    run(build_parser().parse_args(list(argv[1:])))

@@ -1,0 +1,352 @@
+"""The Lightning commands, ``fit``, ``validate``, ``test``, ``predict``, and ``label-issues``: LightningCLI with nla's
+defaults, run directories and checkpoints.
+
+Every command starts from nla's defaults (``nla/defaults.yaml``: the paper's trainer, the callbacks, offline W&B)
+beneath any ``--config``. Run directories follow :mod:`nla.rundir`: a fit writes into ``trainer.default_root_dir``
+(``runs/<dataset>`` unless given) and holds a lock on it; resuming (``--ckpt_path last``) is the only way back into a
+directory that holds a run, and may change only the settings that can change mid-run. ``validate``, ``test``,
+``predict`` and ``label-issues`` take the model, its classes and its preprocessing from ``--ckpt_path`` and write into
+a fresh sub-folder of the checkpoint's run.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from jsonargparse import Namespace
+from jsonargparse.typing import PositiveInt
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from nla.backbone import WeightsMismatchError, load_trusted
+from nla.callbacks import RunConfigSaver
+from nla.cli import COMMANDS
+from nla.cli import args as command_line
+from nla.cli.args import config_files, names_data, names_logger, yaml_number
+from nla.cli.label_issues import run_label_issues
+from nla.cli.messages import EVALUATION_COMMANDS, needs_model_and_data
+from nla.config import import_class, plain, same
+from nla.data.base import FERDataModule
+from nla.errors import UserError, check_seed, read_yaml
+from nla.loggers import without_wandb
+from nla.module import NLAModule
+from nla.rundir import (
+    RunDirectoryError,
+    RunLock,
+    check_resume,
+    default_run_dir,
+    fresh_folder,
+    holds_run,
+    name_loggers,
+    resolve_checkpoint,
+    run_of_checkpoint,
+)
+
+DEFAULTS = Path(__file__).resolve().parents[1] / "defaults.yaml"
+
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+#: Set by the first process of a distributed evaluation, so that the others write into the same folder.
+OUTPUT_ENV = "NLA_COMMAND_DIR"
+
+
+def launched_process() -> bool:
+    """Whether this is a second (or later) process of a distributed run; the first one makes the decisions."""
+    return any(int(os.environ.get(key, 0) or 0) for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def explicit_init_args(data: Namespace, data_class: type) -> dict[str, Any]:
+    """The init arguments of a DataModule config that differ from the class's defaults: those a user gave."""
+    defaults: dict[str, Any] = {}
+    for klass in reversed([k for k in data_class.__mro__ if issubclass(k, FERDataModule)]):
+        defaults.update(
+            {
+                name: p.default
+                for name, p in inspect.signature(klass).parameters.items()
+                if p.default is not inspect.Parameter.empty
+            }
+        )
+    values = plain(data.get("init_args") or Namespace())
+    return {key: value for key, value in values.items() if key in defaults and not same(value, plain(defaults[key]))}
+
+
+def is_callback(callback: Any, kind: type) -> bool:
+    """Whether a trainer callback (a config entry or an object) is a ``kind``."""
+    if isinstance(callback, Namespace) and callback.get("class_path"):
+        return issubclass(import_class(callback.class_path), kind)
+    return isinstance(callback, kind)
+
+
+class NLACLI(LightningCLI):
+    """LightningCLI with nla's defaults, run directories, checkpoint handling and ``label-issues``."""
+
+    def __init__(self, args: Optional[Sequence[str]] = None, **kwargs: Any) -> None:
+        self._given_args: list[str] = []
+        self._lock: Optional[RunLock] = None
+        self._checkpoint: Optional[dict[str, Any]] = None
+        self._checkpoint_path: Optional[Path] = None
+        self._data_from_run = False  # an evaluation command that named no dataset: the checkpoint's own
+        self._resume_note: Optional[str] = None
+        self._output: Optional[Path] = None  # the fresh folder of an evaluation command
+        parser_kwargs: dict[str, Any] = {
+            "prog": "nla",
+            "description": "nla: facial expression recognition with NLA (AAAI 2025) and its baselines. "
+            "`nla <command> --help` describes each command.",
+            "exit_on_error": False,  # main() says what was wrong in one line, without a page of usage
+        }
+        for command in LIGHTNING_COMMANDS:
+            parser_kwargs[command] = {"default_config_files": [str(DEFAULTS)], "exit_on_error": False}
+        kwargs.setdefault("parser_kwargs", parser_kwargs)
+        try:
+            super().__init__(
+                NLAModule,
+                FERDataModule,
+                subclass_mode_data=True,
+                save_config_callback=RunConfigSaver,
+                auto_configure_optimizers=False,
+                args=list(args) if args is not None else None,
+                **kwargs,
+            )
+        except BaseException:  # a command that failed before writing anything leaves no folder behind
+            if self._output is not None and not any(self._output.iterdir()):
+                self._output.rmdir()
+            if self._lock is not None:
+                self._lock.release(tidy=True)
+            raise
+        finally:  # a failed command frees its run directory at once (a process could run another command)
+            if self._lock is not None:
+                self._lock.release()
+
+    # --- one parser: Lightning's subcommands and label-issues --------------------------------------
+
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        self._subcommand_parsers: dict[str, Any] = {}
+        subcommands = parser.add_subcommands()
+        for name in (*self.subcommands(), "label-issues"):
+            description = COMMANDS[name].help
+            options = {"description": description, **kwargs.get(name, kwargs.get("predict", {}))}
+            method = "predict" if name == "label-issues" else name  # it applies a model like predict does
+            subparser: Any = self._prepare_subcommand_parser(self.trainer_class, method, **options)  # type: ignore[arg-type]
+            subparser.set_defaults(weights_only=True)  # checkpoints are read without unpickling arbitrary objects
+            if name == "label-issues":
+                subparser.add_argument("--top", type=PositiveInt, default=36, help="suspects shown in label_issues.png")
+            self._set_help(subparser)
+            self._subcommand_parsers[name] = subparser
+            subcommands.add_subcommand(name, subparser, help=description)
+
+    @staticmethod
+    def _set_help(parser: Any) -> None:
+        """Correct Lightning's help texts where nla does something else."""
+        corrections = {
+            "--trainer.precision": "Precision: null (nla's default) is bf16-mixed on a GPU and 32-true on a CPU; or "
+            "32-true, bf16-mixed, 16-mixed, ...",
+            "--trainer.default_root_dir": "The run directory: a fit writes its config, checkpoints, summary, figures "
+            "and logs here (null: runs/<dataset>); validate, test and predict write into a "
+            "fresh <command>[-n] folder inside it (null: the checkpoint's run).",
+        }
+        for action in parser._actions:
+            for option in action.option_strings:
+                if option in corrections:
+                    action.help = corrections[option]
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        if subcommand == "label-issues":
+            run_label_issues(self, self.config[subcommand])
+            return
+        super()._run_subcommand(subcommand)
+
+    def _set_seed(self) -> None:
+        seed = self._get(self.config, "seed_everything")
+        if isinstance(seed, int) and not isinstance(seed, bool):
+            check_seed(seed, "--seed_everything")
+        super()._set_seed()
+
+    def instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        model = config.model
+        weights = model.get("pretrained_weights") if config.get("ckpt_path") else None
+        if weights:  # a fit from a checkpoint takes the weights from it: the file may be gone, and is not read
+            model.pretrained_weights = None
+        try:
+            self.config_init = self.parser.instantiate(self.config)
+        finally:
+            if weights:
+                model.pretrained_weights = weights
+        self.datamodule = self._get(self.config_init, "data")
+        self.model = self._get(self.config_init, "model")
+        if weights:
+            self.model.hparams["pretrained_weights"] = weights  # the record of where the run started
+        self.trainer = self.instantiate_trainer()
+
+    # --- checkpoints -----------------------------------------------------------------------------------
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """An evaluation command given a checkpoint and no dataset uses the dataset the checkpoint was trained on."""
+        given = (
+            list(sys.argv[1:] if args is None else args) if args is None or isinstance(args, (list, tuple)) else None
+        )
+        if given and any(yaml_number(arg) != arg for arg in given):
+            args = given = [yaml_number(arg) for arg in given]
+        for path in config_files(given or []):
+            if path.is_file():
+                read_yaml(path)  # jsonargparse's message names neither the file nor, often, the line
+        if given and given[0] in EVALUATION_COMMANDS and not names_data(given):
+            ckpt = command_line.option(given, "--ckpt_path")
+            if ckpt:
+                root = Path(command_line.option(given, "--trainer.default_root_dir") or ".")
+                checkpoint = self._load_checkpoint(resolve_checkpoint(ckpt, root))
+                class_path = (checkpoint.get("datamodule_hyper_parameters") or {}).get("_class_path")
+                if class_path:
+                    args = [given[0], "--data", class_path, *given[1:]]
+                    self._data_from_run = True
+        self._given_args = list(given or [])
+        if given is not None:  # Lightning's own method warns when it gets arguments and sys.argv has some too
+            self.config = parser.parse_args(args if args is not None else given)
+        else:
+            super().parse_arguments(parser, args)
+
+    def _load_checkpoint(self, path: Path) -> dict[str, Any]:
+        if self._checkpoint_path != path:
+            checkpoint = load_trusted(path, what="checkpoint")
+            if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+                raise WeightsMismatchError(f"{path} is not a checkpoint written by nla fit (it has no 'state_dict')")
+            self._checkpoint, self._checkpoint_path = checkpoint, path
+        assert self._checkpoint is not None
+        return self._checkpoint
+
+    def _parse_ckpt_path(self) -> None:
+        """Evaluation commands take the model (its classes and architecture) from ``--ckpt_path``; a fit's
+        checkpoint is checked in :meth:`before_instantiate_classes` instead."""
+        subcommand = self.config.get("subcommand")
+        if subcommand not in EVALUATION_COMMANDS or not self.config[subcommand].get("ckpt_path"):
+            return
+        config = self.config[subcommand]
+        path = resolve_checkpoint(config.ckpt_path, self._run_root(config))
+        config.ckpt_path = str(path)
+        hparams = dict(self._load_checkpoint(path).get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        hparams.pop("_class_path", None)
+        hparams["pretrained_weights"] = None  # the checkpoint holds the weights
+        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+
+    def before_fit(self) -> None:
+        if self._resume_note:
+            print(self._resume_note, file=sys.stderr)
+
+    # --- run directories ----------------------------------------------------------------------------
+
+    def _run_root(self, config: Namespace) -> Path:
+        return default_run_dir(config, FERDataModule)
+
+    def before_instantiate_classes(self) -> None:
+        subcommand = self.subcommand
+        if subcommand is None:
+            return
+        config = self.config[subcommand]
+        trainer = config.trainer
+        if trainer.precision is None:
+            trainer.precision = default_precision(trainer.accelerator)
+        if trainer.accelerator in ("gpu", "cuda") and not (
+            torch.cuda.is_available() or torch.backends.mps.is_available()
+        ):
+            build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "a build without CUDA"
+            raise UserError(
+                f"--trainer.accelerator {trainer.accelerator}: PyTorch finds no GPU on this machine (torch "
+                f"{torch.__version__}, {build}); leave it at auto to run on the CPU"
+            )
+        root = self._run_root(config)
+        note = without_wandb(trainer, names_logger(self._given_args))
+        if note and not launched_process():
+            print(note, file=sys.stderr)
+        # nla's defaults add checkpoint callbacks and a progress bar, which Lightning refuses beside
+        # enable_checkpointing false and enable_progress_bar false
+        for setting, kind in (("enable_checkpointing", ModelCheckpoint), ("enable_progress_bar", ProgressBarBase)):
+            if trainer.get(setting) is False and trainer.callbacks:
+                trainer.callbacks = [c for c in trainer.callbacks if not is_callback(c, kind)]
+        if subcommand == "fit":
+            for limit, more in (
+                ("max_epochs", "1 or more (-1: no limit)"),
+                ("max_steps", "1 or more (-1: no limit)"),
+                ("limit_train_batches", "a count of batches or a fraction above 0"),
+            ):
+                if trainer.get(limit) == 0:
+                    raise UserError(f"trainer.{limit}={trainer.get(limit)} trains nothing; give {more}")
+            trainer.default_root_dir = str(root)
+            if config.ckpt_path:
+                path = resolve_checkpoint(config.ckpt_path, root)
+                config.ckpt_path = str(path)
+                self._load_checkpoint(path)  # a file that is no nla checkpoint stops here, in one line
+            if not launched_process():
+                self._lock = RunLock(root).acquire()
+                own = config.ckpt_path and run_of_checkpoint(Path(config.ckpt_path)) == root.resolve()
+                if own:
+                    self._resume_note = check_resume(self._load_checkpoint(Path(config.ckpt_path)), config)
+                elif holds_run(root):
+                    how = "resume it with --ckpt_path last, or " if not config.ckpt_path else ""
+                    raise RunDirectoryError(
+                        f"run directory {str(root)!r} already holds a run; {how}start this one in another "
+                        "--trainer.default_root_dir"
+                        + (
+                            " (a checkpoint of another run starts a new run, which needs a directory of its own)"
+                            if config.ckpt_path
+                            else ""
+                        )
+                    )
+            self._checkpoint = self._checkpoint_path = None  # checked; Lightning reads it again to resume
+        else:
+            if launched_process():
+                output = Path(os.environ.get(OUTPUT_ENV) or root)
+            else:
+                output = self._output = fresh_folder(root, subcommand)
+                os.environ[OUTPUT_ENV] = str(output)
+            trainer.default_root_dir = str(output)
+            if self._checkpoint is not None:
+                self._data_from_checkpoint(config)
+                config = self.config[subcommand]
+            elif config.get("data") is None:
+                raise UserError(needs_model_and_data(subcommand))
+        run = root if subcommand == "fit" else Path(config.trainer.default_root_dir)
+        name_loggers(config.trainer, run, EVALUATION_COMMANDS)
+
+    def _data_from_checkpoint(self, config: Namespace) -> None:
+        """Evaluate with the preprocessing the model was trained with; with no ``--data``, on the run's own data."""
+        assert self._checkpoint is not None
+        saved = dict(self._checkpoint.get("datamodule_hyper_parameters") or {})
+        class_path = saved.pop("_class_path", None)
+        saved = {key: value for key, value in saved.items() if not key.startswith("_")}
+        data = config.get("data")
+        chosen = data.get("class_path") if isinstance(data, Namespace) else None
+        if class_path and (chosen is None or self._data_from_run or import_class(chosen) is FERDataModule):
+            given = explicit_init_args(data, import_class(chosen)) if chosen else {}  # no dataset named: the run's own
+            self.config = self.parser.parse_object(
+                {self.subcommand: {"data": {"class_path": class_path, "init_args": {**saved, **given}}}}, self.config
+            )
+            config = self.config[self.subcommand]
+        elif chosen is None:
+            raise UserError(
+                f"nla {self.subcommand}: {self._checkpoint_path} does not say what data it was trained on; "
+                "choose a dataset with --data (e.g. --data nla.data.ImageFolderDataModule --data.root DIR)"
+            )
+        for key in ("image_size", "mean", "std"):
+            if saved.get(key) is not None:
+                config.data.init_args[key] = tuple(saved[key]) if isinstance(saved[key], (list, tuple)) else saved[key]
+
+
+def default_precision(accelerator: Any) -> str:
+    """``precision: null``: bf16 mixed precision where a CUDA GPU will train, full precision on a CPU."""
+    on_gpu = torch.cuda.is_available() and accelerator not in ("cpu",)
+    return "bf16-mixed" if on_gpu else "32-true"
+
+
+def main(argv: Sequence[str]) -> None:
+    """``nla <command> ...`` for the Lightning commands; :func:`nla.cli.main` turns its errors into one line."""
+    NLACLI(argv)

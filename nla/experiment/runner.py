@@ -1,0 +1,204 @@
+"""Running an experiment's grid: one nla fit process per cell, jobs at a time, each cell's attempts and wall
+time in its runner.json; finished cells skipped, interrupted ones resumed, failed starts moved aside."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Optional
+
+from nla.experiment.spec import Experiment, ExperimentError
+from nla.results import RunSummary
+from nla.rundir import free_path
+
+
+def cell_state(run_dir: Path) -> str:
+    if (run_dir / RunSummary.FILENAME).is_file():
+        return "done"
+    if (run_dir / "checkpoints" / "last.ckpt").is_file():
+        return "resume"
+    if run_dir.exists():
+        return "stale"
+    return "new"
+
+
+def fit_command(
+    experiment: Experiment, protocol: str, method: str, seed: int, extra: Sequence[str], resume: bool
+) -> list[str]:
+    configs = [*experiment.base, *experiment.methods[method], *(experiment.protocols[protocol] or [])]
+    command = [sys.executable, "-m", "nla", "fit"]
+    for config in configs:
+        command += ["--config", config]
+    command += [
+        "--seed_everything",
+        str(seed),
+        "--trainer.default_root_dir",
+        str(experiment.run_dir(protocol, method, seed)),
+    ]
+    command += [*experiment.args, *extra]
+    return command + (["--ckpt_path", "last"] if resume else [])
+
+
+@dataclass
+class Cell:
+    label: str
+    run_dir: Path
+    command: list[str]
+    process: Optional[subprocess.Popen] = None
+    log: Optional[IO[str]] = None
+    started: float = 0.0
+
+
+def run_grid(experiment: Experiment, extra: Sequence[str], dry_run: bool = False, jobs: int = 1) -> list[str]:
+    """Run every unfinished cell, ``jobs`` at a time, each in its own process; returns the cells that failed."""
+    pending: list[Cell] = []
+    for protocol, method, seed in experiment.cells():
+        run_dir = experiment.run_dir(protocol, method, seed)
+        state = cell_state(run_dir)
+        label = f"{method} / {protocol} / seed {seed}"
+        if state == "done":
+            print(f"[done]    {label}: {run_dir}")
+            continue
+        if state == "stale":
+            aside = free_path(run_dir.with_name(run_dir.name + ".incomplete"))
+            print(f"[stale]   {label}: no checkpoint in {run_dir}; moved aside to {aside.name}")
+            if not dry_run:
+                run_dir.rename(aside)
+                carry_attempts(aside, run_dir)
+        command = fit_command(experiment, protocol, method, seed, extra, resume=state == "resume")
+        print(f"[{'resume' if state == 'resume' else 'run':<7}] {label}: {' '.join(command[2:])}")
+        pending.append(Cell(label, run_dir, command))
+    if dry_run:
+        return []
+    failed: list[str] = []
+    running: list[Cell] = []
+    succeeded, start_errors = False, []  # the errors of the runs that failed before their first checkpoint
+    shared_error: Optional[str] = None
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                running.append(start(pending.pop(0)))
+            time.sleep(0.2)
+            for cell in [c for c in running if c.process is not None and c.process.poll() is not None]:
+                running.remove(cell)
+                error = finish(cell, failed)
+                succeeded = succeeded or cell.label not in failed
+                if cell.label in failed and not (cell.run_dir / "checkpoints" / "last.ckpt").is_file():
+                    start_errors.append((error or "").replace(str(cell.run_dir), "<run>"))
+            if not succeeded and len(start_errors) >= 2 and len(set(start_errors)) == 1 and start_errors[0]:
+                shared_error, pending = start_errors[0], []  # what the cells share is wrong; the rest would fail alike
+    except BaseException:  # SIGTERM, Ctrl-C: the runs still going stop too, and their time so far is recorded
+        stop(running)
+        for cell in running:
+            finish(cell, failed, interrupted=True)
+        raise
+    if shared_error:
+        raise ExperimentError(
+            f"stopped: the first {len(start_errors)} runs failed at their start with the same error, and the others "
+            f"would too ({shared_error}); fix it and run the same command again"
+        )
+    return failed
+
+
+RUNNER_FILE = "runner.json"
+
+
+def runner_record(run_dir: Path) -> dict[str, Any]:
+    """A cell's ``runner.json``: its attempts (command, start, wall time, exit code) and their total wall time.
+
+    An attempt is written when it starts, so one whose runner died without a word (a machine taken back) is still
+    there; it is closed at the last time anything in the run's folder was written, and marked interrupted."""
+    path = run_dir / RUNNER_FILE
+    record: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {"attempts": []}
+    for attempt in record["attempts"]:
+        if attempt.get("wall_s") is None:
+            writes = [p.stat().st_mtime for p in run_dir.rglob("*") if p.is_file() and p.name != RUNNER_FILE]
+            attempt["wall_s"] = max([0.0, *(t - attempt["started"] for t in writes)])
+            attempt["interrupted"] = True
+    record["wall_s"] = total_wall_s(record["attempts"])
+    return record
+
+
+def total_wall_s(attempts: list[dict[str, Any]]) -> Optional[float]:
+    """The attempts' wall time together (an attempt still running counts 0); ``None`` when there is none."""
+    return math.fsum(attempt["wall_s"] or 0.0 for attempt in attempts) if attempts else None
+
+
+def write_runner_record(run_dir: Path, record: dict[str, Any]) -> None:
+    record["wall_s"] = total_wall_s(record["attempts"])
+    (run_dir / RUNNER_FILE).write_text(json.dumps(record, indent=2))
+
+
+def carry_attempts(aside: Path, run_dir: Path) -> None:
+    """A cell moved aside keeps its files; its attempts, time spent on the cell though they left no checkpoint,
+    go on counting in the new folder's ``runner.json``, each naming the folder it was moved to."""
+    record = runner_record(aside)
+    if record["attempts"]:
+        for attempt in record["attempts"]:
+            attempt.setdefault("moved_aside_to", aside.name)
+        run_dir.mkdir(parents=True)
+        write_runner_record(run_dir, record)
+
+
+def start(cell: Cell) -> Cell:
+    """Start a cell's ``nla fit`` and record the attempt at once, before anything can kill the runner."""
+    cell.run_dir.mkdir(parents=True, exist_ok=True)
+    record = runner_record(cell.run_dir)
+    cell.log = open(cell.run_dir / "fit.log", "a")  # noqa: SIM115  (closed when the cell ends)
+    cell.started = time.time()
+    cell.process = subprocess.Popen(cell.command, stdout=cell.log, stderr=subprocess.STDOUT)
+    record["attempts"].append({"command": cell.command[2:], "started": cell.started, "wall_s": None, "exit_code": None})
+    write_runner_record(cell.run_dir, record)
+    return cell
+
+
+def stop(cells: Sequence[Cell], grace_s: float = 60.0) -> None:
+    """Stop running cells as a scheduler would: SIGTERM to all (nla fit keeps its checkpoints), then SIGKILL to
+    those still running after ``grace_s``."""
+    processes = [cell.process for cell in cells if cell.process is not None]
+    for process in processes:
+        process.terminate()
+    deadline = time.time() + grace_s
+    for process in processes:
+        try:
+            process.wait(max(0.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def finish(cell: Cell, failed: list[str], interrupted: bool = False) -> Optional[str]:
+    """Close a cell's attempt in its ``runner.json`` with its wall time and exit code; a failed run's one-line
+    error, if its log ends with one."""
+    assert cell.process is not None and cell.log is not None
+    cell.log.close()
+    code, wall = cell.process.returncode, time.time() - cell.started
+    record = runner_record(cell.run_dir)
+    attempt = next(a for a in reversed(record["attempts"]) if a.get("started") == cell.started)
+    attempt.update(wall_s=wall, exit_code=code, interrupted=interrupted)
+    write_runner_record(cell.run_dir, record)
+    if interrupted:
+        print(f"[stopped] {cell.label} after {wall / 60:.1f} min; the same command resumes it")
+    elif code != 0 or not (cell.run_dir / RunSummary.FILENAME).is_file():
+        failed.append(cell.label)
+        error = last_error(cell.run_dir / "fit.log")
+        print(f"[failed]  {cell.label}: {error or f'exit code {code}'}; see {cell.run_dir / 'fit.log'}")
+        return error
+    else:
+        print(f"[done]    {cell.label}: {wall / 60:.1f} min")
+    return None
+
+
+def last_error(log: Path) -> Optional[str]:
+    """The last ``nla: error: ...`` line of a run's log, without its prefix."""
+    with open(log, "rb") as file:
+        file.seek(max(0, file.seek(0, 2) - 65536))
+        lines = file.read().decode("utf-8", "replace").splitlines()
+    errors = [line.removeprefix("nla: error: ") for line in lines if line.startswith("nla: error: ")]
+    return errors[-1] if errors else None

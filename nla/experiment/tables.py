@@ -1,0 +1,166 @@
+"""An experiment's tables, laid out like the paper's: overall and mean accuracy as mean ± std over seeds, per-class
+accuracy, for the last epoch, the best epoch and the mean of the last k (results.md, results.csv)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from nla.experiment.runner import runner_record
+from nla.experiment.spec import Experiment
+from nla.results import RunSummary
+
+#: How a run is summed up: its last epoch, its best epoch, the mean of its last k epochs.
+SummaryEvaluation = Literal["last", "best", "mean_last"]
+
+
+EVALUATIONS: tuple[SummaryEvaluation, ...] = typing.get_args(SummaryEvaluation)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    mean = math.fsum(values) / len(values)
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def format_cell(values: Sequence[Optional[float]]) -> str:
+    present = [v for v in values if v is not None]
+    if not present:
+        return "—"
+    mean, std = mean_std([100 * v for v in present])
+    return f"{mean:.2f} ± {std:.2f}" if len(present) > 1 else f"{mean:.2f}"
+
+
+def evaluation_title(evaluation: str, last_k: int) -> str:
+    return {"last": "last epoch", "best": "best epoch", "mean_last": f"mean of the last {last_k} epochs"}[evaluation]
+
+
+def summary_rows(summary: RunSummary, **identity: Any) -> list[dict[str, Any]]:
+    """One row per evaluation (last, best, mean of the last k) of a run's summary."""
+    rows = []
+    for evaluation in EVALUATIONS:
+        record = getattr(summary, evaluation)
+        epoch = record.epochs if evaluation == "mean_last" else record.epoch
+        rows.append(
+            {
+                **identity,
+                "evaluation": evaluation,
+                "epoch": epoch,
+                "acc": record.acc,
+                "mean_acc": record.mean_acc,
+                "class_acc": record.class_acc,
+                "last_k": summary.last_k,
+            }
+        )
+    return rows
+
+
+def collect(experiment: Experiment) -> list[dict[str, Any]]:
+    """One row per finished run and evaluation."""
+    rows = []
+    for protocol, method, seed in experiment.cells():
+        run_dir = experiment.run_dir(protocol, method, seed)
+        if not (run_dir / RunSummary.FILENAME).is_file():
+            continue
+        timing = runner_record(run_dir)
+        rows += summary_rows(
+            RunSummary.read(run_dir),
+            method=method,
+            protocol=protocol,
+            seed=seed,
+            wall_s=timing.get("wall_s"),
+            run_dir=str(run_dir),
+        )
+    return rows
+
+
+def write_tables(experiment: Experiment, rows: list[dict[str, Any]]) -> tuple[Path, Path]:
+    root = experiment.root
+    root.mkdir(parents=True, exist_ok=True)
+    class_names = next((list(r["class_acc"]) for r in rows), [])
+    last_k = next((r["last_k"] for r in rows), 5)
+    csv_path = root / "results.csv"
+    with open(csv_path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            ["method", "protocol", "seed", "evaluation", "epoch", "acc", "mean_acc", *class_names, "wall_s", "run_dir"]
+        )
+        for r in rows:
+            classes = ["" if r["class_acc"].get(c) is None else f"{r['class_acc'][c]:.6f}" for c in class_names]
+            writer.writerow(
+                [
+                    r["method"],
+                    r["protocol"],
+                    r["seed"],
+                    r["evaluation"],
+                    r["epoch"],
+                    f"{r['acc']:.6f}",
+                    f"{r['mean_acc']:.6f}",
+                    *classes,
+                    f"{r['wall_s']:.1f}" if r["wall_s"] is not None else "",
+                    r["run_dir"],
+                ]
+            )
+
+    def values(
+        method: str, protocol: str, evaluation: str, key: str, name: Optional[str] = None
+    ) -> list[Optional[float]]:
+        chosen = [r for r in rows if (r["method"], r["protocol"], r["evaluation"]) == (method, protocol, evaluation)]
+        return [r[key] if name is None else r[key].get(name) for r in chosen]
+
+    lines = [f"# {experiment.name}", ""]
+    lines += [
+        f"Configs: {', '.join(experiment.base)}; seeds {experiment.seeds}; extra arguments: "
+        f"`{' '.join(experiment.args) or '(none)'}`. Accuracy in %, mean ± sample std over the seeds that finished "
+        "(n per cell in results.csv). Evaluated on the validation split of each run's config (the test split for "
+        "RAF-DB and AffectNet, as FER papers do).",
+        "",
+    ]
+    for evaluation in EVALUATIONS:
+        lines += [f"## Overall / mean accuracy, {evaluation_title(evaluation, last_k)}", ""]
+        header = ["method"]
+        for protocol in experiment.protocols:
+            header += [f"{protocol} overall", f"{protocol} mean"]
+            if experiment.paper:
+                header += [f"{protocol} paper"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for method in experiment.methods:
+            cells = [method]
+            for protocol in experiment.protocols:
+                cells += [
+                    format_cell(values(method, protocol, evaluation, "acc")),
+                    format_cell(values(method, protocol, evaluation, "mean_acc")),
+                ]
+                if experiment.paper:
+                    published = experiment.paper.get(method, {}).get(protocol)
+                    cells += [" / ".join("—" if v is None else f"{v:.2f}" for v in published) if published else "—"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    for protocol in experiment.protocols:
+        for evaluation in EVALUATIONS:
+            lines += [
+                f"## Per-class accuracy, {protocol}, {evaluation_title(evaluation, last_k)}",
+                "",
+                "| method | " + " | ".join(class_names) + " |",
+                "|" + "---|" * (len(class_names) + 1),
+            ]
+            for method in experiment.methods:
+                lines.append(
+                    "| "
+                    + " | ".join(
+                        [method]
+                        + [format_cell(values(method, protocol, evaluation, "class_acc", c)) for c in class_names]
+                    )
+                    + " |"
+                )
+            lines.append("")
+    times = [r["wall_s"] for r in rows if r["evaluation"] == "last" and r["wall_s"] is not None]
+    if times:
+        lines += [f"Wall time per run: {min(times) / 60:.1f}-{max(times) / 60:.1f} min ({len(times)} runs).", ""]
+    markdown_path = root / "results.md"
+    markdown_path.write_text("\n".join(lines))
+    return markdown_path, csv_path
