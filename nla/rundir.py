@@ -169,6 +169,8 @@ FIXED_ON_RESUME = {  # by the setting's name within its group
         "noise_rate",
         "noise_seed",
         "noise_source",
+        "noise_kind",
+        "noise_matrix",
         "train_label_file",
         "imbalance_factor",
         "long_tail_seed",

@@ -30,7 +30,7 @@ def test_a_training_step_makes_the_host_wait_only_at_logging_intervals(rafdb_roo
     assert len(steps) == 5, len(steps)
     waited = {k: calls for k, calls in enumerate(steps) if calls}
     assert set(waited) == {every - 1}, waited  # the bar's redraw and the non-finite check, at the 4th step only
-    assert [call.split(" at ")[1].split(":")[0] for call in waited[every - 1]] == ["callbacks.py", "module.py"]
+    assert [call.split(" at ")[1].split(":")[0] for call in waited[every - 1]] == ["console.py", "nonfinite.py"]
 
 
 @pytest.mark.slow

@@ -13,7 +13,9 @@ from nla.data import (
     read_rafdb,
     write_label_file,
 )
-from nla.data.protocols import apply_label_file
+from nla.data.protocols import add_class_conditional_noise, apply_label_file, noise_transition
+from nla.data.sources import ferplus
+from tests.conftest import real_dataset
 
 
 def test_noise_flips_exactly_round_rate_n_each_to_another_class():
@@ -164,3 +166,57 @@ def test_a_label_file_that_names_an_image_twice_is_refused(rafdb_root, tmp_path)
         DataError, match=r"unknown\.txt:2: names image 'train_99999\.jpg', which is not in the training split"
     ):
         apply_label_file(read_rafdb(rafdb_root, "train"), tmp_path / "unknown.txt", code_offset=1)
+
+
+RAFDB_CLASSES = ("Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral")
+
+
+def test_class_conditional_noise_flips_rate_of_each_class_along_the_matrix():
+    labels = np.repeat(np.arange(7), 1000)
+    transition = noise_transition("annotator", RAFDB_CLASSES)
+    assert np.allclose(transition.sum(1), 1) and np.all(np.diag(transition) == 0)
+    fear, surprise, disgust, anger = 1, 0, 2, 5
+    assert transition[fear].argmax() == surprise and transition[disgust].argmax() == anger  # as annotators err
+    noisy, flipped = add_class_conditional_noise(labels, 0.3, transition, seed=2)
+    assert np.all(np.bincount(labels[flipped], minlength=7) == 300)  # exactly the rate in every class
+    assert np.all(noisy[flipped] != labels[flipped]) and np.array_equal(noisy != labels, flipped)
+    landed = np.zeros((7, 7))
+    np.add.at(landed, (labels[flipped], noisy[flipped]), 1)
+    assert np.abs(landed / 300 - transition).max() < 0.09  # the flips follow the matrix (300 draws a row)
+    again, _ = add_class_conditional_noise(labels, 0.3, transition, seed=2)
+    other, _ = add_class_conditional_noise(labels, 0.3, transition, seed=3)
+    assert np.array_equal(noisy, again) and not np.array_equal(noisy, other)
+
+
+def test_pair_flip_and_a_matrix_file_and_their_mistakes(tmp_path):
+    pair = noise_transition("pair_flip", ["a", "b", "c"])
+    assert np.array_equal(pair, [[0, 1, 0], [0, 0, 1], [1, 0, 0]])
+    matrix = tmp_path / "m.csv"
+    matrix.write_text("class,b,a,c\na,3,0,1\nb,0,1,1\nc,1,1,0\n")  # columns in another order, rows not normalised
+    assert np.allclose(
+        noise_transition("matrix", ["a", "b", "c"], matrix), [[0, 0.75, 0.25], [0.5, 0, 0.5], [0.5, 0.5, 0]]
+    )
+    matrix.write_text("class,a,b,c\na,0,1,1\nb,0,0,0\nc,1,1,0\n")
+    with pytest.raises(DataError, match=r"gives no other class for \['b'\]"):
+        noise_transition("matrix", ["a", "b", "c"], matrix)
+    matrix.write_text("class,a,b,c\na,0,1,x\n")
+    with pytest.raises(DataError, match=r"m.csv:2: expected a class name and 3 shares >= 0"):
+        noise_transition("matrix", ["a", "b", "c"], matrix)
+    with pytest.raises(DataError, match=r"FER\+'s annotators have no class \['tired'\]"):
+        noise_transition("annotator", ["happy", "tired"])
+
+
+def test_annotator_noise_through_the_datamodule_round_trips_through_its_label_file(rafdb_root, tmp_path):
+    data = RAFDBDataModule(str(rafdb_root), noise_rate=0.5, noise_kind="annotator", noise_seed=1)
+    train = data._label("train")
+    assert train.flipped.sum() == 7 * 3  # 6 images a class in the synthetic copy, half of each flipped
+    assert "annotator noise 50% generated with seed 1: 21 labels flipped" in data.protocol_notes[0]
+    path = write_label_file(tmp_path / "noisy.txt", train.names, train.labels, code_offset=1)
+    again = RAFDBDataModule(str(rafdb_root), train_label_file=str(path))._label("train")
+    assert np.array_equal(again.labels, train.labels) and np.array_equal(again.flipped, train.flipped)
+
+
+@pytest.mark.realdata
+def test_the_shipped_annotator_matrix_is_ferplus_votes():
+    votes = ferplus.read_votes(real_dataset("ferplus"), "train")
+    assert np.abs(ferplus.vote_confusion(list(votes.values())) - np.asarray(ferplus.VOTE_CONFUSION)).max() < 1e-4

@@ -27,7 +27,7 @@ from nla.data.checks import ImageCheck, check_schedule
 from nla.data.datasets import FERImageDataset, PredictImageDataset
 from nla.data.images import list_images
 from nla.data.preparation import Split, SplitPreparation
-from nla.data.protocols import LabelProtocol, NoiseSource
+from nla.data.protocols import LabelProtocol, NoiseKind, NoiseSource
 from nla.data.samples import DataError, Samples
 from nla.data.splits import HoldOut
 from nla.data.transforms import Augmentation, eval_transform, train_transform
@@ -70,6 +70,10 @@ class FERDataModule(SplitPreparation, LightningDataModule):
         noise_source: ``auto`` uses the dataset's standard noisy-label file where it defines one for the rate
             (RAF-DB: 0.1, 0.2, 0.3, which must then be present) and the seeded generator elsewhere;
             ``standard_file`` requires the file; ``generate`` always flips exactly ``round(noise_rate * N)``.
+        noise_kind: ``symmetric`` flips labels to any other class; ``pair_flip``, ``annotator`` (where FER+'s ten
+            annotators disagree with the majority: fear taken for surprise, disgust for anger, ...) and ``matrix``
+            (``noise_matrix``) flip ``noise_rate`` of each class along a confusion matrix (seeded, generated).
+        noise_matrix: A CSV of class names and shares (a header, then a row per class) for ``noise_kind: matrix``.
         train_label_file: A ``<name> <label>`` file (the dataset's own label codes) giving the training
             labels, and the training images when it lists fewer: a noisy-label file or a saved subset.
         imbalance_factor: Subsample the training split to a long tail whose largest class is this many
@@ -119,6 +123,8 @@ class FERDataModule(SplitPreparation, LightningDataModule):
         noise_rate: float = 0.0,
         noise_seed: int = 0,
         noise_source: NoiseSource = "auto",
+        noise_kind: NoiseKind = "symmetric",
+        noise_matrix: Optional[str] = None,
         train_label_file: Optional[str] = None,
         imbalance_factor: Optional[float] = None,
         long_tail_seed: int = 0,
@@ -172,6 +178,8 @@ class FERDataModule(SplitPreparation, LightningDataModule):
             noise_rate,
             noise_seed,
             noise_source,
+            noise_kind,
+            noise_matrix,
             imbalance_factor,
             long_tail_seed,
             tuple(long_tail_class_order) if long_tail_class_order else None,

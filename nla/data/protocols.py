@@ -1,4 +1,5 @@
-"""Protocols that change the training labels: symmetric label noise and long-tailed subsets.
+"""Protocols that change the training labels: label noise (symmetric, or along a confusion matrix) and long-tailed
+subsets.
 
 They act on arrays of labels and never touch the test split; the DataModule applies them to the
 training split only. Both write and read the same plain label file, one ``<name> <label>`` per line
@@ -17,6 +18,9 @@ from typing import Literal, Optional
 import numpy as np
 
 from nla.data.samples import DataError, Samples, check_unique_names, read_text_lines
+
+NoiseSource = Literal["auto", "standard_file", "generate"]
+NoiseKind = Literal["symmetric", "pair_flip", "annotator", "matrix"]
 
 
 def add_label_noise(
@@ -39,6 +43,86 @@ def add_label_noise(
     mask = np.zeros(len(labels), dtype=bool)
     mask[flip] = True
     return noisy, mask
+
+
+def add_class_conditional_noise(
+    labels: Sequence[int] | np.ndarray, rate: float, transition: np.ndarray, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class-conditional noise: in each class i exactly ``round(rate * n_i)`` labels flip, each to class j with
+    probability ``transition[i, j]`` (rows sum to 1, the diagonal is 0), so every class is ``rate`` noisy and its
+    wrong labels follow the matrix. Returns ``(noisy_labels, flipped_mask)``, the same for the same ``seed``."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if not 0.0 <= rate < 1.0:
+        raise DataError(f"noise rate {rate} is outside [0, 1); give the share of training labels to flip, e.g. 0.3")
+    rng = np.random.default_rng(seed)
+    noisy, mask = labels.copy(), np.zeros(len(labels), dtype=bool)
+    for i in range(len(transition)):
+        members = np.flatnonzero(labels == i)
+        flip = rng.choice(members, size=round(rate * len(members)), replace=False)
+        noisy[flip] = rng.choice(len(transition), size=len(flip), p=transition[i])
+        mask[flip] = True
+    return noisy, mask
+
+
+def noise_transition(kind: NoiseKind, class_names: Sequence[str], matrix_file: Optional[Path] = None) -> np.ndarray:
+    """The K x K matrix that class-conditional noise flips along, in the order of ``class_names``:
+
+    - ``pair_flip``: class i to class i + 1 (the last to the first), the pair noise of the noisy-label literature;
+    - ``annotator``: where FER+'s ten annotators disagree with the majority (``ferplus.VOTE_CONFUSION``), matched to
+      the classes by name (anger/angry, happiness/happy, ...), without the classes the data lacks;
+    - ``matrix``: a CSV file, a header of class names, then one row per class: its name and its K shares.
+    Rows are made to sum to 1 over the other classes."""
+    k = len(class_names)
+    if kind == "pair_flip":
+        matrix = np.roll(np.eye(k), 1, axis=1)
+    elif kind == "annotator":
+        from nla.classes import canonical  # nla.classes reads nla.data: imported here, not at the top
+        from nla.data.sources.ferplus import CLASSES_8, VOTE_CONFUSION
+
+        known = {canonical(name): i for i, name in enumerate(CLASSES_8)}
+        missing = [name for name in class_names if canonical(name) not in known]
+        if missing:
+            raise DataError(f"noise_kind annotator: FER+'s annotators have no class {missing}; use pair_flip or matrix")
+        order = [known[canonical(name)] for name in class_names]
+        matrix = np.asarray(VOTE_CONFUSION)[np.ix_(order, order)]
+    elif kind == "matrix":
+        matrix = _read_matrix(matrix_file, class_names)
+    else:
+        raise DataError(f"noise kind {kind!r} flips along no matrix")
+    np.fill_diagonal(matrix, 0.0)
+    totals = matrix.sum(axis=1, keepdims=True)
+    if (totals <= 0).any():
+        empty = [class_names[int(i)] for i in np.flatnonzero(totals[:, 0] <= 0)]
+        raise DataError(f"the noise matrix gives no other class for {empty}")
+    return matrix / totals
+
+
+def _read_matrix(path: Optional[Path], class_names: Sequence[str]) -> np.ndarray:
+    if path is None:
+        raise DataError("noise_kind matrix needs --data.noise_matrix, a CSV of class names and shares")
+    if not path.is_file():
+        raise DataError(f"noise matrix {str(path)!r} does not exist")
+    lines = read_text_lines(path)
+    if not lines:
+        raise DataError(f"{path}: empty; expected a header of class names, then one row per class")
+    header = [name.strip() for name in lines[0][1].split(",")]
+    header = header[1:] if len(header) == len(class_names) + 1 else header
+    if sorted(header) != sorted(class_names):
+        raise DataError(f"{lines[0][0]}: classes {header}; expected the data's {list(class_names)}")
+    rows: dict[str, list[float]] = {}
+    for origin, line in lines[1:]:
+        cells = [cell.strip() for cell in line.split(",")]
+        try:
+            values = [float(v) for v in cells[1:]]
+        except ValueError:
+            values = []
+        if cells[0] not in class_names or len(values) != len(header) or min(values, default=-1) < 0:
+            raise DataError(f"{origin}: expected a class name and {len(header)} shares >= 0, got {line!r}")
+        rows[cells[0]] = values
+    if sorted(rows) != sorted(class_names):
+        raise DataError(f"{path}: rows for {sorted(rows)}; expected one for each of {list(class_names)}")
+    columns = [header.index(name) for name in class_names]
+    return np.asarray([[rows[name][c] for c in columns] for name in class_names], dtype=np.float64)
 
 
 def long_tail_profile(max_count: int, imbalance_factor: float, num_classes: int) -> np.ndarray:
@@ -146,9 +230,6 @@ def measured_flip_rate(samples: Samples) -> float:
     return float(samples.flipped.mean()) if len(samples) else math.nan
 
 
-NoiseSource = Literal["auto", "standard_file", "generate"]
-
-
 @dataclass(frozen=True)
 class LabelProtocol:
     """What happens to the training labels before training: a label file, symmetric noise, a long tail.
@@ -161,6 +242,10 @@ class LabelProtocol:
         noise_source: ``auto`` uses the dataset's standard noisy-label file for this rate where the dataset
             defines one (RAF-DB: 0.1, 0.2, 0.3; it must then be present) and the seeded generator elsewhere;
             ``standard_file`` requires the file; ``generate`` always uses the generator.
+        noise_kind: ``symmetric`` (to any other class, uniformly), or class-conditional, ``rate`` in each class,
+            along a matrix: ``pair_flip`` (class i to i + 1), ``annotator`` (where FER+'s annotators disagree with
+            the majority) or ``matrix`` (``noise_matrix``). Class-conditional noise is always generated.
+        noise_matrix: A CSV of class names and shares for ``noise_kind: matrix``.
         imbalance_factor: Subsample to a long tail whose largest class is this many times its smallest.
         long_tail_seed: Seed of the long-tail draw.
         long_tail_class_order: Class names from largest to smallest; ``None`` orders by natural frequency.
@@ -170,6 +255,8 @@ class LabelProtocol:
     noise_rate: float = 0.0
     noise_seed: int = 0
     noise_source: NoiseSource = "auto"
+    noise_kind: NoiseKind = "symmetric"
+    noise_matrix: Optional[str] = None
     imbalance_factor: Optional[float] = None
     long_tail_seed: int = 0
     long_tail_class_order: Optional[tuple[str, ...]] = None
@@ -233,16 +320,21 @@ class LabelProtocol:
             )
             notes.append(f"long tail, imbalance factor {self.imbalance_factor:g}: {len(samples)} images kept")
         if self.noise_rate > 0 and standard is None:
-            noisy, _ = add_label_noise(samples.labels, self.noise_rate, samples.num_classes, self.noise_seed)
+            if self.noise_kind == "symmetric":
+                noisy, _ = add_label_noise(samples.labels, self.noise_rate, samples.num_classes, self.noise_seed)
+            else:
+                matrix = resolve(self.noise_matrix) if self.noise_matrix else None
+                transition = noise_transition(self.noise_kind, samples.classes, matrix)
+                noisy, _ = add_class_conditional_noise(samples.labels, self.noise_rate, transition, self.noise_seed)
             samples = samples.relabelled(noisy)
             notes.append(
-                f"noise {self.noise_rate:.0%} generated with seed {self.noise_seed}: "
+                f"{self.noise_kind} noise {self.noise_rate:.0%} generated with seed {self.noise_seed}: "
                 f"{int(samples.flipped.sum())} labels flipped"
             )
         return samples, notes
 
     def _standard_file(self, find: Callable[[float], Optional[Path]]) -> Optional[Path]:
-        if self.noise_rate == 0 or self.noise_source == "generate":
+        if self.noise_rate == 0 or self.noise_source == "generate" or self.noise_kind != "symmetric":
             return None
         path = find(self.noise_rate)
         if path is None:

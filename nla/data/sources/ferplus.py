@@ -20,6 +20,21 @@ RELEASE_USAGE = {"Training": "train", "PublicTest": "valid", "PrivateTest": "tes
 Split = Literal["train", "valid", "test"]
 LabelSource = Literal["auto", "fer2013new", "label_csv"]
 
+#: :func:`vote_confusion` of FER+'s training split (fer2013new.csv, 2026 copy): row i gives how often annotators put
+#: an image of majority class i in each other class, in the order of :data:`CLASSES_8`. Fear is taken for surprise
+#: (0.48), disgust for anger (0.32), sadness for neutral (0.65). It is the ``annotator`` label-noise protocol's matrix
+#: (:mod:`nla.data.protocols`); ``tests/test_protocols.py`` recomputes it from a real copy.
+VOTE_CONFUSION = (
+    (0.0, 0.1420, 0.0814, 0.4883, 0.1257, 0.0379, 0.0223, 0.1024),
+    (0.5318, 0.0, 0.2634, 0.0608, 0.0522, 0.0265, 0.0225, 0.0429),
+    (0.2726, 0.1713, 0.0, 0.0512, 0.0704, 0.0161, 0.4051, 0.0133),
+    (0.6499, 0.0566, 0.0395, 0.0, 0.0933, 0.0500, 0.0694, 0.0413),
+    (0.2814, 0.1028, 0.2319, 0.1236, 0.0, 0.1300, 0.0916, 0.0387),
+    (0.2282, 0.0492, 0.0515, 0.2304, 0.3199, 0.0, 0.0336, 0.0872),
+    (0.1283, 0.0352, 0.4844, 0.2081, 0.0893, 0.0430, 0.0, 0.0117),
+    (0.4133, 0.0613, 0.0347, 0.1493, 0.1227, 0.1920, 0.0267, 0.0),
+)
+
 
 def classes_for(num_classes: int) -> tuple[str, ...]:
     if num_classes not in (7, 8):
@@ -152,3 +167,29 @@ def _read_label_csv(path: Path) -> list[tuple[str, list[int], str]]:
                 )
             rows.append((record[0].strip(), _parse_votes(record[2:], origin), origin))
     return rows
+
+
+def read_votes(root: str | Path, split: Split = "train", label_source: LabelSource = "auto") -> dict[str, list[int]]:
+    """Every image's ten vote counts (the emotions, unknown, NF) by image name, from the same file :func:`read_ferplus`
+    reads: the ground truth of ambiguity that FER+'s annotators give."""
+    root = Path(root)
+    release = root / "fer2013new.csv"
+    if label_source == "fer2013new" or (label_source == "auto" and release.is_file()):
+        rows = _read_release(release, split)
+    else:
+        rows = _read_label_csv(root / SPLIT_FOLDERS[split] / "label.csv")
+    return {name: votes for name, votes, _ in rows}
+
+
+def vote_confusion(votes: Sequence[Sequence[int]]) -> np.ndarray:
+    """How often FER+'s annotators put an image in class j when its majority says i: 8 x 8 over the emotions, each
+    row the votes for the other classes of the images of majority i, as shares (the diagonal is 0). Images without a
+    majority are left out, as are unknown and NF votes."""
+    counts = np.zeros((8, 8))
+    for row in votes:
+        label = majority_vote(row)
+        if label is not None:
+            counts[label] += np.asarray(row[:8], dtype=np.float64)
+    np.fill_diagonal(counts, 0.0)
+    totals = counts.sum(axis=1, keepdims=True)
+    return np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
