@@ -29,10 +29,7 @@ NLA = [sys.executable, "-m", "nla"]
 def write_run(folder: Path) -> Path:
     """A run directory with a summary.json of three epochs, as a fit writes it."""
     names = ["happy", "sad"]
-    epochs = [
-        Evaluation.from_confusion(np.array([[8 + e, 2 - e], [3, 7]]), names, epoch=e)
-        for e in range(3)
-    ]
+    epochs = [Evaluation.from_confusion(np.array([[8 + e, 2 - e], [3, 7]]), names, epoch=e) for e in range(3)]
     folder.mkdir(parents=True)
     RunSummary(epochs).write(folder)
     return folder
@@ -64,7 +61,7 @@ def main() -> None:
     }
     timed(commands["nla fit --help (help kept)"][0], {**env, "XDG_CACHE_HOME": str(warm_cache)})  # keep it once
     times: dict[str, list[float]] = {name: [] for name in commands}
-    for round_ in range(args.rounds):
+    for _ in range(args.rounds):
         for name, (command, cache) in commands.items():
             folder = tempfile.mkdtemp(dir=work) if cache == "fresh" else str(cache or work / "none")
             times[name].append(timed(command, {**env, "XDG_CACHE_HOME": folder}))
@@ -80,8 +77,10 @@ def main() -> None:
     print(f"{'command':<30}{'median s':>10}{'range s':>16}{'/ import torch':>16}")
     for name in commands:
         low, high = results["range_s"][name]
-        print(f"{name:<30}{results['median_s'][name]:>10.2f}{f'{low:.2f}-{high:.2f}':>16}"
-              f"{results['over_import_torch'][name]:>16.2f}")
+        print(
+            f"{name:<30}{results['median_s'][name]:>10.2f}{f'{low:.2f}-{high:.2f}':>16}"
+            f"{results['over_import_torch'][name]:>16.2f}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 

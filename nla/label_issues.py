@@ -21,7 +21,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import numpy as np
 import torch
@@ -32,6 +32,10 @@ from torchmetrics.functional.classification import binary_auroc
 
 from nla import losses
 from nla.data.images import load_image
+from nla.data.protocols import write_label_file
+from nla.rundir import free_path
+
+CleanHow = Literal["drop", "relabel"]
 
 HELP = "Rank the training images whose labels are probably wrong, by the NAW weight of a trained model"
 
@@ -122,9 +126,33 @@ def suspects_figure(paths: list[str], given: list[str], suggested: list[str], co
     return figure
 
 
-def run(trainer: Trainer, model: Any, datamodule: Any, ckpt_path: str, top: int = 36) -> dict[str, Any]:
+def cleaned_labels(
+    labels: np.ndarray, suggested: np.ndarray, order: np.ndarray, how: CleanHow, suspects: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(kept, labels)`` after cleaning: the first ``suspects`` images of ``order`` dropped (``drop``) or given the
+    ``suggested`` label (``relabel``); ``kept`` indexes the images that stay, in their order."""
+    chosen = order[:suspects]
+    if how == "drop":
+        kept = np.setdiff1d(np.arange(len(labels)), chosen)
+        return kept, labels[kept]
+    cleaned = labels.copy()
+    cleaned[chosen] = suggested[chosen]
+    return np.arange(len(labels)), cleaned
+
+
+def run(
+    trainer: Trainer,
+    model: Any,
+    datamodule: Any,
+    ckpt_path: str,
+    top: int = 36,
+    write_labels: Optional[CleanHow] = None,
+    suspects: Optional[int] = None,
+) -> dict[str, Any]:
     """Rank every training image of ``datamodule`` by the model of ``ckpt_path``; write the CSV, the figure and,
-    when the shipped labels are known to differ from the training ones, the comparison with them."""
+    when the shipped labels are known to differ from the training ones, the comparison with them. With
+    ``write_labels``, also ``cleaned_labels.txt``: the training labels with the first ``suspects`` images (default:
+    those the model contradicts) dropped or relabelled, in the dataset's own label file format."""
     loader = datamodule.eval_dataloader("train")
     # A trainer of its own, on the same device and precision, without the command's callbacks (no predictions.csv).
     applier = Trainer(
@@ -193,6 +221,14 @@ def run(trainer: Trainer, model: Any, datamodule: Any, ckpt_path: str, top: int 
     )
     figure.savefig(folder / "label_issues.png", dpi=110)
     result: dict[str, Any] = {"images": len(samples), "csv": str(csv_path), "figure": str(folder / "label_issues.png")}
+    if write_labels is not None:
+        count = int((~ranking.prediction_true).sum()) if suspects is None else min(suspects, len(samples))
+        kept, cleaned = cleaned_labels(labels.numpy(), ranking.suggested, ranking.order, write_labels, count)
+        names_kept = [samples.names[int(index[i])] for i in kept]
+        path = write_label_file(
+            free_path(folder / "cleaned_labels.txt"), names_kept, cleaned, getattr(datamodule, "label_code_offset", 0)
+        )
+        result["cleaned"] = {"file": str(path), "how": write_labels, "suspects": count, "kept": len(kept)}
     if noisy:
         flipped = shipped != labels.numpy()
         result["vs_truth"] = {

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from nla.cli import main
-from nla.label_issues import rank, scores_against_truth
+from nla.label_issues import cleaned_labels, rank, scores_against_truth
 from tests.conftest import NO_LOGGER, fit_args
 
 
@@ -70,3 +70,33 @@ def test_label_issues_through_the_cli(rafdb_root, tmp_path, capsys):
     assert (folder / "label_issues.png").stat().st_size > 10_000
     assert "42 training images ranked" in capsys.readouterr().out
     shutil.rmtree(folder)
+
+
+def test_cleaning_drops_or_relabels_the_first_suspects():
+    labels, suggested = np.array([0, 1, 2, 0, 1]), np.array([1, 1, 0, 0, 2])
+    order = np.array([2, 4, 0, 1, 3])  # most suspicious first
+    kept, dropped = cleaned_labels(labels, suggested, order, "drop", 2)
+    assert kept.tolist() == [0, 1, 3] and dropped.tolist() == [0, 1, 0]
+    kept, relabelled = cleaned_labels(labels, suggested, order, "relabel", 2)
+    assert kept.tolist() == [0, 1, 2, 3, 4] and relabelled.tolist() == [0, 1, 0, 0, 2]
+
+
+@pytest.mark.slow
+def test_cleaned_labels_train_a_new_model(rafdb_root, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    main(fit_args(rafdb_root, run_dir, "--data.noise_rate", "0.3", "--data.noise_source", "generate", epochs=1))
+    quiet = [*NO_LOGGER, "--trainer.enable_progress_bar", "false"]
+    ckpt = str(run_dir / "checkpoints" / "last.ckpt")
+    main(["label-issues", "--ckpt_path", ckpt, "--write_labels", "drop", "--suspects", "5", *quiet])
+    dropped = run_dir / "label-issues" / "cleaned_labels.txt"
+    assert "cleaned labels (drop: 5 images, 37 in the file)" in capsys.readouterr().out
+    lines = dropped.read_text().splitlines()
+    suspects = [r["name"] for r in csv.DictReader(open(run_dir / "label-issues" / "label_issues.csv"))][:5]
+    assert len(lines) == 37 and not {line.split()[0] for line in lines} & set(suspects)
+    main(["label-issues", "--ckpt_path", ckpt, "--write_labels", "relabel", "--suspects", "5", *quiet])
+    relabelled = run_dir / "label-issues-1" / "cleaned_labels.txt"
+    assert len(relabelled.read_text().splitlines()) == 42
+    retrained = tmp_path / "retrained"
+    main(fit_args(rafdb_root, retrained, "--data.train_label_file", str(dropped), epochs=1))
+    assert json.loads((retrained / "summary.json").read_text())["last"]["epoch"] == 0
+    assert (retrained / "train_labels.txt").read_text() == dropped.read_text()  # the 37 images, their labels

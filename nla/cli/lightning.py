@@ -20,7 +20,6 @@ from typing import Any, Optional
 
 import torch
 from jsonargparse import Namespace
-from jsonargparse.typing import PositiveInt
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -30,7 +29,7 @@ from nla.callbacks import RunConfigSaver
 from nla.cli import COMMANDS
 from nla.cli import args as command_line
 from nla.cli.args import config_files, names_data, names_logger, yaml_number
-from nla.cli.label_issues import run_label_issues
+from nla.cli.label_issues import add_label_issues_options, run_label_issues
 from nla.cli.messages import EVALUATION_COMMANDS, needs_model_and_data
 from nla.config import import_class, plain, same
 from nla.data.base import FERDataModule
@@ -138,7 +137,7 @@ class NLACLI(LightningCLI):
             subparser: Any = self._prepare_subcommand_parser(self.trainer_class, method, **options)  # type: ignore[arg-type]
             subparser.set_defaults(weights_only=True)  # checkpoints are read without unpickling arbitrary objects
             if name == "label-issues":
-                subparser.add_argument("--top", type=PositiveInt, default=36, help="suspects shown in label_issues.png")
+                add_label_issues_options(subparser)
             self._set_help(subparser)
             self._subcommand_parsers[name] = subparser
             subcommands.add_subcommand(name, subparser, help=description)
