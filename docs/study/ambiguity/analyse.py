@@ -18,6 +18,7 @@ Spearman's rho over all images and within each majority class; figures of ``w`` 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 from pathlib import Path
@@ -100,7 +101,7 @@ def figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> Figu
     for i, (method, (entropy, weight)) in enumerate(curves.items()):
         axis = fig.add_subplot(1, len(curves), i + 1)
         middle, q1, q2, q3 = [], [], [], []
-        for low, high in zip(edges, edges[1:]):
+        for low, high in itertools.pairwise(edges):
             inside = weight[(entropy >= low) & (entropy < high)]
             if len(inside) >= 20:
                 middle.append((low + high) / 2)
@@ -167,7 +168,9 @@ def write_table(results: dict, path: Path) -> None:
     for split in ("train", "test"):
         for kind in AMBIGUITY:
             lines += [f"## {split} images, against {kind.replace('_', ' ')}", ""]
-            signal_names = [*SIGNALS] + (["naw_weight_in_training", "naw_weight_last_3_epochs"] if split == "train" else [])
+            signal_names = [*SIGNALS] + (
+                ["naw_weight_in_training", "naw_weight_last_3_epochs"] if split == "train" else []
+            )
             lines += ["| method | " + " | ".join(signal_names) + " |", "|" + "---|" * (len(signal_names) + 1)]
             for method, by_split in results.items():
                 seeds = by_split.get(split, {})
