@@ -176,8 +176,9 @@ def step_retrain(work: Path, root: str, seeds: list[int]) -> None:
                 continue
             resume = ["--ckpt_path", "last"] if (run / "checkpoints" / "last.ckpt").exists() else []
             try:
+                where = ["--seed_everything", str(seed), "--trainer.default_root_dir", str(run)]
                 nla("fit", *CPU_SCALE, *CE, "--data.root", root, "--data.train_label_file", str(labels_file),
-                    "--seed_everything", str(seed), "--trainer.default_root_dir", str(run), *QUIET, *resume)  # fmt: skip
+                    *where, *QUIET, *resume)  # fmt: skip
             except subprocess.CalledProcessError:  # said in the run's output; the other variants go on
                 print(f"{variant} seed {seed}: the fit failed", flush=True)
 
