@@ -115,6 +115,8 @@ def parse_error_line(message: str, args: Sequence[str] = ()) -> str:
     missing = re.search(r"arguments are required: ([\w.\-, ]+)", message)
     if missing:
         names = [name.strip().split(".", 1) for name in missing.group(1).split(",")]
+        if len(names[0]) == 1 and args:  # a command's own parser names no command: the command line does
+            names = [[args[0], *name] for name in names]
         command = names[0][0]
         if command in EVALUATION_COMMANDS and ["data"] in [name[1:] for name in names]:
             return needs_model_and_data(command)
