@@ -1,5 +1,5 @@
-"""Callbacks for a run directory: its config, checkpoints, accuracy summary and predictions (what a run prints is
-:mod:`nla.console`).
+"""Callbacks for a run directory: its config, checkpoints and accuracy summary (what a run prints is
+:mod:`nla.console`, what ``nla predict`` writes :mod:`nla.predictions`).
 
 Nothing a command writes replaces what another wrote: a fit writes into its run directory, and every
 other command into a fresh sub-folder of it (see :mod:`nla.rundir`).
@@ -7,7 +7,6 @@ other command into a fresh sub-folder of it (see :mod:`nla.rundir`).
 
 from __future__ import annotations
 
-import csv
 import importlib.metadata
 import json
 import os
@@ -20,14 +19,14 @@ from typing import Any, Optional
 import torch
 import yaml
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_warn
 
 from nla.console import ProgressBar as ProgressBar  # its old home, which configs may name
 from nla.console import RunReport as RunReport
 from nla.console import say
+from nla.predictions import PredictionWriter as PredictionWriter  # its old home, which configs may name
 from nla.results import Evaluation, RunSummary
 from nla.rundir import CHECKPOINTS, free_path
 
@@ -180,84 +179,3 @@ class AccuracySummary(Callback):
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.state.fn == "validate":
             self._write_metrics(trainer, pl_module, "val")
-
-
-class PredictionWriter(BasePredictionWriter):
-    """Writes ``nla predict`` results to a CSV: path, predicted class, the probability of every class, error.
-
-    Unreadable files get a row with an empty prediction and the reason, and a warning counts them. Batches
-    without paths (another DataModule's) are numbered in order.
-
-    Args:
-        output: The CSV to write; ``None`` writes ``predictions.csv`` in the command's own folder. An explicit
-            path that exists is refused.
-    """
-
-    def __init__(self, output: Optional[str] = None) -> None:
-        super().__init__(write_interval="batch")
-        self.output = output
-        self.path: Optional[Path] = None
-        self._handle: Any = None
-        self._writer: Any = None
-        self._rows = 0
-        self.unreadable: list[str] = []
-
-    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.output:
-            path = Path(self.output)
-            if path.exists():
-                raise FileExistsError(
-                    f"prediction file {str(path)!r} exists and is not overwritten; choose another output"
-                )
-        else:
-            path = free_path(Path(trainer.default_root_dir) / "predictions.csv")
-        if trainer.world_size > 1:
-            path = path.with_name(f"{path.stem}-rank{trainer.global_rank}{path.suffix}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path, self.unreadable, self._rows = path, [], 0
-        self._handle = open(path, "w", newline="")  # noqa: SIM115  (written batch by batch, closed at the end)
-        self._writer = csv.writer(self._handle)
-        self._header_written = False
-
-    def write_on_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: Any,
-        prediction: Any,
-        batch_indices: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        names = pl_module.class_names
-        probs = prediction["probs"]
-        count = len(probs)
-        paths = prediction.get("path") or [str(self._rows + i) for i in range(count)]
-        ok = prediction.get("ok", [True] * count)
-        errors = prediction.get("error", [""] * count)
-        boxes = prediction.get("box")
-        if not self._header_written:
-            header = ["path", "prediction", *[f"prob_{name}" for name in names]]
-            header += ["face_x", "face_y", "face_width", "face_height"] if boxes is not None else []
-            self._writer.writerow([*header, "error"])
-            self._header_written = True
-        for i in range(count):
-            box = [] if boxes is None else ["" if v < 0 else f"{v:.0f}" for v in boxes[i].tolist()]
-            if bool(ok[i]):
-                row = [paths[i], names[int(probs[i].argmax())], *[f"{p:.6f}" for p in probs[i].tolist()]]
-            else:
-                self.unreadable.append(paths[i])
-                row = [paths[i], "", *[""] * len(names)]
-            self._writer.writerow(row + box + [errors[i]])
-        self._rows += count
-
-    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
-        if self.unreadable:
-            rank_zero_warn(
-                f"{len(self.unreadable)} image(s) could not be predicted; their rows in {self.path} say why: "
-                f"{self.unreadable[:10]}"
-            )
-        say(trainer, f"predictions for {self._rows} image{'s' if self._rows != 1 else ''} written to {self.path}")

@@ -11,6 +11,10 @@ class UserError(Exception):
     """A mistake in what the user gave nla: a file, a line, a value or a setting, named in the message."""
 
 
+class DataError(UserError, ValueError):
+    """Bad input found while setting up data: one message that names the file, line or value at fault."""
+
+
 class ConfigError(UserError, ValueError):
     """A setting with a value nla cannot use."""
 

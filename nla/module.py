@@ -366,7 +366,7 @@ class NLAModule(LightningModule):
         self._end_evaluation("test")
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
-        """Class probabilities of a batch: a dict batch of :class:`~nla.data.PredictImageDataset`, or
+        """Class probabilities of a batch: a dict batch of :class:`~nla.data.PredictionMedia`, or
         ``(images, labels)`` / images alone from any DataModule."""
         images, labels = self.unpack(batch)
         probs = self(images).float().softmax(dim=1).cpu()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from nla.data.images import crop_to_box
-from nla.faces import FaceAlignment, FaceDetector, box_iou
+from nla.faces import Face, FaceAlignment, FaceDetector, box_iou
 from tests.conftest import real_dataset
 
 
@@ -43,3 +43,23 @@ def test_real_faces_pasted_into_photos_are_found_and_cropped():
     # Measured on 300 such photos: 76% found, mean IoU 0.85 (benchmarks/results/face-detection.json).
     assert result["detection_rate"] >= 0.6 and result["wrong_box"] <= 0.05
     assert result["mean_iou_when_found"] >= 0.75
+
+
+def test_auto_falls_back_to_the_cascades_without_onnxruntime(monkeypatch):
+    from nla.errors import ConfigError
+    from nla.faces import retinaface
+
+    assert FaceDetector("auto").name == "retinaface"  # installed with nla[dev]
+    monkeypatch.setattr(retinaface, "available", lambda: False)
+    with pytest.warns(UserWarning, match=r'miss about one face in five; pip install "nla\[faces\]"'):
+        assert FaceDetector("auto").name == "haar"
+    with pytest.raises(ConfigError, match=r'face_detector retinaface needs onnxruntime: pip install "nla\[faces\]"'):
+        FaceDetector("retinaface")
+
+
+def test_a_large_photo_is_searched_scaled_down_and_its_faces_given_in_its_own_pixels():
+    detector = FaceDetector("haar", max_side=100)
+    seen = []
+    detector.backend.faces = lambda image: seen.append(image.shape) or [Face((10, 20, 30, 30))]
+    (face,) = detector.faces(np.zeros((400, 600, 3), np.uint8))
+    assert seen == [(67, 100, 3)] and face.box == (60, 120, 180, 180)

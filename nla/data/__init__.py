@@ -11,8 +11,8 @@ from nla.data.datamodules import (
     ImageFolderDataModule,
     RAFDBDataModule,
 )
-from nla.data.datasets import PredictImageDataset
 from nla.data.images import load_image
+from nla.data.photos import PredictionMedia
 from nla.data.protocols import (
     LabelProtocol,
     add_label_noise,
@@ -40,7 +40,7 @@ __all__ = [
     "HoldOut",
     "ImageFolderDataModule",
     "LabelProtocol",
-    "PredictImageDataset",
+    "PredictionMedia",
     "RAFDBDataModule",
     "Samples",
     "add_label_noise",

@@ -24,15 +24,16 @@ from torch.utils.data import DataLoader
 from nla.data import pipelines
 from nla.data.batch_augment import batch_eval_transform, batch_train_augment
 from nla.data.checks import ImageCheck, check_schedule
-from nla.data.datasets import FERImageDataset, PredictImageDataset
-from nla.data.images import list_images
+from nla.data.datasets import FERImageDataset
+from nla.data.media import list_media
+from nla.data.photos import FaceChoice, PredictionMedia
 from nla.data.preparation import Split, SplitPreparation
 from nla.data.protocols import LabelProtocol, NoiseKind, NoiseSource
 from nla.data.samples import DataError, Samples
 from nla.data.splits import HoldOut
 from nla.data.transforms import Augmentation, eval_transform, train_transform
 from nla.errors import check_image_size
-from nla.faces import FaceDetector
+from nla.faces import Backend, FaceDetector
 
 Pipeline = Literal["auto", "cached", "albumentations"]
 RGB = tuple[float, float, float]
@@ -93,10 +94,16 @@ class FERDataModule(SplitPreparation, LightningDataModule):
         skip_unreadable: Drop images that cannot be read or decoded, and report them, instead of stopping.
         val_split: The split validated on while fitting. FER papers validate on the test split; with
             ``val_fraction`` or ``num_folds`` it is the held-out ``valid`` split.
-        predict_root: A folder of images (nested, any common format) for ``nla predict``, or one image file.
-        detect_faces: For ``predict``, ``validate`` and ``test``: find the largest face in each image and crop it the
-            way aligned training crops are (for photos rather than aligned face crops; see ``nla.faces``). An image
-            with no face found gets a prediction row that says so, or is evaluated whole.
+        predict_root: A folder of images and videos (nested, any common format) for ``nla predict``, or one file.
+        detect_faces: For ``predict``, ``validate`` and ``test``: find the faces in each image (for photos rather than
+            aligned face crops; see ``nla.faces``) and crop them as the training images were aligned. An image with
+            no face found gets a prediction row that says so, or is evaluated whole.
+        faces: ``largest``, or ``all`` the faces of a photo or frame (``predict``: a row for each).
+        face_detector: ``auto`` (the best installed) or ``haar`` (OpenCV's cascades).
+        align_faces: Rotate and scale faces the detector gives landmarks for so the eyes and mouth land where the
+            training crops have them.
+        fps: Frames sampled per second of video by ``predict``.
+        draw_faces: ``predict`` also writes each photo with its faces boxed and labelled (``<output>/faces/``).
         drop_last: Drop the last incomplete training batch.
         save_train_labels: When a label protocol is active, write the training labels actually used to
             ``<run dir>/train_labels.txt``, which ``train_label_file`` can load again.
@@ -140,6 +147,11 @@ class FERDataModule(SplitPreparation, LightningDataModule):
         val_split: Split = "test",
         predict_root: Optional[str] = None,
         detect_faces: bool = False,
+        faces: FaceChoice = "largest",
+        face_detector: Backend = "auto",
+        align_faces: bool = True,
+        fps: float = 2.0,
+        draw_faces: bool = False,
         drop_last: bool = False,
         save_train_labels: bool = True,
     ) -> None:
@@ -196,7 +208,10 @@ class FERDataModule(SplitPreparation, LightningDataModule):
         self.skip_unreadable = skip_unreadable
         self.val_split: Split = val_split
         self.predict_root = predict_root
-        self.detector = FaceDetector() if detect_faces else None
+        self.detector = FaceDetector(face_detector, align=align_faces) if detect_faces else None
+        if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+            raise DataError(f"fps {fps} must be a number above 0: frames sampled per second of video")
+        self.faces, self.fps, self.draw_faces = faces, fps, draw_faces
         self.drop_last = drop_last
         self.save_train_labels = save_train_labels
         self.splits: dict[str, Samples] = {}
@@ -334,19 +349,17 @@ class FERDataModule(SplitPreparation, LightningDataModule):
 
     def _predict_images(self) -> list[str]:
         if not self.predict_root:
-            raise DataError("nla predict needs a folder of images: pass --data.predict_root <folder>")
-        paths = list_images(self.predict_root)
+            raise DataError("nla predict needs a folder of images or videos: pass --data.predict_root <folder>")
+        paths = list_media(self.predict_root)
         if not paths:
-            raise DataError(f"prediction folder {self.predict_root!r} holds no image files")
+            raise DataError(f"prediction folder {self.predict_root!r} holds no image or video files")
         return paths
 
     def predict_dataloader(self) -> DataLoader:
         paths = self._predict_paths if self._predict_paths is not None else self._predict_images()
         transform = eval_transform(self.image_size, *self._normalisation())
-        dataset = PredictImageDataset(paths, transform, self.image_size, self.detector)
-        return pipelines.decoding_loader(
-            dataset, self.batch_size, torch.utils.data.SequentialSampler(paths), self.num_workers
-        )
+        media = PredictionMedia(paths, transform, self.image_size, self.detector, self.faces, self.fps)
+        return pipelines.media_loader(media, self.batch_size, min(self.num_workers, len(paths)))
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # An image that could not be decoded inside a worker stops the run here, in the main process, as one line.

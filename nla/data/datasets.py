@@ -9,10 +9,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from nla.data.images import crop_to_box, load_image
+from nla.data.images import load_image
 from nla.data.samples import DataError, Samples
 from nla.data.transforms import mirror_view
-from nla.faces import FaceDetector
 
 
 class _SeededTransform:
@@ -88,39 +87,3 @@ class CachedImageDataset(Dataset):
     def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
         index = torch.as_tensor(indices, dtype=torch.long)
         return {"image": self.images[index], "label": self.labels[index], "index": index}
-
-
-class PredictImageDataset(Dataset):
-    """Any image files, for prediction: an unreadable file yields ``ok=False`` and an error, and the run goes on.
-
-    With a ``detector``, each image is cropped to its largest face the way training crops were aligned, and
-    ``box`` gives that crop (``-1`` where no face was found, which is also an error).
-    """
-
-    def __init__(
-        self, paths: list[str], transform: A.Compose, image_size: int, detector: Optional[FaceDetector] = None
-    ) -> None:
-        self.paths = paths
-        self.transform = transform
-        self.image_size = image_size
-        self.detector = detector
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        box: tuple[int, int, int, int] = (-1, -1, -1, -1)
-        try:
-            image = load_image(self.paths[index])
-            if self.detector is not None:
-                found = self.detector.crop_box(image)
-                if found is None:
-                    raise DataError("no face found")
-                box, image = found, crop_to_box(image, found, self.paths[index])
-            tensor, ok, error = self.transform(image=image)["image"], True, ""
-        except (DataError, OSError, ValueError) as failure:
-            tensor, ok, error = torch.zeros(3, self.image_size, self.image_size), False, str(failure)
-        item = {"image": tensor, "path": self.paths[index], "ok": ok, "error": error}
-        if self.detector is not None:
-            item["box"] = torch.tensor(box)
-        return item

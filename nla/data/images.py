@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from nla.data.samples import DataError
+from nla.faces.geometry import crop_to_box
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -32,17 +33,6 @@ def load_image(path: str, box: Optional[Sequence[float]] = None) -> np.ndarray:
         raise DataError(f"cannot decode image {path!r}: the file is empty or not an image")
     image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return image if box is None else crop_to_box(image, box, path)
-
-
-def crop_to_box(image: np.ndarray, box: Sequence[float], path: str = "image") -> np.ndarray:
-    """The ``(x, y, w, h)`` region of ``image``; where it reaches past the image's edges, the edge pixels repeat."""
-    x, y, w, h = (round(float(v)) for v in box)
-    x0, y0 = max(x, 0), max(y, 0)
-    x1, y1 = min(x + w, image.shape[1]), min(y + h, image.shape[0])
-    if x1 <= x0 or y1 <= y0:
-        raise DataError(f"face box {tuple(box)} lies outside image {path!r} of size {image.shape[1]}x{image.shape[0]}")
-    crop = cv2.copyMakeBorder(image[y0:y1, x0:x1], y0 - y, y + h - y1, x0 - x, x + w - x1, cv2.BORDER_REPLICATE)
-    return np.ascontiguousarray(crop)
 
 
 def find_unreadable(

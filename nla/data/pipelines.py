@@ -4,6 +4,8 @@
   augmentation then runs on the batch on the device (:mod:`nla.data.batch_augment`).
 - ``albumentations``: each sample decoded and augmented in DataLoader workers (:mod:`nla.data.transforms`),
   for custom augmentations and datasets too big to cache.
+
+``nla predict`` reads photos and videos through :func:`media_loader`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch.utils.data import (
     DataLoader,
     Dataset,
     DistributedSampler,
+    IterableDataset,
     RandomSampler,
     Sampler,
     SequentialSampler,
@@ -25,6 +28,7 @@ from torch.utils.data import (
 )
 
 from nla.data.datasets import CachedImageDataset
+from nla.data.photos import collate_predictions
 from nla.data.samples import Samples
 
 
@@ -94,4 +98,15 @@ def cached_loader(
         collate_fn=dataset.collate,
         num_workers=0,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+    )
+
+
+def media_loader(media: IterableDataset, batch_size: int, workers: int) -> DataLoader:
+    """Batches of :class:`~nla.data.photos.PredictionMedia`: each worker reads, detects and crops its own files."""
+    return DataLoader(
+        media,
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate_predictions,
+        pin_memory=torch.cuda.is_available(),
     )

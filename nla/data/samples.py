@@ -11,11 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-from nla.errors import UserError
-
-
-class DataError(UserError, ValueError):
-    """Bad input found while setting up data: one message that names the file, line or value at fault."""
+from nla.errors import DataError
 
 
 @dataclass
