@@ -133,3 +133,39 @@ def test_every_face_of_photos_and_a_video_is_found_tracked_and_drawn(trained_run
     assert len(walk) >= 8 and {r["track"] for r in walk} == {"0"}  # one face, followed through the frames
     assert (run / "predict" / "faces" / "group.png").stat().st_size > 10_000
     assert (run / "predict" / "timelines" / "walk.png").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_twenty_faces_a_huge_photo_and_a_video_without_faces(trained_run, tmp_path):
+    from benchmarks.face_detection import background
+    from nla.data import load_image, read_rafdb
+
+    faces = [load_image(p) for p in read_rafdb(real_dataset("rafdb"), "test").paths[:20]]
+    crowd = background(500, 1000, np.random.default_rng(2))
+    for k, face in enumerate(faces):  # a 4 x 5 grid of 90 px faces
+        x, y = 20 + 195 * (k % 5), 20 + 120 * (k // 5)
+        crowd[y : y + 90, x : x + 90] = cv2.resize(face, (90, 90))
+    huge = background(6000, 6000, np.random.default_rng(3))
+    huge[2000:3500, 1000:2500] = cv2.resize(faces[0], (1500, 1500))
+    media = tmp_path / "media"
+    media.mkdir()
+    cv2.imwrite(str(media / "crowd.png"), cv2.cvtColor(crowd, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(media / "huge.jpg"), cv2.cvtColor(huge, cv2.COLOR_RGB2BGR))
+    write_video(
+        media / "wall.avi", [background(120, 160, np.random.default_rng(4)) for _ in range(10)], size=(160, 120)
+    )
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    args = ["--data.predict_root", str(media), "--data.detect_faces", "true", "--data.faces", "all"]
+    main(["predict", "--ckpt_path", ckpt, *args, *QUIET])
+    rows = list(csv.DictReader(open(run / "predict" / "predictions.csv")))
+    crowd_rows = [r for r in rows if r["path"].endswith("crowd.png") and r["prediction"]]
+    assert len(crowd_rows) >= 19 and [r["face"] for r in crowd_rows] == [str(k) for k in range(len(crowd_rows))]
+    (big,) = [r for r in rows if r["path"].endswith("huge.jpg")]
+    box = tuple(int(big[k]) for k in ("face_x", "face_y", "face_width", "face_height"))
+    assert box_iou(box, (1000, 2000, 1500, 1500)) > 0.6  # found at full resolution's coordinates
+    wall = [r for r in rows if r["path"].endswith("wall.avi")]
+    assert [r["frame"] for r in wall] == ["0", "5"]  # 1 s of video at 2 frames a second
+    assert all(r["error"] == "no face found" and r["prediction"] == "" for r in wall)
