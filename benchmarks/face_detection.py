@@ -20,6 +20,7 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -137,43 +138,70 @@ def measure_alignment(detector: FaceDetector, photos) -> dict:
     }
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def photo_sets(data_root: str, images: int, seed: int) -> tuple[list, dict[str, list], list[Photo]]:
+    """The calibration photos (from one half of the test faces), and the scored sets (from the other half): plain,
+    rotated and several faces a photo. The same arguments give the same photos in every benchmark."""
+    test = read_rafdb(data_root, "test")
+    half = len(test) // 2
+    calibration = composites(test.paths[:half], images, seed)
+    sets = {
+        "plain": composites(test.paths[half:], images, seed + 1),
+        "rotated up to 30 degrees": composites(test.paths[half:], images, seed + 2, max_angle=30),
+    }
+    return calibration, sets, groups(test.paths[half:], images // 2, seed + 3)
+
+
+HEADER = f"{'detector':<30}{'set':<26}{'found':>7}{'none':>7}{'wrong':>7}{'IoU':>7}{'ms':>7}"
+
+
+def score(detector, name: str, sets: dict[str, list], several: list[Photo], keep: Optional[int] = None) -> dict:
+    """Each set's result for ``detector`` (on the first ``keep`` photos of each), printed as a row under ``HEADER``."""
+    entry: dict = {}
+    for label, photos in sets.items():
+        result = entry[label] = evaluate(detector, photos[:keep])
+        print(
+            f"{name:<30}{label:<26}{result['detection_rate']:>7.1%}{result['no_face_found']:>7.1%}"
+            f"{result['wrong_box']:>7.1%}{result['mean_iou_when_found']:>7.3f}{result['ms_per_image']:>7.1f}"
+        )
+    entry["several faces"] = evaluate_groups(detector, several[: None if keep is None else keep // 2])
+    print(f"{name:<30}{'several faces a photo':<26}{entry['several faces']['faces_found']:>7.1%}")
+    return entry
+
+
+def parse(description: str, argv=None, more=None) -> argparse.Namespace:
+    """The photos' arguments every face benchmark shares (``more`` adds its own); threads set as asked."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", required=True, help="a RAF-DB copy; its test faces are pasted")
     parser.add_argument("--images", type=int, default=400, help="photos per set")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None)
+    if more:
+        more(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)  # RetinaFace's onnxruntime session takes torch's thread count
     cv2.setNumThreads(args.threads)
-    test = read_rafdb(args.data_root, "test")
-    half = len(test) // 2  # the placement is measured on one half of the test faces, detectors scored on the other
-    calibration = composites(test.paths[:half], args.images, args.seed)
-    sets = {
-        "plain": composites(test.paths[half:], args.images, args.seed + 1),
-        "rotated up to 30 degrees": composites(test.paths[half:], args.images, args.seed + 2, max_angle=30),
-    }
-    several = groups(test.paths[half:], args.images // 2, args.seed + 3)
+    return args
+
+
+def write_json(results: dict, path: Optional[str]) -> dict:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def main(argv=None) -> dict:
+    args = parse(__doc__, argv)
+    calibration, sets, several = photo_sets(args.data_root, args.images, args.seed)
     results: dict = {"data": str(args.data_root), "images": args.images, "opencv": cv2.__version__, "detectors": {}}
-    print(f"{'detector':<12}{'set':<26}{'found':>7}{'none':>7}{'wrong':>7}{'IoU':>7}{'ms':>7}")
+    print(HEADER)
     for name in ("retinaface", "haar"):
         detector = FaceDetector(name)  # type: ignore[arg-type]
         placement = measure_alignment(detector, calibration)
         entry = {"placement_measured": placement, "placement_used": vars(detector.backend.alignment)}
-        for label, photos in sets.items():
-            result = entry[label] = evaluate(detector, photos)
-            print(
-                f"{name:<12}{label:<26}{result['detection_rate']:>7.1%}{result['no_face_found']:>7.1%}"
-                f"{result['wrong_box']:>7.1%}{result['mean_iou_when_found']:>7.3f}{result['ms_per_image']:>7.1f}"
-            )
-        entry["several faces"] = evaluate_groups(detector, several)
-        print(f"{name:<12}{'several faces a photo':<26}{entry['several faces']['faces_found']:>7.1%}")
-        results["detectors"][name] = entry
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-    return results
+        results["detectors"][name] = entry | score(detector, name, sets, several)
+    return write_json(results, args.json)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from nla.data.samples import DataError
+from nla.errors import DataError
 
 # Every spelling nla accepts for the eight FER classes, mapped to one canonical name.
 SYNONYMS: dict[str, str] = {

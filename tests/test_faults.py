@@ -314,7 +314,7 @@ def test_a_wrong_data_root_stops_before_the_logger_or_an_output_folder_is_made(t
     empty = tmp_path / "no-images"
     empty.mkdir()
     predict = ["predict", "--ckpt_path", ckpt, "--data.predict_root", str(empty), "--trainer.logger", "false"]
-    assert "holds no image files" in fails(predict, capsys)
+    assert "holds no image or video files" in fails(predict, capsys)
     assert not (evaluated / "test").exists() and not (evaluated / "predict").exists()
     csv = ["--data", "nla.data.CSVDataModule", "--data.root", str(tmp_path), "--trainer.logger", "false"]
     assert "needs the classes in label order" in fails(["fit", *csv], capsys)  # was a wall of jsonargparse

@@ -17,6 +17,7 @@ from typing import Literal, Optional
 
 import numpy as np
 
+from nla.classes import canonical
 from nla.data.samples import DataError, Samples, check_unique_names, read_text_lines
 
 NoiseSource = Literal["auto", "standard_file", "generate"]
@@ -76,7 +77,6 @@ def noise_transition(kind: NoiseKind, class_names: Sequence[str], matrix_file: O
     if kind == "pair_flip":
         matrix = np.roll(np.eye(k), 1, axis=1)
     elif kind == "annotator":
-        from nla.classes import canonical  # nla.classes reads nla.data: imported here, not at the top
         from nla.data.sources.ferplus import CLASSES_8, VOTE_CONFUSION
 
         known = {canonical(name): i for i, name in enumerate(CLASSES_8)}
