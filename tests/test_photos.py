@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from nla.cli import main
+from nla.cli import main, run_cli
 from nla.data.media import MediaError, list_media, video_frames
 from nla.data.photos import follow
 from nla.faces import Face, FaceAlignment, LandmarkTemplate, aligned_crop, box_iou
@@ -97,6 +97,19 @@ def test_predict_on_videos_writes_a_row_per_frame_and_one_per_bad_file(trained_r
     assert (run / "predict" / "timelines" / "clip.png").stat().st_size > 5000
     out = capsys.readouterr().out
     assert "predictions for 8 rows for 3 files written to" in out and "1 video timeline(s)" in out
+
+
+@pytest.mark.slow
+def test_predict_keeps_no_outputs_in_memory_unless_asked(trained_run, tmp_path):
+    """Rows go to the CSV batch by batch; Lightning keeping every batch's output too grows with a video's length."""
+    write_video(tmp_path / "clip.avi", 4)
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    args = ["predict", "--ckpt_path", ckpt, "--data.predict_root", str(tmp_path / "clip.avi"), *QUIET]
+    assert run_cli(args).trainer.predict_loop.return_predictions is False
+    kept = run_cli([*args, "--return_predictions", "true"]).trainer.predict_loop
+    assert kept.return_predictions is True and len(kept.predictions) > 0
 
 
 @pytest.mark.slow

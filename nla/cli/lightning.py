@@ -241,6 +241,13 @@ class NLACLI(LightningCLI):
         if self._resume_note:
             print(self._resume_note, file=sys.stderr)
 
+    def before_predict(self) -> None:
+        """The rows go to predictions.csv batch by batch; Lightning keeping every batch's output too would make memory
+        grow with the length of a video. ``--return_predictions true`` keeps them."""
+        config = self.config_init[self.subcommand]
+        if config.get("return_predictions") is None:
+            config["return_predictions"] = False
+
     # --- run directories ----------------------------------------------------------------------------
 
     def _run_root(self, config: Namespace) -> Path:
