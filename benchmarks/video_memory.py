@@ -74,7 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True, help="an nla checkpoint")
     parser.add_argument("--data-root", required=True, help="a RAF-DB copy; one test face is pasted")
-    parser.add_argument("--seconds", type=int, default=60, help="the short video's length; the long one is 10x")
+    parser.add_argument("--seconds", type=int, default=180, help="the short video's length; the long one is 10x")
     parser.add_argument("--fps", type=float, default=5.0)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
