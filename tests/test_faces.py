@@ -1,8 +1,5 @@
 """Faces in photos: the largest face is found and cropped the way the training crops are aligned."""
 
-import subprocess
-import sys
-
 import cv2
 import numpy as np
 import pytest
@@ -66,10 +63,3 @@ def test_a_large_photo_is_searched_scaled_down_and_its_faces_given_in_its_own_pi
     detector.backend.faces = lambda image: seen.append(image.shape) or [Face((10, 20, 30, 30))]
     (face,) = detector.faces(np.zeros((400, 600, 3), np.uint8))
     assert seen == [(67, 100, 3)] and face.box == (60, 120, 180, 180)
-
-
-def test_opencv_runs_on_the_calling_thread_so_a_forked_worker_inherits_no_held_lock():
-    """A DataLoader worker forked while one of OpenCV's pool threads held a lock blocked forever in cv2 (seen)."""
-    code = "import cv2, nla.data; print(cv2.getNumThreads())"
-    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert shown.strip() == "1"

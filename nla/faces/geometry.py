@@ -18,12 +18,6 @@ import numpy as np
 
 from nla.errors import DataError
 
-# OpenCV's thread pool is not fork-safe: a DataLoader worker forked while one of its threads held a lock waits
-# for that lock forever (seen: a worker blocked inside cv2 on its first image). Face crops are small, so OpenCV
-# runs on the calling thread only, in every process that imports nla's images or faces (nla.data.images imports
-# this module).
-cv2.setNumThreads(0)
-
 Box = tuple[int, int, int, int]  # x, y, width, height in pixels
 Point = tuple[float, float]
 

@@ -51,8 +51,10 @@ def apply(run_dir: Path, data_root: str, split: str) -> tuple[list[str], torch.T
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     model = NLAModule.load_from_checkpoint(checkpoint, weights_only=True, map_location="cpu").eval()
     saved = torch.load(checkpoint, weights_only=True, map_location="cpu")["datamodule_hyper_parameters"]
+    # No DataLoader workers: forked workers of this long-lived process twice blocked forever inside cv2.imdecode
+    # on a lock they inherited (gdb); unexplained, see the issue notes.
     data = FERPlusDataModule(
-        data_root, image_size=saved["image_size"], mean=saved["mean"], std=saved["std"], num_workers=2, batch_size=256
+        data_root, image_size=saved["image_size"], mean=saved["mean"], std=saved["std"], num_workers=0, batch_size=256
     )
     loader = data.eval_dataloader(split)
     probs, labels = [], []
