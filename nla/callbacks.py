@@ -91,14 +91,18 @@ PACKAGES = ("nla", "torchvision", "lightning", "torchmetrics", "timm", "numpy", 
 def environment(trainer: Trainer) -> dict[str, Any]:
     """The versions, the device and the CPU threads a trainer's numbers came from: runs of the same config and
     seed agree only where these agree (a CPU run's results also depend on its thread count)."""
-    device = trainer.strategy.root_device
+    return machine(trainer.strategy.root_device, trainer.world_size)
+
+
+def machine(device: torch.device = torch.device("cpu"), devices: int = 1) -> dict[str, Any]:
+    """:func:`environment` for numbers computed without a trainer (an analysis script's)."""
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,  # with its build (+cu132, +cpu), which the package metadata leaves out
         **{name: _version(name) for name in PACKAGES},
         "cuda": torch.version.cuda,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
-        "devices": trainer.world_size,
+        "devices": devices,
         "threads": torch.get_num_threads(),
         "platform": platform.platform(),
     }

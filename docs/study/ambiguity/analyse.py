@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 from scipy.stats import spearmanr
 
 from nla import NLAModule, losses
+from nla.callbacks import machine
 from nla.data import FERPlusDataModule
 from nla.data.sources import ferplus
 
@@ -148,7 +149,8 @@ def main() -> None:
                     curves[split][method] = (entropy, found["naw_weight"])
                 print(method, seed, split, {s: round(t["vote_entropy"], 3) for s, t in table.items()})
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    record = {"environment": machine(), **results}  # each run's own is in its summary.json
+    (out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
     for split, by_method in curves.items():
         if by_method:
             title = f"FER+ {split} images: NAW weight of the last checkpoint against the annotators' vote entropy"
