@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
@@ -49,20 +48,3 @@ def find_unreadable(
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         return [bad for bad in pool.map(check, range(len(paths))) if bad is not None]
-
-
-def list_images(root: str) -> list[str]:
-    """Every image file under ``root``, nested folders included, in sorted order; ``root`` itself if it is one."""
-    if os.path.isfile(root):
-        if not root.lower().endswith(IMAGE_SUFFIXES):
-            raise DataError(f"{root!r} is neither a folder nor an image file ({', '.join(IMAGE_SUFFIXES)})")
-        return [root]
-    if not os.path.isdir(root):
-        raise DataError(f"prediction folder {root!r} does not exist")
-    found = [
-        os.path.join(folder, name)
-        for folder, _, names in os.walk(root)
-        for name in names
-        if name.lower().endswith(IMAGE_SUFFIXES)
-    ]
-    return sorted(found)
