@@ -136,9 +136,7 @@ class PredictionMedia(IterableDataset):
             yield self._failed(path, "no face found", frame, time_s)
             return
         for number, face in enumerate(found if self.choice == "all" else found[:1]):
-            crop = self.detector.crop(image, face, self.image_size)
-            item = self._item(path, crop, frame, time_s, number, face)
-            yield item
+            yield self._item(path, self.detector.crop(image, face, self.image_size), frame, time_s, number, face)
 
     def _item(
         self,
