@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
@@ -48,3 +49,26 @@ def find_unreadable(
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         return [bad for bad in pool.map(check, range(len(paths))) if bad is not None]
+
+
+def list_files(root: str, suffixes: tuple[str, ...], kind: str) -> list[str]:
+    """Every file under ``root`` whose name ends in one of ``suffixes`` (nested folders included), in sorted order;
+    ``root`` itself if it is such a file. ``kind`` names them in the message for a file of another kind."""
+    if os.path.isfile(root):
+        if not root.lower().endswith(suffixes):
+            raise DataError(f"{root!r} is neither a folder nor {kind} ({', '.join(suffixes)})")
+        return [root]
+    if not os.path.isdir(root):
+        raise DataError(f"prediction folder {root!r} does not exist")
+    found = [
+        os.path.join(folder, name)
+        for folder, _, names in os.walk(root)
+        for name in names
+        if name.lower().endswith(suffixes)
+    ]
+    return sorted(found)
+
+
+def list_images(root: str) -> list[str]:
+    """Every image file under ``root``, nested folders included, in sorted order; ``root`` itself if it is one."""
+    return list_files(root, IMAGE_SUFFIXES, "an image file")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from nla.data.images import IMAGE_SUFFIXES
+from nla.data.images import IMAGE_SUFFIXES, list_files
 from nla.data.samples import DataError
 
 # FFmpeg's own complaints about a broken file go to the terminal unasked; nla reports such a file in its row instead.
@@ -34,20 +34,7 @@ def is_video(path: str) -> bool:
 
 def list_media(root: str) -> list[str]:
     """Every image and video file under ``root`` (nested folders too), sorted; ``root`` itself if it is one."""
-    suffixes = IMAGE_SUFFIXES + VIDEO_SUFFIXES
-    if os.path.isfile(root):
-        if not root.lower().endswith(suffixes):
-            raise DataError(f"{root!r} is neither a folder nor an image or video file ({', '.join(suffixes)})")
-        return [root]
-    if not os.path.isdir(root):
-        raise DataError(f"prediction folder {root!r} does not exist")
-    found = [
-        os.path.join(folder, name)
-        for folder, _, names in os.walk(root)
-        for name in names
-        if name.lower().endswith(suffixes)
-    ]
-    return sorted(found)
+    return list_files(root, IMAGE_SUFFIXES + VIDEO_SUFFIXES, "an image or video file")
 
 
 @dataclass(frozen=True)
