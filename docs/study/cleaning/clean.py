@@ -164,8 +164,8 @@ def step_naw(work: Path, naw_run: Path) -> None:
     drop_file(work, "naw_last3", dropped)
 
 
-def step_retrain(work: Path, root: str, seeds: list[int]) -> None:
-    for variant in VARIANTS:
+def step_retrain(work: Path, root: str, seeds: list[int], variants: list[str]) -> None:
+    for variant in variants:
         labels_file = work / "noisy_labels.txt" if variant == "none" else work / "cleaned" / f"{variant}.txt"
         if not labels_file.exists():
             print(f"{variant}: no {labels_file.name} yet")
@@ -238,6 +238,7 @@ def main() -> None:
     parser.add_argument("--naw-run", help="the from-scratch NLA run on the same noisy labels")
     parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), help="which to retrain")
     parser.add_argument("--out", default=str(HERE))
     parser.add_argument("--fit-args", default="", help="more arguments for every nla fit, e.g. a smoke test's")
     args = parser.parse_args()
@@ -257,7 +258,7 @@ def main() -> None:
         elif step == "naw":
             step_naw(work, Path(args.naw_run))
         elif step == "retrain":
-            step_retrain(work, args.data_root, args.seeds)
+            step_retrain(work, args.data_root, args.seeds, args.variants)
 
 
 if __name__ == "__main__":
