@@ -109,7 +109,7 @@ def step_folds(work: Path, root: str, folds: int) -> None:
 def predict(run: Path, root: str, split: str, **data_args: int) -> tuple[list[str], np.ndarray]:
     checkpoint = run / "checkpoints" / "last.ckpt"
     model = NLAModule.load_from_checkpoint(checkpoint, weights_only=True, map_location="cpu").eval()
-    data = RAFDBDataModule(root, image_size=32, num_workers=1, batch_size=256, **data_args)
+    data = RAFDBDataModule(root, image_size=32, num_workers=0, batch_size=256, **data_args)  # no fork (cv2 hang)
     probs = []
     with torch.no_grad():
         for batch in data.eval_dataloader(split):  # type: ignore[arg-type]
