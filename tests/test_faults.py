@@ -297,6 +297,19 @@ def test_label_issues_refuses_a_count_of_suspects_below_one(trained_run, capsys)
     assert not (trained_run / "label-issues").exists()
 
 
+def test_label_issues_asks_for_cleanlab_before_ranking_with_its_counts(trained_run, capsys, monkeypatch):
+    """``--suspects confident_learning`` needs cleanlab: said in one line before any image is looked at."""
+    import importlib.util
+
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "cleanlab" else found(name, *a))
+    command = ["label-issues", "--ckpt_path", str(trained_run / "checkpoints" / "last.ckpt")]
+    assert "give --write_labels too" in fails([*command, "--suspects", "confident_learning"], capsys)
+    message = "--suspects confident_learning counts with cleanlab, which is not installed: pip install 'nla[cleanlab]'"
+    assert message in fails([*command, "--suspects", "confident_learning", "--write_labels", "drop"], capsys)
+    assert not (trained_run / "label-issues").exists()
+
+
 @pytest.mark.slow
 def test_a_wrong_data_root_stops_before_the_logger_or_an_output_folder_is_made(trained_run, tmp_path, capsys):
     """The label files are read before W&B starts a run (it did, and printed after the error) and before an

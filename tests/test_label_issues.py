@@ -2,6 +2,7 @@
 labels known to have been changed."""
 
 import csv
+import importlib.util
 import json
 import shutil
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from nla.cli import main
-from nla.label_issues import cleaned_labels, rank, scores_against_truth
+from nla.label_issues import choose_suspects, cleaned_labels, first_per_class, rank, scores_against_truth
 from tests.conftest import NO_LOGGER, fit_args
 
 
@@ -75,10 +76,45 @@ def test_label_issues_through_the_cli(rafdb_root, tmp_path, capsys):
 def test_cleaning_drops_or_relabels_the_first_suspects():
     labels, suggested = np.array([0, 1, 2, 0, 1]), np.array([1, 1, 0, 0, 2])
     order = np.array([2, 4, 0, 1, 3])  # most suspicious first
-    kept, dropped = cleaned_labels(labels, suggested, order, "drop", 2)
+    kept, dropped = cleaned_labels(labels, suggested, order[:2], "drop")
     assert kept.tolist() == [0, 1, 3] and dropped.tolist() == [0, 1, 0]
-    kept, relabelled = cleaned_labels(labels, suggested, order, "relabel", 2)
+    kept, relabelled = cleaned_labels(labels, suggested, order[:2], "relabel")
     assert kept.tolist() == [0, 1, 2, 3, 4] and relabelled.tolist() == [0, 1, 0, 0, 2]
+
+
+def test_the_first_of_each_class_in_its_own_count():
+    labels = np.array([0, 0, 1, 1, 1, 2, 2])
+    order = np.array([6, 3, 0, 5, 4, 1, 2])
+    chosen = first_per_class(order, labels, np.array([1, 2, 0]))
+    assert chosen.tolist() == [3, 0, 4]  # class 0: image 0; class 1: images 3 and 4; class 2: none
+
+
+def test_confident_learning_decides_how_many_of_each_class_and_naw_which():
+    """A weak model contradicts many right labels of a class it rarely predicts: ``contradicted`` cleans them all,
+    ``confident_learning`` only as many as cleanlab's per-class estimate, the most suspicious by NAW first."""
+    pytest.importorskip("cleanlab")
+    generator = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], [60, 60, 20])
+    probs = generator.dirichlet([1, 1, 1], size=len(labels)) * 0.2
+    probs[np.arange(len(labels)), labels] += 0.8  # right and confident: 0.8 or more on the label
+    flipped = np.array([3, 9, 70, 75])
+    probs[flipped] = [[0.02, 0.9, 0.08], [0.02, 0.08, 0.9], [0.9, 0.05, 0.05], [0.05, 0.05, 0.9]]
+    probs[120:] = generator.dirichlet([4, 4, 1], size=20)  # class 2: the model barely learned it
+    probs /= probs.sum(1, keepdims=True)
+    ranking = rank(torch.tensor(probs), torch.tensor(labels))
+    contradicted = choose_suspects(ranking, probs, labels, "contradicted")
+    confident = choose_suspects(ranking, probs, labels, "confident_learning")
+    from cleanlab.filter import find_label_issues
+
+    expected = np.bincount(labels[find_label_issues(labels, probs)], minlength=3)
+    assert np.bincount(labels[confident], minlength=3).tolist() == expected.tolist()
+    assert set(flipped) <= set(confident.tolist()) and set(flipped) <= set(contradicted.tolist())
+    assert (labels[contradicted] == 2).sum() > expected[2]  # the class the model barely predicts loses more
+    position = {int(i): k for k, i in enumerate(ranking.order)}
+    for c in range(3):
+        ranked = sorted((i for i in range(len(labels)) if labels[i] == c), key=position.get)
+        assert sorted(confident[labels[confident] == c].tolist()) == sorted(ranked[: expected[c]])
+    assert choose_suspects(ranking, probs, labels, 5).tolist() == ranking.order[:5].tolist()
 
 
 @pytest.mark.slow
@@ -96,6 +132,12 @@ def test_cleaned_labels_train_a_new_model(rafdb_root, tmp_path, capsys):
     main(["label-issues", "--ckpt_path", ckpt, "--write_labels", "relabel", "--suspects", "5", *quiet])
     relabelled = run_dir / "label-issues-1" / "cleaned_labels.txt"
     assert len(relabelled.read_text().splitlines()) == 42
+    if importlib.util.find_spec("cleanlab"):
+        main(
+            ["label-issues", "--ckpt_path", ckpt, "--write_labels", "drop", "--suspects", "confident_learning", *quiet]
+        )
+        counted = int(capsys.readouterr().out.split("cleaned labels (drop: ")[1].split(" images")[0])
+        assert len((run_dir / "label-issues-2" / "cleaned_labels.txt").read_text().splitlines()) == 42 - counted
     retrained = tmp_path / "retrained"
     main(fit_args(rafdb_root, retrained, "--data.train_label_file", str(dropped), epochs=1))
     assert json.loads((retrained / "summary.json").read_text())["last"]["epoch"] == 0

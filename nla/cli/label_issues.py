@@ -3,7 +3,8 @@ checkpoint, with the data it was trained on; a Lightning command, parsed and set
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+import importlib.util
+from typing import Any, Literal, Optional, Union
 
 from jsonargparse import Namespace
 from jsonargparse.typing import PositiveInt
@@ -23,10 +24,11 @@ def add_label_issues_options(parser: Any) -> None:
     )
     parser.add_argument(
         "--suspects",
-        type=Optional[PositiveInt],
-        default=None,
-        help="how many of the ranking's first images --write_labels drops or relabels (default: every image whose "
-        "prediction disagrees with its label)",
+        type=Union[PositiveInt, Literal["contradicted", "confident_learning"]],
+        default="contradicted",
+        help="which images --write_labels drops or relabels: the ranking's first N, every image whose prediction "
+        "disagrees with its label (contradicted), or per class as many as confident learning estimates, NAW's "
+        "ranking choosing which (confident_learning; needs pip install 'nla[cleanlab]')",
     )
 
 
@@ -34,10 +36,15 @@ def run_label_issues(cli: Any, config: Namespace) -> None:
     """Apply the checkpoint's model to every training image and write the ranking; print where it went."""
     if not config.get("ckpt_path"):
         raise UserError("nla label-issues needs a trained model: pass --ckpt_path")
-    if config.get("suspects") and not config.get("write_labels"):
-        raise UserError("--suspects says how many images --write_labels drops or relabels; give --write_labels too")
+    suspects = config.get("suspects", "contradicted")
+    if suspects != "contradicted" and not config.get("write_labels"):
+        raise UserError("--suspects says which images --write_labels drops or relabels; give --write_labels too")
+    if suspects == "confident_learning" and importlib.util.find_spec("cleanlab") is None:
+        raise UserError(
+            "--suspects confident_learning counts with cleanlab, which is not installed: pip install 'nla[cleanlab]'"
+        )
     found = label_issues.run(
-        cli.trainer, cli.model, cli.datamodule, config.ckpt_path, config.top, config.write_labels, config.suspects
+        cli.trainer, cli.model, cli.datamodule, config.ckpt_path, config.top, config.write_labels, suspects
     )
     report_label_issues(found)
 

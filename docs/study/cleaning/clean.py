@@ -14,7 +14,8 @@ Steps, each skipped when its outputs exist (so the same command resumes):
    same score averaged over the last three training epochs (``per_sample.npz``), its count the images contradicted in
    most of them; and the fix the first retrain called for (NAW's judgement drops every image a 62%-accurate model
    contradicts, most of the minority classes with them): NAW's ranking chooses which images, confident learning
-   decides how many per class (``find_label_issues``'s per-class counts on the same model's probabilities);
+   decides how many per class (``nla label-issues --suspects confident_learning``: ``find_label_issues``'s per-class
+   counts on the same model's probabilities);
 5. ``retrain``: CE on each cleaned label file and on the noisy labels themselves, for each of ``--seeds``;
 6. ``report``: test accuracy of every retrained model, and each cleaning's precision and recall against the flips.
 
@@ -26,11 +27,9 @@ Steps, each skipped when its outputs exist (so the same command resumes):
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -139,23 +138,22 @@ def step_cleanlab(work: Path) -> None:
     from cleanlab.filter import find_label_issues
 
     _, labels, _ = noisy(work)
-    drop_file(work, "cleanlab", find_label_issues(labels, np.load(work / "oof_probs.npy")))
+    drop_file(work, "cleanlab", find_label_issues(labels, np.load(work / "oof_probs.npy"), n_jobs=1))
 
 
-def step_naw(work: Path, naw_run: Path, root: str) -> None:
+def step_naw(work: Path, naw_run: Path) -> None:
     while not (naw_run / "summary.json").exists():  # trained by another lane: wait for it to finish
         time.sleep(60)
     names, labels, _ = noisy(work)
-    ranking = work / "cleaned" / "naw_ranking.csv"
-    if not ranking.exists():
+    for variant, suspects in (("naw", "contradicted"), ("naw_cl_count", "confident_learning")):
+        if (work / "cleaned" / f"{variant}.txt").exists():
+            continue
         before = {p.name for p in naw_run.glob("label-issues*")}
         nla("label-issues", "--ckpt_path", str(naw_run / "checkpoints" / "last.ckpt"), "--write_labels", "drop",
-            "--trainer.logger", "false", "--trainer.enable_progress_bar", "false")  # fmt: skip
+            "--suspects", suspects, "--trainer.logger", "false", "--trainer.enable_progress_bar", "false")  # fmt: skip
         (folder,) = [p for p in naw_run.glob("label-issues*") if p.name not in before]
         kept, _, _ = read_label_file(folder / "cleaned_labels.txt", 7, OFFSET)
-        drop_file(work, "naw", ~np.isin(np.asarray(names), kept))
-        shutil.copyfile(folder / "label_issues.csv", ranking)
-    step_naw_cl_count(work, naw_run, root, ranking)
+        drop_file(work, variant, ~np.isin(np.asarray(names), kept))
     with np.load(naw_run / "per_sample.npz") as record:
         last = slice(-3, None)
         weight, p_gt, predicted = record["weight"][last], record["p_gt"][last], record["predicted"][last]
@@ -169,27 +167,6 @@ def step_naw(work: Path, naw_run: Path, root: str) -> None:
     dropped = np.zeros(len(labels), dtype=bool)
     dropped[np.argsort(-score, kind="stable")[:count]] = True
     drop_file(work, "naw_last3", dropped)
-
-
-def step_naw_cl_count(work: Path, naw_run: Path, root: str, ranking: Path) -> None:
-    """NAW's ranking picks which images of each class to drop; confident learning says how many."""
-    from cleanlab.filter import find_label_issues
-
-    names, labels, _ = noisy(work)
-    probs_file = work / "naw_run_train_probs.npy"
-    if not probs_file.exists():
-        predicted_names, probs = predict(naw_run, root, "train")
-        position = {name: i for i, name in enumerate(predicted_names)}
-        np.save(probs_file, probs[[position[name] for name in names]])
-    per_class = np.bincount(labels[find_label_issues(labels, np.load(probs_file))], minlength=7)
-    with ranking.open(newline="") as f:
-        rank = {row["name"]: int(row["rank"]) for row in csv.DictReader(f)}
-    order = np.asarray([rank[name] for name in names])
-    dropped = np.zeros(len(labels), dtype=bool)
-    for label, count in enumerate(per_class):
-        members = np.flatnonzero(labels == label)
-        dropped[members[np.argsort(order[members], kind="stable")[:count]]] = True
-    drop_file(work, "naw_cl_count", dropped)
 
 
 def step_retrain(work: Path, root: str, seeds: list[int], variants: list[str]) -> None:
@@ -284,7 +261,7 @@ def main() -> None:
         elif step == "cleanlab":
             step_cleanlab(work)
         elif step == "naw":
-            step_naw(work, Path(args.naw_run), args.data_root)
+            step_naw(work, Path(args.naw_run))
         elif step == "retrain":
             step_retrain(work, args.data_root, args.seeds, args.variants)
 
