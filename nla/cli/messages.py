@@ -92,6 +92,8 @@ def needs_model_and_data(command: str) -> str:
 
 
 TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
+TYPE_WORDS |= {"PositiveInt": "a positive integer", "NonNegativeInt": "an integer >= 0"}
+TYPE_WORDS |= {"PositiveFloat": "a positive number", "NonNegativeFloat": "a number >= 0"}
 
 
 def parse_error_line(message: str, args: Sequence[str] = ()) -> str:
@@ -136,7 +138,7 @@ def parse_error_line(message: str, args: Sequence[str] = ()) -> str:
         if depth < indent:
             break
         details.append(line.strip().removeprefix("- "))
-    expected, got = [], None
+    expected, restricted, got = [], [], None
     for detail in details:
         if detail.startswith("Expected "):
             what, _, value = detail.removeprefix("Expected ").partition(". Got value: ")
@@ -146,8 +148,12 @@ def parse_error_line(message: str, args: Sequence[str] = ()) -> str:
             expected.append("null" if what == "a NoneType" else what)
         elif detail.startswith("Given value: "):
             got = got or detail.removeprefix("Given value: ")
+        elif detail.startswith("Not of type "):  # a restricted type among a Union's, e.g. PositiveInt
+            name = detail.removeprefix("Not of type ").split(":")[0]
+            restricted.append(TYPE_WORDS.get(name, "a " + name))
     if not expected:
         return f"{option}: {details[0] if details else first}"
+    expected = restricted + expected
     expected.sort(key=lambda what: what == "null")
     return f"{option}: expected {' or '.join(expected)}" + (f"; got {got}" if got is not None else "")
 
