@@ -15,7 +15,8 @@ Steps, each skipped when its outputs exist (so the same command resumes):
    most of them; and the fix the first retrain called for (NAW's judgement drops every image a 62%-accurate model
    contradicts, most of the minority classes with them): NAW's ranking chooses which images, confident learning
    decides how many per class (``nla label-issues --suspects confident_learning``: ``find_label_issues``'s per-class
-   counts on the same model's probabilities);
+   counts on the same model's probabilities); and its control, ``cleanlab_same_model``: ``find_label_issues`` on
+   that model's own probabilities (the same count), so that only the choice of images differs;
 5. ``retrain``: CE on each cleaned label file and on the noisy labels themselves, for each of ``--seeds``;
 6. ``report``: test accuracy of every retrained model, and each cleaning's precision and recall against the flips.
 
@@ -50,7 +51,7 @@ CPU_SCALE = ["--config", "configs/rafdb.yaml", "--config", "configs/study/cpu_sc
 CE = ["--config", "configs/methods/ce.yaml"]
 QUIET = ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", "."]
 QUIET += ["--trainer.enable_progress_bar", "false"]
-VARIANTS = ("none", "naw", "naw_last3", "naw_cl_count", "cleanlab")
+VARIANTS = ("none", "naw", "naw_last3", "naw_cl_count", "cleanlab_same_model", "cleanlab")
 OFFSET = 1  # RAF-DB writes labels 1..7
 
 
@@ -141,7 +142,7 @@ def step_cleanlab(work: Path) -> None:
     drop_file(work, "cleanlab", find_label_issues(labels, np.load(work / "oof_probs.npy"), n_jobs=1))
 
 
-def step_naw(work: Path, naw_run: Path) -> None:
+def step_naw(work: Path, naw_run: Path, root: str) -> None:
     while not (naw_run / "summary.json").exists():  # trained by another lane: wait for it to finish
         time.sleep(60)
     names, labels, _ = noisy(work)
@@ -154,6 +155,13 @@ def step_naw(work: Path, naw_run: Path) -> None:
         (folder,) = [p for p in naw_run.glob("label-issues*") if p.name not in before]
         kept, _, _ = read_label_file(folder / "cleaned_labels.txt", 7, OFFSET)
         drop_file(work, variant, ~np.isin(np.asarray(names), kept))
+    if not (work / "cleaned" / "cleanlab_same_model.txt").exists():
+        from cleanlab.filter import find_label_issues
+
+        predicted_names, probs = predict(naw_run, root, "train")
+        position = {name: i for i, name in enumerate(predicted_names)}
+        probs = probs[[position[name] for name in names]]
+        drop_file(work, "cleanlab_same_model", find_label_issues(labels, probs, n_jobs=1))
     with np.load(naw_run / "per_sample.npz") as record:
         last = slice(-3, None)
         weight, p_gt, predicted = record["weight"][last], record["p_gt"][last], record["predicted"][last]
@@ -261,7 +269,7 @@ def main() -> None:
         elif step == "cleanlab":
             step_cleanlab(work)
         elif step == "naw":
-            step_naw(work, Path(args.naw_run))
+            step_naw(work, Path(args.naw_run), args.data_root)
         elif step == "retrain":
             step_retrain(work, args.data_root, args.seeds, args.variants)
 
