@@ -207,8 +207,10 @@ def step_report(work_root: Path, out: Path) -> None:
                 entry["cleaning"][variant] = json.loads(stats.read_text())
         for variant in VARIANTS:
             for summary in sorted((work / "retrain" / variant).glob("seed*/summary.json")):
-                last = json.loads(summary.read_text())["last"]
+                saved = json.loads(summary.read_text())
+                last = saved["last"]
                 entry["retrained"].setdefault(variant, {})[summary.parent.name] = [last["acc"], last["mean_acc"]]
+                entry.setdefault("environment", saved.get("environment"))  # every retrain ran on the same machine
         results[protocol] = entry
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
