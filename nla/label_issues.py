@@ -72,15 +72,21 @@ def rank(
     kernel's density at its mean), ``1 - p_GT`` for one whose prediction is true (below 1).
     """
     probs = probs.double()
-    weight = losses.naw_weight(probs, labels, schedule, kernels)
-    true = losses.prediction_true(probs, labels)
-    false_cov = losses.kernel_covariance(kernels.false_major_std, kernels.false_axis_ratio, +1)
-    (a, b), (c, d) = false_cov
-    peak = 1.0 / (2.0 * math.pi * math.sqrt(a * d - b * c))
-    p_gt = probs.gather(1, labels[:, None]).squeeze(1)
-    score = torch.where(true, 1.0 - p_gt, 2.0 - weight / peak)
+    weight = losses.naw_weight(probs, labels, schedule, kernels).numpy()
+    true = losses.prediction_true(probs, labels).numpy()
+    p_gt = probs.gather(1, labels[:, None]).squeeze(1).numpy()
     loss = torch.nn.functional.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="none")
-    return Ranking(score.numpy(), weight.numpy(), loss.numpy(), probs.argmax(1).numpy(), true.numpy())
+    return Ranking(suspicion(p_gt, weight, true, kernels), weight, loss.numpy(), probs.argmax(1).numpy(), true)
+
+
+def suspicion(
+    p_gt: np.ndarray, weight: np.ndarray, true: np.ndarray, kernels: losses.NAWKernels = losses.NAWKernels()
+) -> np.ndarray:
+    """:func:`rank`'s score from each image's ``p_GT``, NAW weight and whether its prediction is true (any shape,
+    e.g. epochs x images of :class:`nla.diagnostics.SampleRecord`)."""
+    (a, b), (c, d) = losses.kernel_covariance(kernels.false_major_std, kernels.false_axis_ratio, +1)
+    peak = 1.0 / (2.0 * math.pi * math.sqrt(a * d - b * c))  # the false kernel's density at its mean
+    return np.where(true, 1.0 - p_gt, 2.0 - weight / peak)
 
 
 def scores_against_truth(score: np.ndarray, flipped: np.ndarray, count: Optional[int] = None) -> dict[str, float]:
@@ -216,6 +222,7 @@ def run(
     probs, index = probs[order], index[order]
     labels = torch.as_tensor(samples.labels)[index]
     ranking = rank(probs, labels, model.criterion.config.kernels)
+    probabilities = probs.double().numpy()  # what cleanlab reads
     names = list(model.class_names)
     folder = Path(trainer.default_root_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -261,7 +268,7 @@ def run(
     figure.savefig(folder / "label_issues.png", dpi=110)
     result: dict[str, Any] = {"images": len(samples), "csv": str(csv_path), "figure": str(folder / "label_issues.png")}
     if write_labels is not None:
-        chosen = choose_suspects(ranking, probs.double().numpy(), labels.numpy(), suspects)
+        chosen = choose_suspects(ranking, probabilities, labels.numpy(), suspects)
         kept, cleaned = cleaned_labels(labels.numpy(), ranking.suggested, chosen, write_labels)
         names_kept = [samples.names[int(index[i])] for i in kept]
         path = write_label_file(
@@ -274,7 +281,7 @@ def run(
             "labels_changed": int(flipped.sum()),
             "nla (NAW) ranking, top flipped count": scores_against_truth(ranking.score, flipped),
         }
-        compared = cleanlab_scores(probs.double().numpy(), labels.numpy(), flipped)
+        compared = cleanlab_scores(probabilities, labels.numpy(), flipped)
         if compared is not None:
             result["vs_truth"].update(compared)
         (folder / "label_issues_vs_truth.json").write_text(json.dumps(result["vs_truth"], indent=2))

@@ -39,8 +39,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nla import NLAModule, losses
+from nla import NLAModule
 from nla.data import RAFDBDataModule, read_label_file, write_label_file
+from nla.label_issues import suspicion
 
 HERE = Path(__file__).resolve().parent
 PROTOCOLS = {
@@ -166,11 +167,8 @@ def step_naw(work: Path, naw_run: Path, root: str) -> None:
         last = slice(-3, None)
         weight, p_gt, predicted = record["weight"][last], record["p_gt"][last], record["predicted"][last]
         assert (record["label"][-1] == labels).all(), "the NLA run trained on these noisy labels"
-    kernels = losses.NAWKernels()
-    (a, b), (c, d) = losses.kernel_covariance(kernels.false_major_std, kernels.false_axis_ratio, +1)
-    peak = 1.0 / (2.0 * math.pi * math.sqrt(a * d - b * c))
     wrong = predicted != labels[None]
-    score = np.where(wrong, 2.0 - weight / peak, 1.0 - p_gt).mean(0)  # label_issues.rank's score, per epoch
+    score = suspicion(p_gt, weight, ~wrong).mean(0)  # label_issues.rank's score, per epoch
     count = int((wrong.mean(0) > 0.5).sum())  # contradicted in most of the last three epochs
     dropped = np.zeros(len(labels), dtype=bool)
     dropped[np.argsort(-score, kind="stable")[:count]] = True
