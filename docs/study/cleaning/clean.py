@@ -167,8 +167,10 @@ def step_naw(work: Path, naw_run: Path, root: str) -> None:
         last = slice(-3, None)
         weight, p_gt, predicted = record["weight"][last], record["p_gt"][last], record["predicted"][last]
         assert (record["label"][-1] == labels).all(), "the NLA run trained on these noisy labels"
+    checkpoint = naw_run / "checkpoints" / "last.ckpt"
+    kernels = NLAModule.load_from_checkpoint(checkpoint, weights_only=True, map_location="cpu").criterion.config.kernels
     wrong = predicted != labels[None]
-    score = suspicion(p_gt, weight, ~wrong).mean(0)  # label_issues.rank's score, per epoch
+    score = suspicion(p_gt, weight, ~wrong, kernels).mean(0)  # label_issues.rank's score with the run's kernels
     count = int((wrong.mean(0) > 0.5).sum())  # contradicted in most of the last three epochs
     dropped = np.zeros(len(labels), dtype=bool)
     dropped[np.argsort(-score, kind="stable")[:count]] = True
