@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from nla import Criterion, NLAModule
-from nla.backbone import create_backbone
+from nla.backbones import create_backbone
 from nla.data import RAFDBDataModule, batch_train_augment, read_rafdb
 from nla.data.sources.rafdb import MEAN, STD
 from nla.data.synthetic import write_rafdb

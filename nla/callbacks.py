@@ -139,7 +139,10 @@ class AccuracySummary(Callback):
             "limit_train_batches": trainer.limit_train_batches,
             "max_epochs": trainer.max_epochs,
         }
-        return RunSummary(history, self.last_k, validation, environment(trainer))
+        start = getattr(pl_module, "start", None)
+        started = {"backbone": pl_module.hparams.get("backbone"), **start.to_dict()} if start is not None else {}
+        given = {key: getattr(datamodule, key, None) for key in ("image_size", "mean", "std")}
+        return RunSummary(history, self.last_k, validation, environment(trainer), started, given)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         summary = self.summary(trainer, pl_module)

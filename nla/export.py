@@ -21,7 +21,8 @@ from typing import Any, Literal, Optional
 import torch
 from torch import Tensor, nn
 
-from nla.backbone import WeightsMismatchError, load_trusted
+from nla.backbones import WeightsMismatchError, load_trusted
+from nla.backbones.starts import restoring
 from nla.data.batch_augment import normalisation
 from nla.errors import UserError, check_image_size
 from nla.module import NLAModule
@@ -64,7 +65,8 @@ def load_checkpoint(ckpt_path: str | Path) -> tuple[NLAModule, dict[str, Any]]:
         raise WeightsMismatchError(f"{ckpt_path} is not a checkpoint written by nla fit (it has no 'state_dict')")
     hparams = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if not k.startswith("_")}
     # The backbone's weights come from the checkpoint, so the original pre-trained file is not needed.
-    module = NLAModule(**{**hparams, "pretrained_weights": None, "compile": False, "channels_last": False})
+    with restoring():
+        module = NLAModule(**{**hparams, "compile": False, "channels_last": False})
     module.on_load_checkpoint(checkpoint)
     module.load_state_dict(checkpoint["state_dict"])
     module.eval()
@@ -98,6 +100,11 @@ def export(ckpt_path: str | Path, output: str | Path, fmt: str = "onnx", image_s
             raise FileExistsError(f"{path} exists and is not overwritten; choose another --output")
     module, preprocessing = load_checkpoint(ckpt_path)
     size = image_size if image_size is not None else preprocessing["image_size"]
+    smallest = module.input_spec().min_size
+    if size < smallest:
+        raise UserError(
+            f"--image_size {size} is smaller than {module.hparams['backbone']} takes: give {smallest} or more"
+        )
     model = ExportedClassifier(module.model, preprocessing["mean"], preprocessing["std"]).eval()
     example = torch.rand(2, 3, size, size) * 255
     output.parent.mkdir(parents=True, exist_ok=True)

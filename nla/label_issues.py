@@ -285,4 +285,10 @@ def run(
         if compared is not None:
             result["vs_truth"].update(compared)
         (folder / "label_issues_vs_truth.json").write_text(json.dumps(result["vs_truth"], indent=2))
+    record = {
+        "checkpoint": str(ckpt_path),
+        "input": {key: getattr(datamodule, key, None) for key in ("image_size", "mean", "std")},
+        **{key: value for key, value in result.items() if key != "vs_truth"},
+    }
+    (folder / "label_issues.json").write_text(json.dumps(record, indent=2))
     return result

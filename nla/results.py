@@ -109,13 +109,17 @@ class RunSummary:
 
     ``validation`` records what was validated on: the split, its number of images and any batch limits;
     ``environment`` what the numbers came from: the versions, the device and the threads of the process that
-    wrote the summary (:func:`nla.callbacks.environment`), so that two runs that differ can be told apart.
+    wrote the summary (:func:`nla.callbacks.environment`), so that two runs that differ can be told apart; ``start``
+    what the backbone's weights started from (:class:`nla.backbones.starts.Start`, with the backbone's name) and
+    ``input`` the image size and normalisation it was trained with.
     """
 
     epochs: list[Evaluation] = field(default_factory=list)
     last_k: int = 5
     validation: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
+    start: dict[str, Any] = field(default_factory=dict)
+    input: dict[str, Any] = field(default_factory=dict)
 
     FILENAME = "summary.json"
 
@@ -141,7 +145,12 @@ class RunSummary:
         return Aggregate.of(self.epochs[-self.last_k :])
 
     def to_dict(self) -> dict[str, Any]:
-        records = {"validation": self.validation, "environment": self.environment}
+        records = {
+            "validation": self.validation,
+            "start": self.start,
+            "input": self.input,
+            "environment": self.environment,
+        }
         if not self.epochs:
             return {"epochs": [], "last_k": self.last_k, **records}
         return {
@@ -167,6 +176,8 @@ class RunSummary:
             int(data.get("last_k", 5)),
             dict(data.get("validation", {})),
             dict(data.get("environment", {})),
+            dict(data.get("start", {})),
+            dict(data.get("input", {})),
         )
 
     @classmethod

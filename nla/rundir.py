@@ -196,7 +196,8 @@ FIXED_ON_RESUME = {  # by the setting's name within its group
 
 def check_resume(checkpoint: dict[str, Any], config: Namespace) -> Optional[str]:
     """Refuse a resume that changes what defines the run (:data:`FIXED_ON_RESUME`), naming the setting and both
-    values; return a note of the settings that do change, or ``None``. A mean and std the run measured are kept."""
+    values; return a note of the settings that do change, or ``None``. The input size, mean and std the run settled
+    on when it started (from its start, its data or a measurement) are kept."""
     root = config.trainer.default_root_dir
     saved_data = dict(checkpoint.get("datamodule_hyper_parameters") or {})
     old_class, new_class = saved_data.get("_class_path"), config.data.get("class_path")
@@ -205,9 +206,10 @@ def check_resume(checkpoint: dict[str, Any], config: Namespace) -> Optional[str]
             f"cannot resume {root!r} with --data {new_class}: the run was trained on "
             f"{old_class}; start a new run with another --trainer.default_root_dir"
         )
-    for key in ("mean", "std"):  # measured when the run started: keep what the model was trained with
+    for key in ("image_size", "mean", "std"):  # settled when the run started: keep what the model was trained with
         if config.data.init_args.get(key) is None and saved_data.get(key) is not None:
-            config.data.init_args[key] = tuple(saved_data[key])
+            saved = saved_data[key]
+            config.data.init_args[key] = tuple(saved) if isinstance(saved, (list, tuple)) else saved
     old = {**leaves(checkpoint.get("hyper_parameters") or {}, "model."), **leaves(saved_data, "data.")}
     new = {**leaves(config.model, "model."), **leaves(config.data.init_args, "data.")}
     changed = []
@@ -215,7 +217,7 @@ def check_resume(checkpoint: dict[str, Any], config: Namespace) -> Optional[str]
         group, name = key.split(".", 1)
         if key not in old or name.startswith("_") or same(old[key], value):
             continue
-        if group == "model" and name in ("num_classes", "class_names", "pretrained_weights"):
+        if group == "model" and name in ("num_classes", "class_names", "pretrained", "pretrained_weights"):
             continue  # derived from the data, or only used to initialise
         if name in FIXED_ON_RESUME[group]:
             raise RunDirectoryError(

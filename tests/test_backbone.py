@@ -5,7 +5,7 @@ import torch
 import torchvision
 
 from nla import NLAModule
-from nla.backbone import UnsafeWeightsError, WeightsMismatchError, create_backbone, load_pretrained_weights
+from nla.backbones import UnsafeWeightsError, WeightsMismatchError, create_backbone, load_pretrained_weights
 
 
 def msceleb_style_state_dict() -> dict[str, torch.Tensor]:

@@ -11,6 +11,7 @@ a fresh sub-folder of the checkpoint's run.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import sys
@@ -24,7 +25,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from nla.backbone import WeightsMismatchError, load_trusted
+from nla.backbones import WeightsMismatchError, load_trusted
+from nla.backbones.starts import restoring
 from nla.callbacks import RunConfigSaver
 from nla.cli import COMMANDS
 from nla.cli import args as command_line
@@ -171,19 +173,12 @@ class NLACLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        model = config.model
-        weights = model.get("pretrained_weights") if config.get("ckpt_path") else None
-        if weights:  # a fit from a checkpoint takes the weights from it: the file may be gone, and is not read
-            model.pretrained_weights = None
-        try:
+        # A model from a checkpoint takes its weights from it: its start (a weights file, dlib's network, timm's
+        # cache) is recorded, not read; it may be gone, or not installed here.
+        with restoring() if config.get("ckpt_path") else contextlib.nullcontext():
             self.config_init = self.parser.instantiate(self.config)
-        finally:
-            if weights:
-                model.pretrained_weights = weights
         self.datamodule = self._get(self.config_init, "data")
         self.model = self._get(self.config_init, "model")
-        if weights:
-            self.model.hparams["pretrained_weights"] = weights  # the record of where the run started
         self.trainer = self.instantiate_trainer()
 
     # --- checkpoints -----------------------------------------------------------------------------------
@@ -234,7 +229,6 @@ class NLACLI(LightningCLI):
         hparams = dict(self._load_checkpoint(path).get("hyper_parameters") or {})
         hparams.pop("_instantiator", None)
         hparams.pop("_class_path", None)
-        hparams["pretrained_weights"] = None  # the checkpoint holds the weights
         self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
 
     def before_fit(self) -> None:

@@ -41,10 +41,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     ``--trainer.max_epochs -2``); its message names the setting. A class of a module the command never imported
     cannot have been raised, so only loaded modules are asked."""
     found: list[type[BaseException]] = [UserError, RunDirectoryError, FileExistsError, FileNotFoundError]
-    for module, name in (
-        ("nla.backbone", "WeightsMismatchError"),
-        ("lightning.pytorch.utilities.exceptions", "MisconfigurationException"),
-    ):
+    for module, name in (("lightning.pytorch.utilities.exceptions", "MisconfigurationException"),):
         if module in sys.modules:
             found.append(getattr(sys.modules[module], name))
     return tuple(found)

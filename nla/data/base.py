@@ -37,6 +37,8 @@ from nla.faces import Backend, FaceDetector
 
 Pipeline = Literal["auto", "cached", "albumentations"]
 RGB = tuple[float, float, float]
+#: The input side where neither the config nor a model says one.
+DEFAULT_IMAGE_SIZE = 224
 
 
 def available_cores() -> int:
@@ -55,10 +57,13 @@ class FERDataModule(SplitPreparation, LightningDataModule):
         batch_size: Training and evaluation batch size (the paper: 32).
         num_workers: DataLoader workers for the albumentations pipeline and for decoding; ``None`` takes
             the CPU cores available to this process, at most 8.
-        image_size: Side of the square network input (the paper: 224).
-        mean: Per-channel mean for normalising, as a share of 255; ``None`` measures it on the training
-            images (once; it is kept in a small cache file and in the checkpoint).
-        std: Per-channel std for normalising, as a share of 255; ``None`` measures it with ``mean``.
+        image_size: Side of the square network input; ``None`` takes the backbone's (timm's pretrained config:
+            224 for ResNet-18, as the paper; 150 for ``dlib_resnet29``).
+        mean: Per-channel mean for normalising, as a share of 255; ``None`` takes the normalisation of the
+            model's start (``--model.pretrained face`` or ``imagenet``), else the dataset's own statistics where it
+            has them (RAF-DB), else measures it on the training images (once; kept in a small cache file). The
+            checkpoint records what was used.
+        std: Per-channel std for normalising, as a share of 255; ``None`` is chosen as ``mean`` is.
         augmentation: The training augmentation's settings.
         pipeline: ``cached`` (decode once, augment whole batches on the device), ``albumentations`` (per
             sample in workers) or ``auto`` (cached when training on a GPU and the cache fits ``max_cache_gb``).
@@ -113,13 +118,16 @@ class FERDataModule(SplitPreparation, LightningDataModule):
     label_code_offset = 0
     #: A short name for run directories and logs.
     name = "data"
+    #: The dataset's own normalisation (shares of 255), used when neither the config nor the model's start gives one.
+    dataset_mean: Optional[RGB] = None
+    dataset_std: Optional[RGB] = None
 
     def __init__(
         self,
         root: Optional[str] = None,
         batch_size: int = 32,
         num_workers: Optional[int] = None,
-        image_size: int = 224,
+        image_size: Optional[int] = None,
         mean: Optional[RGB] = None,
         std: Optional[RGB] = None,
         augmentation: Augmentation = Augmentation(),
@@ -164,21 +172,23 @@ class FERDataModule(SplitPreparation, LightningDataModule):
         self.hparams["augmentation"] = dataclasses.asdict(augmentation)  # plain types: weights_only checkpoints
         if batch_size < 1:
             raise DataError(f"batch_size {batch_size} must be at least 1")
-        check_image_size(image_size, "image_size", DataError)
+        if image_size is not None:
+            check_image_size(image_size, "image_size", DataError)
         if num_workers is not None and num_workers < 0:
             raise DataError(f"num_workers {num_workers} must be >= 0")
-        for name, value in (("mean", mean), ("std", std)):
+        for name, value in (("mean", mean), ("std", std)):  # a std may pass 1: dlib scales by 256, not 255
             if value is not None and (
-                len(value) != 3 or not all(0 <= v <= 1 for v in value) or (name == "std" and min(value) <= 0)
+                len(value) != 3
+                or not all(math.isfinite(v) for v in value)
+                or (name == "mean" and not all(0 <= v <= 1 for v in value))
+                or (name == "std" and min(value) <= 0)
             ):
-                raise DataError(
-                    f"{name} {tuple(value)} must be three shares of 255 in [0, 1]"
-                    + (", above 0" if name == "std" else "")
-                )
+                shares = "in [0, 1]" if name == "mean" else "above 0"
+                raise DataError(f"{name} {tuple(value)} must be three shares of 255 {shares}")
         self.root = root
         self.batch_size = batch_size
         self.num_workers = min(8, available_cores()) if num_workers is None else num_workers
-        self.image_size = image_size
+        self._image_size = image_size
         self.mean, self.std = (tuple(mean) if mean else None), (tuple(std) if std else None)
         self.augmentation = augmentation
         self.pipeline = pipeline
@@ -274,6 +284,37 @@ class FERDataModule(SplitPreparation, LightningDataModule):
         n = len(self.splits["train"])
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
+    # --- the input: size and normalisation ----------------------------------------------------------
+
+    @property
+    def image_size(self) -> int:
+        """The side of the network input, once :meth:`resolve_input` has settled it."""
+        if self._image_size is None:
+            self.resolve_input()
+        assert self._image_size is not None
+        return self._image_size
+
+    def resolve_input(self, model: Any = None) -> None:
+        """Settle the input size and normalisation the config leaves open, from the model's start (its
+        ``input_spec()``: the backbone's input size, its smallest, the start's normalisation), else the dataset's
+        own statistics; refuse a size below what the backbone takes. ``model`` defaults to the trainer's."""
+        if model is None and self.trainer is not None:
+            model = self.trainer.lightning_module
+        spec = model.input_spec() if callable(getattr(model, "input_spec", None)) else None
+        if self._image_size is None:
+            self._image_size = spec.size if spec is not None else DEFAULT_IMAGE_SIZE
+        if spec is not None and self.image_size < spec.min_size:
+            backbone = getattr(model, "hparams", {}).get("backbone", "the backbone")
+            raise DataError(
+                f"--data.image_size {self.image_size} is smaller than {backbone} takes: give {spec.min_size} or more"
+            )
+        if self.mean is None and self.std is None:
+            if spec is not None and spec.mean is not None:
+                self.mean, self.std = spec.mean, spec.std
+            elif self.dataset_mean is not None:
+                self.mean, self.std = self.dataset_mean, self.dataset_std
+        self.hparams.update(image_size=self.image_size, mean=self.mean, std=self.std)  # what the checkpoint records
+
     # --- setup: read, hold out, apply protocols, check --------------------------------------------
 
     def prepare_data(self) -> None:
@@ -283,6 +324,7 @@ class FERDataModule(SplitPreparation, LightningDataModule):
         reads them itself)."""
         fn = self.trainer.state.fn if self.trainer is not None else None
         stage = fn.value if fn is not None else None
+        self.resolve_input()
         if stage == "predict":
             self._predict_paths = self._predict_images()
         self._choose_splits(stage)
@@ -293,6 +335,7 @@ class FERDataModule(SplitPreparation, LightningDataModule):
             check_schedule(self.trainer, len(self._labelled["train"]), self.batch_size, self.drop_last)
 
     def setup(self, stage: Optional[str] = None) -> None:
+        self.resolve_input()
         self._choose_splits(stage)
         for split in self._splits_for(stage):
             if split not in self.splits:
@@ -338,6 +381,7 @@ class FERDataModule(SplitPreparation, LightningDataModule):
     def eval_dataloader(self, split: Split) -> DataLoader:
         """Any split, the training split included (with its label protocol), resized and normalised only and decoded
         in workers: for applying a trained model outside a Trainer's own loops (``nla label-issues``)."""
+        self.resolve_input()
         if self._use_cache is None:
             self._use_cache = False  # nothing is trained here: decoding once is enough
         if split not in self.splits:

@@ -15,7 +15,7 @@ from typing import Any, Literal, Optional
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from nla.data.base import RGB, FERDataModule, Split
+from nla.data.base import FERDataModule, Split
 from nla.data.samples import DataError, Samples
 from nla.data.sources import affectnet, ferplus, generic, rafdb
 from nla.data.splits import HoldOut
@@ -28,24 +28,18 @@ class RAFDBDataModule(FERDataModule):
     Classes, labels 1..7: Surprise, Fear, Disgust, Happiness, Sadness, Anger, Neutral. RAF-DB has no
     validation split, so the paper's protocol validates on the test split.
 
+    Normalisation, unless the config or the model's start gives one: the authors' RAF-DB statistics.
+
     Args:
         layout: ``"auto"``, ``"basic"`` or ``"folders"``.
-        mean: The authors' RAF-DB statistics by default.
-        std: The authors' RAF-DB statistics by default.
     """
 
     label_code_offset = rafdb.LABEL_CODE_OFFSET
     name = "rafdb"
+    dataset_mean, dataset_std = rafdb.MEAN, rafdb.STD
 
-    def __init__(
-        self,
-        root: Optional[str] = None,
-        layout: rafdb.Layout = "auto",
-        mean: Optional[RGB] = rafdb.MEAN,
-        std: Optional[RGB] = rafdb.STD,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(root, mean=mean, std=std, **kwargs)
+    def __init__(self, root: Optional[str] = None, layout: rafdb.Layout = "auto", **kwargs: Any) -> None:
+        super().__init__(root, **kwargs)
         self.layout = layout
 
     @property

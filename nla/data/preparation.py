@@ -32,7 +32,6 @@ class SplitPreparation:
     if TYPE_CHECKING:  # set by FERDataModule.__init__ and its hooks
         root: Optional[str]
         num_workers: int
-        image_size: int
         mean: Optional[tuple[float, ...]]
         std: Optional[tuple[float, ...]]
         pipeline: str
@@ -60,6 +59,8 @@ class SplitPreparation:
 
         @property
         def class_names(self) -> list[str]: ...
+        @property
+        def image_size(self) -> int: ...
         def read_split(self, split: Split) -> Samples: ...
         def has_split(self, split: Split) -> bool: ...
         def standard_noise_file(self, rate: float) -> Optional[Path]: ...

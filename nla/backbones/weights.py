@@ -15,7 +15,7 @@ import timm
 import torch
 from torch import nn
 
-from nla.errors import ConfigError
+from nla.errors import ConfigError, UserError
 from nla.rundir import missing_file
 
 log = logging.getLogger(__name__)
@@ -28,18 +28,20 @@ DEFAULT_IGNORED_KEYS: tuple[str, ...] = ("feature.*",)
 NLA_BACKBONE_PREFIX = "model."
 
 
-class WeightsMismatchError(RuntimeError):
-    """A weights file whose keys or shapes do not fit the backbone."""
+class WeightsMismatchError(UserError, RuntimeError):
+    """A weights file whose keys or shapes do not fit the backbone, or that is not what it should be."""
 
 
-def create_backbone(name: str = "resnet18", num_classes: int = 7) -> nn.Module:
-    """A randomly initialised timm model with a ``num_classes``-way head.
+def create_backbone(name: str = "resnet18", num_classes: int = 7, **model_args: Any) -> nn.Module:
+    """A randomly initialised timm model with a ``num_classes``-way head; ``model_args`` go to ``timm.create_model``.
 
-    timm's hub weights are never fetched: pre-trained weights come from a file the user downloaded
-    (:func:`load_pretrained_weights`).
+    Pre-trained weights come from :func:`nla.backbones.starts.start_backbone`.
     """
     require_timm_model(name)
-    return timm.create_model(name, pretrained=False, num_classes=num_classes)
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, **model_args)
+    except TypeError as error:  # an argument the model does not take
+        raise ConfigError(f"--model.backbone_args {model_args}: {name} does not take them ({error})") from None
 
 
 def require_timm_model(name: str) -> None:

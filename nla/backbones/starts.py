@@ -1,0 +1,185 @@
+"""Where a backbone's weights start: random, dlib's face network, timm's ImageNet weights, or a weights file; and the
+input (size, normalisation) that each start expects.
+
+| start | how | weights from |
+|---|---|---|
+| random | (nothing) | initialisation |
+| face | ``pretrained="face"``, backbone ``dlib_resnet29`` | ``face-recognition-models``, or a ``.dat`` copy |
+| imagenet | ``pretrained="imagenet"`` | timm's hub cache, or the file timm would download |
+| weights file | ``pretrained_weights=...`` | a state dict or an nla checkpoint (nla's loader) |
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import timm
+from torch import nn
+
+from nla.backbones import dlib_resnet
+from nla.backbones.weights import (
+    DEFAULT_IGNORED_KEYS,
+    classifier_prefixes,
+    create_backbone,
+    load_pretrained_weights,
+    require_timm_model,
+    require_torch_file,
+)
+from nla.errors import MIN_IMAGE_SIZE, ConfigError
+from nla.rundir import missing_file
+
+Pretrained = Literal["none", "face", "imagenet"]
+RGB = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class Start:
+    """What a run's backbone started from: ``kind`` random, face, imagenet or weights; the file or hub id; the
+    file's SHA-256 where nla read a file itself; how many of the backbone's tensors it gave."""
+
+    kind: str
+    source: Optional[str] = None
+    sha256: Optional[str] = None
+    tensors: Optional[int] = None
+
+    def describe(self, num_classes: int, head: str) -> str:
+        """One line for the log: where the weights came from, and that the head starts fresh."""
+        if self.kind == "random":
+            return "random initialisation"
+        what = {"face": "dlib's face-recognition network", "imagenet": "timm's ImageNet weights"}.get(self.kind)
+        count = f"{self.tensors} backbone tensors" if self.tensors is not None else what
+        return f"pre-trained weights: {count} from {self.source}; the {num_classes}-class head ({head}) starts fresh"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The input a backbone expects: its side (``size``), the smallest side it takes, and the normalisation of its
+    start (``None`` for a start that has none of its own: random weights, or a file nla cannot vouch for)."""
+
+    size: int
+    min_size: int
+    mean: Optional[RGB] = None
+    std: Optional[RGB] = None
+
+
+_restoring = contextvars.ContextVar("nla_restoring", default=False)
+
+
+@contextlib.contextmanager
+def restoring() -> Iterator[None]:
+    """Models built inside take their weights from a checkpoint: their start is recorded, not read (its file may
+    not exist where the checkpoint is loaded)."""
+    token = _restoring.set(True)
+    try:
+        yield
+    finally:
+        _restoring.reset(token)
+
+
+def is_restoring() -> bool:
+    return _restoring.get()
+
+
+def check_start(backbone: str, pretrained: str, weights: Optional[str]) -> None:
+    """Refuse, in one line and before any data is read, a start that cannot work."""
+    require_timm_model(backbone)
+    if pretrained not in ("none", "face", "imagenet"):
+        raise ConfigError(f"--model.pretrained {pretrained!r}: expected none, face or imagenet")
+    if pretrained == "face":
+        if backbone.split(".")[0] != dlib_resnet.NAME:
+            raise ConfigError(
+                f"--model.pretrained face starts dlib's face-recognition network, not {backbone}: set --model.backbone "
+                f"{dlib_resnet.NAME} (configs/presets/face_start.yaml sets both)"
+            )
+        if not weights:
+            dlib_resnet.installed_face_network()
+    if weights:
+        path = Path(weights)
+        if not path.is_file():
+            raise missing_file(path, "pre-trained weights file")
+        if pretrained == "none":
+            require_torch_file(path, "pre-trained weights file")
+
+
+def start_backbone(
+    backbone: str,
+    num_classes: int,
+    pretrained: str = "none",
+    weights: Optional[str] = None,
+    ignore_keys: tuple[str, ...] | list[str] = DEFAULT_IGNORED_KEYS,
+    trust: bool = False,
+    model_args: Optional[dict[str, Any]] = None,
+) -> tuple[nn.Module, Start]:
+    """The backbone with a fresh ``num_classes``-way head, its weights from the start asked for, and a record of it;
+    ``model_args`` go to ``timm.create_model``."""
+    check_start(backbone, pretrained, weights)
+    model_args = dict(model_args or {})
+    if pretrained == "none":
+        model = create_backbone(backbone, num_classes, **model_args)
+        if not weights:
+            return model, Start("random")
+        loaded = load_pretrained_weights(model, weights, ignore_keys, trust=trust)
+        return model, Start("weights", str(weights), tensors=len(loaded))
+    overlay = {"file": str(weights)} if weights else None
+    if pretrained == "face":
+        path = Path(weights) if weights else dlib_resnet.installed_face_network()
+        model = timm.create_model(
+            backbone, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay={"file": str(path)}, **model_args
+        )
+        return model, Start("face", str(path), dlib_resnet.file_sha256(path), backbone_tensors(model))
+    try:
+        model = timm.create_model(
+            backbone, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=overlay, **model_args
+        )
+    except Exception as error:  # offline, no such weights, or a file timm cannot read: one line that says what to do
+        raise ConfigError(imagenet_failure(backbone, weights, error)) from None
+    config: Any = getattr(model, "pretrained_cfg", {}) or {}
+    source = str(weights) if weights else str(config.get("hf_hub_id") or config.get("url") or backbone)
+    return model, Start("imagenet", source, tensors=backbone_tensors(model))
+
+
+def backbone_tensors(model: nn.Module) -> int:
+    """The tensors of ``model``'s state dict outside its head: those a start gives."""
+    head = classifier_prefixes(model)
+    return sum(1 for key in model.state_dict() if not any(key.startswith(prefix) for prefix in head))
+
+
+def imagenet_failure(backbone: str, weights: Optional[str], error: BaseException) -> str:
+    """Why timm could not start ``backbone`` from its pre-trained weights, and what the user can do about it."""
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else type(error).__name__
+    if weights:
+        return f"--model.pretrained imagenet: timm cannot load {str(weights)!r} into {backbone}: {first}"
+    config = timm.models.get_pretrained_cfg(backbone)
+    hub = getattr(config, "hf_hub_id", None)
+    url = getattr(config, "url", None)
+    if not hub and not url:
+        return f"--model.pretrained imagenet: timm has no pre-trained weights for {backbone}"
+    where = f"https://huggingface.co/{hub}" if hub else url
+    return (
+        f"--model.pretrained imagenet: timm could not fetch {backbone}'s weights ({first}); nla downloads nothing "
+        f"itself: on a machine that is online, run it once to fill timm's cache, or download {where} and pass the "
+        "file with --model.pretrained_weights"
+    )
+
+
+def backbone_input(backbone: str, pretrained: str = "none") -> InputSpec:
+    """The input size timm's pretrained config gives ``backbone`` (224 where it gives none), its smallest input, and
+    the normalisation of a face or ImageNet start."""
+    config = timm.models.get_pretrained_cfg(backbone) if timm.is_model(backbone) else None
+    size = int((getattr(config, "input_size", None) or (3, 224, 224))[-1])
+    low = getattr(config, "min_input_size", None)
+    min_size = max(MIN_IMAGE_SIZE, int(low[-1])) if low else MIN_IMAGE_SIZE
+    if pretrained == "none" or config is None:
+        return InputSpec(size, min_size)
+    mean, std = tuple(config.mean), tuple(config.std)
+    return InputSpec(size, min_size, mean, std)  # type: ignore[arg-type]
