@@ -31,9 +31,11 @@ from lightning.pytorch import Trainer
 from benchmarks.face_detection import composites
 from nla import NLAModule
 from nla.data import RAFDBDataModule, eval_transform, load_image, read_rafdb
+from nla.data.photos import FaceSettings, Prediction
 from nla.data.sources.rafdb import MEAN, STD
 from nla.faces import FaceDetector
 from nla.predictions import PredictionWriter
+from nla.preprocessing import Preprocessing
 
 
 def write_photos(root: str, folder: Path, count: int) -> list[str]:
@@ -48,9 +50,9 @@ def write_photos(root: str, folder: Path, count: int) -> list[str]:
 
 def batched(model: NLAModule, folder: Path, args, out: Path) -> float:
     data = RAFDBDataModule(
-        predict_root=str(folder),
-        detect_faces=True,
-        image_size=args.image_size,
+        prediction=Prediction(root=str(folder)),
+        faces=FaceSettings(detect=True),
+        preprocessing=Preprocessing(image_size=args.image_size),
         batch_size=args.batch_size,
         num_workers=args.workers,
     )

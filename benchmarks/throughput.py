@@ -43,6 +43,7 @@ from nla.backbones import create_backbone
 from nla.data import RAFDBDataModule, batch_train_augment, read_rafdb
 from nla.data.sources.rafdb import MEAN, STD
 from nla.data.synthetic import write_rafdb
+from nla.preprocessing import Preprocessing
 
 
 def synchronize(device: torch.device) -> None:
@@ -82,7 +83,7 @@ def cached_data(args, root: Path, batch_size: int) -> RAFDBDataModule:
     return RAFDBDataModule(
         str(root),
         batch_size=batch_size,
-        image_size=args.image_size,
+        preprocessing=Preprocessing(image_size=args.image_size),
         num_workers=args.workers,
         pipeline="cached",
         drop_last=True,
@@ -229,7 +230,7 @@ def measure_pipelines(args, root: Path, device: torch.device) -> dict[str, float
 
     def fast_round() -> float:
         def step():
-            images = next(fast_batches)["image"].to(device, non_blocking=True)
+            images = next(fast_batches).image.to(device, non_blocking=True)
             return batch_train_augment(images, data.augmentation, data.image_size, MEAN, STD)
 
         return timed(step, untimed=1)

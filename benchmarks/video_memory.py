@@ -86,8 +86,8 @@ def main() -> None:
         write_video(video, face, seconds)
         for variant, extra in (("nla predict", []), ("outputs kept", ["--return_predictions", "true"])):
             run = work / f"run-{name}-{len(extra)}"
-            command = [sys.executable, "-m", "nla", "predict", "--ckpt_path", args.ckpt, "--data.predict_root"]
-            command += [str(video), "--data.detect_faces", "true", "--data.fps", str(args.fps)]
+            command = [sys.executable, "-m", "nla", "predict", "--ckpt_path", args.ckpt, "--data.prediction.root"]
+            command += [str(video), "--data.faces.detect", "true", "--data.prediction.fps", str(args.fps)]
             command += ["--data.num_workers", "1", "--trainer.logger", "false", "--trainer.default_root_dir", str(run)]
             measured = peak_memory(command + extra)
             with open(run / "predict" / "predictions.csv", newline="") as handle:

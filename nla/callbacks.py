@@ -141,7 +141,8 @@ class AccuracySummary(Callback):
         }
         start = getattr(pl_module, "start", None)
         started = {"backbone": pl_module.hparams.get("backbone"), **start.to_dict()} if start is not None else {}
-        given = {key: getattr(datamodule, key, None) for key in ("image_size", "mean", "std")}
+        used = getattr(datamodule, "preprocessing", None)
+        given = used.to_dict() if used is not None else {}
         return RunSummary(history, self.last_k, validation, environment(trainer), started, given)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

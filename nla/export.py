@@ -1,11 +1,5 @@
-"""``nla export``: a trained checkpoint as ONNX, TorchScript or a ``torch.export`` program, with its preprocessing.
-
-The exported graph takes **float32 RGB images, N x 3 x S x S, with values 0..255**, already resized to
-S x S, and returns **logits** (softmax gives probabilities). Normalisation with the training mean and std
-is inside the graph. The resize must be the one training used: bilinear with half-pixel centres and no
-antialiasing, as OpenCV's ``cv2.resize(image, (S, S), interpolation=cv2.INTER_LINEAR)`` does (PIL's
-bilinear antialiases when shrinking and gives other pixels). A JSON file beside the model records S, the
-resize, the mean and std, the class names and this contract. An ONNX export is one self-contained file.
+"""``nla export``: a trained checkpoint as ONNX, TorchScript or a ``torch.export`` program, with its preprocessing
+(the contract is :data:`nla.preprocessing.EXPORT_CONTRACT`).
 
     nla export --ckpt_path runs/rafdb/checkpoints/last.ckpt --format onnx --output model.onnx
 """
@@ -23,19 +17,14 @@ from torch import Tensor, nn
 
 from nla.backbones import WeightsMismatchError, load_trusted
 from nla.backbones.starts import restoring
+from nla.data.base import upgrade_settings
 from nla.data.batch_augment import normalisation
 from nla.errors import UserError, check_image_size
 from nla.module import NLAModule
+from nla.preprocessing import RESIZE, Preprocessing
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "exported_program": ".pt2"}
 Format = Literal["onnx", "torchscript", "exported_program"]
-RESIZE = {
-    "interpolation": "bilinear",
-    "pixel_centres": "half-pixel (align_corners=False)",
-    "antialias": False,
-    "opencv": "cv2.resize(image, (S, S), interpolation=cv2.INTER_LINEAR)",
-    "torch": "torch.nn.functional.interpolate(x, size=(S, S), mode='bilinear', align_corners=False, antialias=False)",
-}
 
 
 class ExportedClassifier(nn.Module):
@@ -70,16 +59,13 @@ def load_checkpoint(ckpt_path: str | Path) -> tuple[NLAModule, dict[str, Any]]:
     module.on_load_checkpoint(checkpoint)
     module.load_state_dict(checkpoint["state_dict"])
     module.eval()
-    data = checkpoint.get("datamodule_hyper_parameters") or {}
-    if data.get("mean") is None or data.get("std") is None:
-        raise WeightsMismatchError(f"{ckpt_path} does not record the normalisation its model was trained with")
-    preprocessing = {
-        "image_size": int(data.get("image_size", 224)),
-        "mean": list(data["mean"]),
-        "std": list(data["std"]),
-        "class_names": list(module.class_names),
-    }
-    return module, preprocessing
+    settings = upgrade_settings(dict(checkpoint.get("datamodule_hyper_parameters") or {}))
+    recorded = Preprocessing(**(settings.get("preprocessing") or {}))
+    if not recorded.normalised or recorded.image_size is None:
+        raise WeightsMismatchError(
+            f"{ckpt_path} does not record the input size and normalisation its model was trained with"
+        )
+    return module, {**recorded.to_dict(), "class_names": list(module.class_names)}
 
 
 def export(ckpt_path: str | Path, output: str | Path, fmt: str = "onnx", image_size: Optional[int] = None) -> Path:

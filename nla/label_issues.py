@@ -287,7 +287,7 @@ def run(
         (folder / "label_issues_vs_truth.json").write_text(json.dumps(result["vs_truth"], indent=2))
     record = {
         "checkpoint": str(ckpt_path),
-        "input": {key: getattr(datamodule, key, None) for key in ("image_size", "mean", "std")},
+        "input": datamodule.preprocessing.to_dict(),
         **{key: value for key, value in result.items() if key != "vs_truth"},
     }
     (folder / "label_issues.json").write_text(json.dumps(record, indent=2))

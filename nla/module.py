@@ -27,6 +27,7 @@ from nla.backbones.starts import (
     restoring,
     start_backbone,
 )
+from nla.batch import FaceBatch, StepOutput, unpack
 from nla.classes import LabelMap, match_classes
 from nla.criterion import Criterion, CriterionConfig
 from nla.data.samples import DataError
@@ -113,6 +114,7 @@ class NLAModule(LightningModule):
         self._epoch_lr: Optional[float] = None
         self.last_loss: Optional[Tensor] = None  # of the latest training step, on the device
         self.start = Start("random")  # what the backbone's weights started from, once built; in the checkpoint
+        self.confusion = nn.ModuleDict()  # of the "val" and "test" stages, once the classes are known
         self.loss_watch = LossWatch()  # a non-finite loss, noted on the device
         if num_classes is not None or class_names is not None:
             self.build(list(class_names) if class_names else [str(k) for k in range(num_classes or 0)])
@@ -146,10 +148,13 @@ class NLAModule(LightningModule):
             )
         self.model = model.to(memory_format=torch.channels_last) if hp["channels_last"] else model
         self._forward = torch.compile(self.features_and_logits) if hp["compile"] else self.features_and_logits
-        for (
-            stage
-        ) in EVALUATION_STAGES:  # labels and logits are checked by nla; torchmetrics' checks wait for the device
-            setattr(self, f"{stage}_confusion", MulticlassConfusionMatrix(len(self.class_names), validate_args=False))
+        # labels and logits are checked by nla; torchmetrics' checks would wait for the device
+        self.confusion = nn.ModuleDict(
+            {
+                stage: MulticlassConfusionMatrix(len(self.class_names), validate_args=False)
+                for stage in EVALUATION_STAGES
+            }
+        )
 
     def _require_model(self) -> Any:
         if self.model is None:
@@ -171,28 +176,16 @@ class NLAModule(LightningModule):
     def forward(self, images: Tensor) -> Tensor:
         return self._forward(images)[1]
 
-    @staticmethod
-    def unpack(batch: Any) -> tuple[Tensor, Optional[Tensor]]:
-        """``(images, labels)`` from a dict batch of the nla DataModules or an ``(images, labels)`` pair;
-        ``labels`` is ``None`` for a batch of images alone."""
-        if isinstance(batch, dict):
-            return batch["image"], batch.get("label")
-        if isinstance(batch, Tensor):
-            return batch, None
-        return batch[0], (batch[1] if len(batch) > 1 else None)
-
     def training_views(self, batch: Any) -> tuple[Tensor, Tensor]:
         """``(images, labels)`` for one forward pass: the batch, then its mirrors when the criterion has a
-        consistency term. The cached pipeline delivers them ready as ``batch["views"]``."""
-        if isinstance(batch, dict) and "views" in batch:
-            return batch["views"], batch["label"]
-        images, labels = self.unpack(batch)
+        consistency term. nla's DataModules deliver them ready as :attr:`nla.batch.FaceBatch.views`."""
+        images, labels = unpack(batch)
         if labels is None:
-            raise ValueError("a training batch needs labels: (images, labels) or a dict with 'image' and 'label'")
+            raise ValueError("a training batch needs labels: (images, labels) or a FaceBatch with labels")
         if not self.criterion.config.uses_mirror:
             return images, labels
-        mirrors = batch.get("image_mirror") if isinstance(batch, dict) else None
-        return torch.cat([images, images.flip(-1) if mirrors is None else mirrors]), labels
+        views = batch.views if isinstance(batch, FaceBatch) else None
+        return (torch.cat([images, images.flip(-1)]) if views is None else views), labels
 
     # --- setup: the data decides the classes ----------------------------------------------------
 
@@ -237,7 +230,7 @@ class NLAModule(LightningModule):
 
     # --- training ------------------------------------------------------------------------------
 
-    def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+    def training_step(self, batch: Any, batch_idx: int) -> StepOutput:
         views, labels = self.training_views(batch)
         n = len(labels)
         features, logits = self._forward(views)  # one forward pass over the images and their mirrors
@@ -262,11 +255,11 @@ class NLAModule(LightningModule):
         self.log("train/loss", output.total, on_step=True, on_epoch=True, batch_size=n)
         self.last_loss = output.total.detach()
         self.log_dict(self.criterion.mechanism(z, output, labels), on_step=False, on_epoch=True, batch_size=n)
-        result = {"loss": output.total, "probs": output.probs, "labels": labels}
+        result = StepOutput(loss=output.total, probs=output.probs, labels=labels)
         if output.weights is not None:
             result["weights"] = output.weights.detach()
-        if isinstance(batch, dict) and "index" in batch:
-            result["index"] = batch["index"]
+        if isinstance(batch, FaceBatch) and batch.index is not None:
+            result["index"] = batch.index
         return result
 
     # --- a non-finite loss or weights (nla.nonfinite) ------------------------------------------------
@@ -339,13 +332,14 @@ class NLAModule(LightningModule):
     # --- evaluation ----------------------------------------------------------------------------
 
     def _evaluation_step(self, batch: Any, stage: str) -> None:
-        images, labels = self.unpack(batch)
+        images, labels = unpack(batch)
         if labels is None:
             raise ValueError(f"a {stage} batch needs labels")
         logits = self(images).float()
         if self.label_map is not None:  # the data's labels as the model's classes
             logits, labels = self.label_map(logits, labels)
-        getattr(self, f"{stage}_confusion").update(logits, labels)
+        confusion: Any = self.confusion[stage]
+        confusion.update(logits, labels)
         if len(labels):
             self.log(f"{stage}/loss", nn.functional.cross_entropy(logits, labels), batch_size=len(labels))
 
@@ -356,7 +350,7 @@ class NLAModule(LightningModule):
         self._evaluation_step(batch, "test")
 
     def _end_evaluation(self, stage: str) -> Evaluation:
-        confusion = getattr(self, f"{stage}_confusion")
+        confusion: Any = self.confusion[stage]
         excluded = {}
         if self.label_map is not None:
             excluded = self.label_map.take_excluded(lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"))
@@ -383,12 +377,12 @@ class NLAModule(LightningModule):
         self._end_evaluation("test")
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
-        """Class probabilities of a batch: a dict batch of :class:`~nla.data.PredictionMedia`, or
-        ``(images, labels)`` / images alone from any DataModule."""
-        images, labels = self.unpack(batch)
+        """Class probabilities of a batch, with the batch's other fields (a :class:`~nla.batch.MediaBatch`'s file,
+        frame and face), or of ``(images, labels)`` / images alone from any DataModule."""
+        images, labels = unpack(batch)
         probs = self(images).float().softmax(dim=1).cpu()
-        if isinstance(batch, dict):
-            return {**{k: v for k, v in batch.items() if k != "image"}, "probs": probs}
+        if isinstance(batch, FaceBatch):
+            return {**batch.fields(), "probs": probs}
         return {"probs": probs} if labels is None else {"probs": probs, "label": labels.cpu()}
 
     # --- checkpoints carry the classes and the history, so test and predict need no dataset -----------

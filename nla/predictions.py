@@ -1,5 +1,5 @@
 """What ``nla predict`` writes: ``predictions.csv``, a row per image, video frame or face, and beside it the faces of
-each photo boxed and labelled (``--data.draw_faces``) and a timeline of each video's expressions.
+each photo boxed and labelled (``--data.prediction.draw_faces``) and a timeline of each video's expressions.
 
 Rows are written batch by batch as the model predicts, so a long video never fills the memory, and sorted by file,
 frame and face when the prediction ends (workers read files in parallel, so batches arrive in any order). A file
@@ -110,7 +110,8 @@ class PredictionWriter(BasePredictionWriter):
                 f"{self.unreadable[:10]}"
             )
         class_names = list(getattr(pl_module, "class_names", []))
-        draw_faces = getattr(getattr(trainer, "datamodule", None), "draw_faces", False)
+        settings = getattr(getattr(trainer, "datamodule", None), "prediction", None)
+        draw_faces = bool(getattr(settings, "draw_faces", False))
         drawn = draw_outputs(rows, class_names, self.path.parent, draw_faces)
         files = len({row["path"] for row in rows})
         what = f"{self._rows} row{'s' if self._rows != 1 else ''} for {files} file{'s' if files != 1 else ''}"

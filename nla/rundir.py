@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Optional
 
@@ -162,42 +163,21 @@ def fresh_folder(root: Path, name: str) -> Path:
             n += 1
 
 
-#: Settings a resumed fit may not change: they define the model or the training data.
-FIXED_ON_RESUME = {  # by the setting's name within its group
-    "model": ("backbone",),
-    "data": (
-        "noise_rate",
-        "noise_seed",
-        "noise_source",
-        "noise_kind",
-        "noise_matrix",
-        "train_label_file",
-        "imbalance_factor",
-        "long_tail_seed",
-        "long_tail_class_order",
-        "val_fraction",
-        "num_folds",
-        "fold",
-        "group_pattern",
-        "split_seed",
-        "num_classes",
-        "label_source",
-        "layout",
-        "crop_face",
-        "class_names",
-        "train_csv",
-        "image_size",
-        "mean",
-        "std",
-        "val_split",
-    ),
+#: Settings a resumed fit may not change, by group: they define the model, the training data or the input. A
+#: dataset's own arguments (its layout, its classes, its label files) are fixed too: see :func:`check_resume`.
+FIXED_ON_RESUME = {
+    "model": ("backbone", "backbone_args"),
+    "data": ("protocol", "holdout", "preprocessing", "val_split"),
 }
 
+#: Model settings that only say how the weights start: a resumed run takes its weights from its checkpoint.
+START_SETTINGS = ("num_classes", "class_names", "pretrained", "pretrained_weights")
 
-def check_resume(checkpoint: dict[str, Any], config: Namespace) -> Optional[str]:
-    """Refuse a resume that changes what defines the run (:data:`FIXED_ON_RESUME`), naming the setting and both
-    values; return a note of the settings that do change, or ``None``. The input size, mean and std the run settled
-    on when it started (from its start, its data or a measurement) are kept."""
+
+def check_resume(checkpoint: dict[str, Any], config: Namespace, dataset_arguments: Iterable[str] = ()) -> Optional[str]:
+    """Refuse a resume that changes what defines the run (:data:`FIXED_ON_RESUME`, and ``dataset_arguments``, the
+    data class's own), naming the setting and both values; return a note of the settings that do change, or
+    ``None``. The input the run settled on when it started (from its start, its data or a measurement) is kept."""
     root = config.trainer.default_root_dir
     saved_data = dict(checkpoint.get("datamodule_hyper_parameters") or {})
     old_class, new_class = saved_data.get("_class_path"), config.data.get("class_path")
@@ -206,20 +186,21 @@ def check_resume(checkpoint: dict[str, Any], config: Namespace) -> Optional[str]
             f"cannot resume {root!r} with --data {new_class}: the run was trained on "
             f"{old_class}; start a new run with another --trainer.default_root_dir"
         )
-    for key in ("image_size", "mean", "std"):  # settled when the run started: keep what the model was trained with
-        if config.data.init_args.get(key) is None and saved_data.get(key) is not None:
-            saved = saved_data[key]
-            config.data.init_args[key] = tuple(saved) if isinstance(saved, (list, tuple)) else saved
+    given, settled = config.data.init_args.get("preprocessing"), saved_data.get("preprocessing") or {}
+    for key, value in settled.items():  # settled when the run started: keep what the model was trained with
+        if given is not None and given.get(key) is None and value is not None:
+            given[key] = tuple(value) if isinstance(value, list) else value
     old = {**leaves(checkpoint.get("hyper_parameters") or {}, "model."), **leaves(saved_data, "data.")}
     new = {**leaves(config.model, "model."), **leaves(config.data.init_args, "data.")}
+    fixed = {"model": set(FIXED_ON_RESUME["model"]), "data": {*FIXED_ON_RESUME["data"], *dataset_arguments}}
     changed = []
     for key, value in new.items():
         group, name = key.split(".", 1)
         if key not in old or name.startswith("_") or same(old[key], value):
             continue
-        if group == "model" and name in ("num_classes", "class_names", "pretrained", "pretrained_weights"):
-            continue  # derived from the data, or only used to initialise
-        if name in FIXED_ON_RESUME[group]:
+        if group == "model" and name in START_SETTINGS:
+            continue
+        if name.split(".")[0] in fixed[group]:
             raise RunDirectoryError(
                 f"cannot resume {root!r} with {key}={value!r}: the run was trained with {old[key]!r}, and a "
                 f"resumed run keeps its {'model' if group == 'model' else 'training data and input'}; start a new "

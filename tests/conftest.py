@@ -24,7 +24,7 @@ CONFIGS = REPO / "configs"
 TINY = [
     "--model.backbone",
     "test_resnet",
-    "--data.image_size",
+    "--data.preprocessing.image_size",
     "32",
     "--data.batch_size",
     "8",

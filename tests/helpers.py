@@ -125,7 +125,7 @@ class PoisonBatch(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
-            batch["views"].fill_(float("nan"))
+            batch.views.fill_(float("nan"))
             self.before = {k: p.detach().clone() for k, p in pl_module.named_parameters()}
 
     def on_exception(self, trainer, pl_module, exception) -> None:

@@ -7,6 +7,7 @@ import pytest
 
 from nla.data import DataError, RAFDBDataModule
 from nla.data.synthetic import write_rafdb
+from nla.preprocessing import Preprocessing
 
 
 @pytest.fixture()
@@ -19,7 +20,7 @@ def image(root, name):
 
 
 def setup_fit(root, **kwargs):
-    data = RAFDBDataModule(str(root), image_size=16, num_workers=0, **kwargs)
+    data = RAFDBDataModule(str(root), preprocessing=Preprocessing(image_size=16), num_workers=0, **kwargs)
     data.setup("fit")
     return data
 
@@ -78,7 +79,7 @@ def test_skip_unreadable_drops_and_reports(rafdb_copy, pipeline):
         "train_00005_aligned.jpg",
     ]
     if pipeline == "cached":
-        assert len(data.caches["train"]) == 19
+        assert len(data.preparation.caches["train"]) == 19
 
 
 def test_images_of_mixed_sizes_are_cached_not_called_unreadable(rafdb_copy):
@@ -88,4 +89,4 @@ def test_images_of_mixed_sizes_are_cached_not_called_unreadable(rafdb_copy):
     cv2.imwrite(str(image(rafdb_copy, "train_00006")), np.full((30, 22, 3), 128, np.uint8))
     data = setup_fit(rafdb_copy, pipeline="cached")
     assert len(data.splits["train"]) == 21 and not data.skipped
-    assert data.caches["train"].shape[1:] == (16, 16, 3)  # cached at the training image size
+    assert data.preparation.caches["train"].shape[1:] == (16, 16, 3)  # cached at the training image size

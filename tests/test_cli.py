@@ -51,7 +51,9 @@ def test_help_lists_every_command_and_print_config_shows_the_resolved_constants(
     assert criterion["schedule_slope"] == 10.0 and criterion["consistency_reduction"] == "mean"
     assert criterion["kernels"]["false_major_std"] == pytest.approx(0.88225755)  # resolved, not null
     assert criterion["kernels"]["true_major_std"] == 0.8 and criterion["lam"] == 0.5
-    assert config["data"]["init_args"]["mean"] is None  # the start's, else RAF-DB's own: settled when the data is
+    assert (
+        config["data"]["init_args"]["preprocessing"]["mean"] is None
+    )  # the start's, else RAF-DB's own: settled when the data is
     assert config["data"]["init_args"]["augmentation"]["erasing_scale"] == [0.02, 0.3]
     with pytest.raises(SystemExit):
         main(["fit", "--help"])
@@ -129,7 +131,7 @@ def test_predict_from_a_checkpoint_alone(trained_run, tmp_path, capsys):
         "predict",
         "--ckpt_path",
         str(run / "checkpoints" / "last.ckpt"),
-        "--data.predict_root",
+        "--data.prediction.root",
         str(faces),
         *NO_LOGGER,
         "--trainer.enable_progress_bar",
@@ -237,11 +239,11 @@ def test_a_face_folder_without_splits_trains_with_a_grouped_fold(tmp_path):
             "nla.data.ImageFolderDataModule",
             "--data.root",
             str(root),
-            "--data.num_folds",
+            "--data.holdout.num_folds",
             "4",
-            "--data.fold",
+            "--data.holdout.fold",
             "1",
-            "--data.group_pattern",
+            "--data.holdout.group_pattern",
             r"S(\d+)_",
             "--trainer.default_root_dir",
             str(run_dir),
@@ -261,7 +263,7 @@ def test_a_face_folder_without_splits_trains_with_a_grouped_fold(tmp_path):
     assert config["data"]["init_args"]["class_names"] is None  # taken from the folders
     checkpoint = __import__("torch").load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["hyper_parameters"]["class_names"] == ["anger", "happy", "sad"]
-    assert checkpoint["datamodule_hyper_parameters"]["mean"] is not None  # measured on this folder's images
+    assert checkpoint["datamodule_hyper_parameters"]["preprocessing"]["mean"] is not None  # measured on its images
 
 
 @pytest.mark.slow
@@ -289,7 +291,7 @@ def test_protocol_run_writes_its_training_labels_and_they_load_back(rafdb_root, 
     labels = (run_dir / "train_labels.txt").read_text().splitlines()
     assert 0 < len(labels) < 42 and labels[0].split()[0].startswith("train_")
     again = tmp_path / "again"
-    main(fit_args(rafdb_root, again, "--data.train_label_file", str(run_dir / "train_labels.txt")))
+    main(fit_args(rafdb_root, again, "--data.protocol.train_label_file", str(run_dir / "train_labels.txt")))
     assert (again / "train_labels.txt").read_text().splitlines() == labels
 
 
@@ -344,7 +346,7 @@ def test_the_commands_print_no_warning_that_tells_the_user_nothing(rafdb_root, t
     import sys
 
     run_dir = tmp_path / "run"
-    settings = ["--model.backbone", "test_resnet", "--data.image_size", "32", "--data.batch_size", "8"]
+    settings = ["--model.backbone", "test_resnet", "--data.preprocessing.image_size", "32", "--data.batch_size", "8"]
     fit = [
         "fit",
         "--config",
@@ -408,9 +410,9 @@ def test_predict_finds_the_face_in_a_photo_and_says_when_there_is_none(trained_r
             "predict",
             "--ckpt_path",
             str(run / "checkpoints" / "last.ckpt"),
-            "--data.predict_root",
+            "--data.prediction.root",
             str(photos),
-            "--data.detect_faces",
+            "--data.faces.detect",
             "true",
             *NO_LOGGER,
             "--trainer.enable_progress_bar",

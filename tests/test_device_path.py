@@ -89,7 +89,7 @@ def test_a_training_and_an_evaluation_step_under_bf16_autocast_on_the_cpu(consis
     model.eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         model._evaluation_step((images, labels), "val")
-    confusion = model.val_confusion.compute()
+    confusion = model.confusion["val"].compute()
     assert confusion.sum() == 6 and confusion.dtype == torch.long
 
 
@@ -97,4 +97,4 @@ def test_auto_pipeline_caches_on_an_accelerator_and_decodes_per_sample_on_a_cpu(
     for device, cached in (("cuda", True), ("cpu", False)):
         data = RAFDBDataModule(str(rafdb_root))
         data.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))
-        assert data._cache_enabled(data.read_split("train")) is cached
+        assert data.preparation.cache_enabled(data.read_split("train"), data.trainer) is cached

@@ -23,7 +23,7 @@ def test_figures_are_written_beside_the_run(method, rafdb_root, tmp_path):
     run_dir = tmp_path / "run"
     overlays = ["--config", str(CONFIGS / "methods" / f"{method}.yaml"), "--config", str(CONFIGS / "noise" / "30.yaml")]
     csv_logger = ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(run_dir)]
-    settings = ["--data.noise_source", "generate", "--trainer.limit_train_batches", "3", *csv_logger]
+    settings = ["--data.protocol.noise_source", "generate", "--trainer.limit_train_batches", "3", *csv_logger]
     cli = run_cli(fit_args(rafdb_root, run_dir, *overlays, *settings, epochs=2, figures=True))
     figures = {p.name for p in (run_dir / "figures").glob("*.png")}
     for epoch in ("000", "001"):

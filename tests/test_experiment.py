@@ -15,7 +15,7 @@ from nla.cli import main
 from nla.experiment import Experiment, ExperimentError
 from tests.conftest import CONFIGS, QUICK
 
-GRID_SETTINGS = "--trainer.max_epochs 2 --trainer.limit_train_batches 2 --data.noise_source generate"
+GRID_SETTINGS = "--trainer.max_epochs 2 --trainer.limit_train_batches 2 --data.protocol.noise_source generate"
 
 
 def write_experiment(tmp_path, rafdb_root) -> str:

@@ -121,9 +121,12 @@ def test_a_resume_applies_a_new_learning_rate_and_refuses_a_new_model_or_data(ra
     main(fit_args(rafdb_root, run_dir, epochs=1))
     before = snapshot(run_dir)
     for change, setting in (
-        (["--config", str(CONFIGS / "noise" / "20.yaml"), "--data.noise_source", "generate"], "data.noise_rate=0.2"),
+        (
+            ["--config", str(CONFIGS / "noise" / "20.yaml"), "--data.protocol.noise_source", "generate"],
+            "data.protocol.noise_rate=0.2",
+        ),
         (["--model.backbone", "resnet10t"], "model.backbone='resnet10t'"),
-        (["--data.image_size", "48"], "data.image_size=48"),
+        (["--data.preprocessing.image_size", "48"], "data.preprocessing.image_size=48"),
     ):
         err = fails(fit_args(rafdb_root, run_dir, *change, "--ckpt_path", "last", epochs=2), capsys)
         assert f"cannot resume {str(run_dir)!r} with {setting}: the run was trained with" in err
@@ -240,10 +243,12 @@ def test_a_data_root_that_is_no_folder_is_named_first(data, tmp_path, capsys):
 @pytest.mark.parametrize(
     "option, message",
     [
-        (["--data.noise_rate", "-0.1"], "noise_rate -0.1 is outside [0, 1)"),
-        pytest.param(["--data.noise_rate", "1.5"], "noise_rate 1.5 is outside [0, 1)", marks=pytest.mark.slow),
-        pytest.param(["--data.imbalance_factor", "0.5"], "imbalance_factor 0.5 is below 1", marks=pytest.mark.slow),
-        pytest.param(["--data.image_size", "4"], "image_size 4 is too small", marks=pytest.mark.slow),
+        (["--data.protocol.noise_rate", "-0.1"], "noise_rate -0.1 is outside [0, 1)"),
+        pytest.param(["--data.protocol.noise_rate", "1.5"], "noise_rate 1.5 is outside [0, 1)", marks=pytest.mark.slow),
+        pytest.param(
+            ["--data.protocol.imbalance_factor", "0.5"], "imbalance_factor 0.5 is below 1", marks=pytest.mark.slow
+        ),
+        pytest.param(["--data.preprocessing.image_size", "4"], "image_size 4 is too small", marks=pytest.mark.slow),
         pytest.param(["--model.lr", "-1"], "model.lr=-1.0 must be a finite positive number", marks=pytest.mark.slow),
         (["--model.lr", "nan"], "model.lr=nan must be a finite positive number"),
         (["--seed_everything", "-1"], "--seed_everything -1 is outside 0..4294967295, the seeds numpy accepts"),
@@ -328,7 +333,7 @@ def test_a_wrong_data_root_stops_before_the_logger_or_an_output_folder_is_made(t
     assert missing in fails(["test", "--ckpt_path", ckpt, *data], capsys)
     empty = tmp_path / "no-images"
     empty.mkdir()
-    predict = ["predict", "--ckpt_path", ckpt, "--data.predict_root", str(empty), "--trainer.logger", "false"]
+    predict = ["predict", "--ckpt_path", ckpt, "--data.prediction.root", str(empty), "--trainer.logger", "false"]
     assert "holds no image or video files" in fails(predict, capsys)
     assert not (evaluated / "test").exists() and not (evaluated / "predict").exists()
     csv = ["--data", "nla.data.CSVDataModule", "--data.root", str(tmp_path), "--trainer.logger", "false"]
@@ -362,12 +367,12 @@ def test_a_wrong_model_file_or_name_stops_fit_before_it_writes_anything(
     "args, message",
     [
         (
-            ["--data.noise_source", "standard"],
-            "--data.noise_source: expected one of 'auto', 'standard_file', 'generate'; got standard",
+            ["--data.protocol.noise_source", "standard"],
+            "--data.protocol.noise_source: expected one of 'auto', 'standard_file', 'generate'; got standard",
         ),
         pytest.param(
-            ["--data.mean", "[0.5, 0.5]"],
-            "--data.mean: expected a tuple with 3 elements or null; got [0.5, 0.5]",
+            ["--data.preprocessing.mean", "[0.5, 0.5]"],
+            "--data.preprocessing.mean: expected a tuple with 3 elements or null; got [0.5, 0.5]",
             marks=pytest.mark.slow,
         ),
         (["--trainer.max_epochs", "x"], "--trainer.max_epochs: expected an integer or null; got x"),
@@ -381,6 +386,8 @@ def test_a_wrong_model_file_or_name_stops_fit_before_it_writes_anything(
             ["--data.batchsize", "8"],
             "--data.batchsize is not an option of nla.data.RAFDBDataModule (did you mean batch_size?)",
         ),
+        (["--data.noise_rate", "0.3"], "--data.noise_rate is now data.protocol.noise_rate"),  # nla 0.2's flat keys
+        (["--data.faces", "all"], "--data.faces is a group of settings now: give --data.faces.choice"),
         pytest.param(
             ["--model.criterion.lamm", "1"],
             "--model.criterion.lamm is not an option of CriterionConfig (did you mean lam?)",
@@ -445,7 +452,7 @@ def test_a_corrupt_checkpoint_is_one_line_in_every_command(trained_run, tmp_path
     for args in (
         fit_args(tmp_path, run_dir, "--ckpt_path", "last", epochs=3),
         ["test", "--ckpt_path", str(last)],
-        ["predict", "--ckpt_path", str(last), "--data.predict_root", str(tmp_path)],
+        ["predict", "--ckpt_path", str(last), "--data.prediction.root", str(tmp_path)],
         ["export", "--ckpt_path", str(last), "--output", str(tmp_path / "m.onnx")],
     ):
         capsys.readouterr()
@@ -550,3 +557,11 @@ def test_a_bad_label_row_stops_the_fit_with_its_line(tmp_path, capsys):
     labels.write_text(labels.read_text().replace("train_00005.jpg", "trian_00005.jpg"))
     err = fails(fit_args(root, tmp_path / "run", *TINY), capsys)
     assert "list_patition_label.txt:5: image name 'trian_00005.jpg' starts with neither 'train_' nor 'test_'" in err
+
+
+def test_a_config_of_nla_0_2_names_the_file_line_and_the_new_key(rafdb_root, tmp_path, capsys):
+    old = tmp_path / "old.yaml"
+    old.write_text("data:\n  init_args:\n    batch_size: 8\n    val_fraction: 0.2\n")
+    err = fails(fit_args(rafdb_root, tmp_path / "run", "--config", str(old)), capsys)
+    assert f"{old}:4: data.val_fraction is now data.holdout.val_fraction" in err
+    assert not (tmp_path / "run").exists()

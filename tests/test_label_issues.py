@@ -43,7 +43,17 @@ def test_scores_against_known_flips():
 @pytest.mark.slow
 def test_label_issues_through_the_cli(rafdb_root, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    main(fit_args(rafdb_root, run_dir, "--data.noise_rate", "0.3", "--data.noise_source", "generate", epochs=2))
+    main(
+        fit_args(
+            rafdb_root,
+            run_dir,
+            "--data.protocol.noise_rate",
+            "0.3",
+            "--data.protocol.noise_source",
+            "generate",
+            epochs=2,
+        )
+    )
     main(
         [
             "label-issues",
@@ -120,7 +130,17 @@ def test_confident_learning_decides_how_many_of_each_class_and_naw_which():
 @pytest.mark.slow
 def test_cleaned_labels_train_a_new_model(rafdb_root, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    main(fit_args(rafdb_root, run_dir, "--data.noise_rate", "0.3", "--data.noise_source", "generate", epochs=1))
+    main(
+        fit_args(
+            rafdb_root,
+            run_dir,
+            "--data.protocol.noise_rate",
+            "0.3",
+            "--data.protocol.noise_source",
+            "generate",
+            epochs=1,
+        )
+    )
     quiet = [*NO_LOGGER, "--trainer.enable_progress_bar", "false"]
     ckpt = str(run_dir / "checkpoints" / "last.ckpt")
     main(["label-issues", "--ckpt_path", ckpt, "--write_labels", "drop", "--suspects", "5", *quiet])
@@ -139,6 +159,6 @@ def test_cleaned_labels_train_a_new_model(rafdb_root, tmp_path, capsys):
         counted = int(capsys.readouterr().out.split("cleaned labels (drop: ")[1].split(" images")[0])
         assert len((run_dir / "label-issues-2" / "cleaned_labels.txt").read_text().splitlines()) == 42 - counted
     retrained = tmp_path / "retrained"
-    main(fit_args(rafdb_root, retrained, "--data.train_label_file", str(dropped), epochs=1))
+    main(fit_args(rafdb_root, retrained, "--data.protocol.train_label_file", str(dropped), epochs=1))
     assert json.loads((retrained / "summary.json").read_text())["last"]["epoch"] == 0
     assert (retrained / "train_labels.txt").read_text() == dropped.read_text()  # the 37 images, their labels

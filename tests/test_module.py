@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from nla import Criterion, CriterionConfig, NLAModule
+from nla.batch import FaceBatch, MediaBatch
 from nla.nonfinite import NonFiniteError
 
 
@@ -61,26 +62,26 @@ def test_training_step_returns_the_criterions_loss(criterion):
     assert ("weights" in out) == nla.criterion.config.naw
 
 
-def test_a_dict_batch_with_its_mirrors_is_used_as_it_is():
+def test_a_face_batch_with_its_mirrors_is_used_as_it_is():
     nla = module()
     images, labels = batch()
     mirrors = torch.randn_like(images)  # deliberately not the flip: the given mirrors must be the ones used
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        given = nla.training_step({"image": images, "label": labels, "image_mirror": mirrors}, 0)["loss"]
+        given = nla.training_step(FaceBatch(images, labels, views=torch.cat([images, mirrors])), 0)["loss"]
         flipped = nla.training_step((images, labels), 0)["loss"]
     assert given.item() != pytest.approx(flipped.item())
 
 
-def test_prediction_takes_dict_pairs_or_images_alone():
+def test_prediction_takes_media_batches_pairs_or_images_alone():
     nla = module().eval()
     images, labels = batch()
     pair = nla.predict_step((images, labels), 0)
     alone = nla.predict_step(images, 0)
     assert pair["probs"].shape == (6, 7) and torch.equal(pair["label"], labels)
     assert torch.allclose(pair["probs"], alone["probs"]) and torch.allclose(alone["probs"].sum(1), torch.ones(6))
-    as_dict = nla.predict_step({"image": images, "path": [str(i) for i in range(6)]}, 0)
-    assert as_dict["path"][0] == "0" and "image" not in as_dict
+    media = nla.predict_step(MediaBatch(images, path=[str(i) for i in range(6)]), 0)
+    assert media["path"][0] == "0" and "image" not in media and media["probs"].shape == (6, 7)
 
 
 def test_the_backbone_waits_for_the_classes_and_weights_are_checked_for_finiteness():

@@ -86,7 +86,7 @@ def test_predict_on_videos_writes_a_row_per_frame_and_one_per_bad_file(trained_r
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     ckpt = str(run / "checkpoints" / "last.ckpt")
-    main(["predict", "--ckpt_path", ckpt, "--data.predict_root", str(media), "--data.fps", "2", *QUIET])
+    main(["predict", "--ckpt_path", ckpt, "--data.prediction.root", str(media), "--data.prediction.fps", "2", *QUIET])
     rows = list(csv.DictReader(open(run / "predict" / "predictions.csv")))
     clip = [r for r in rows if r["path"].endswith("clip.avi")]
     assert [r["frame"] for r in clip] == ["0", "5", "10", "15", "20", "25"]
@@ -106,7 +106,7 @@ def test_predict_keeps_no_outputs_in_memory_unless_asked(trained_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     ckpt = str(run / "checkpoints" / "last.ckpt")
-    args = ["predict", "--ckpt_path", ckpt, "--data.predict_root", str(tmp_path / "clip.avi"), *QUIET]
+    args = ["predict", "--ckpt_path", ckpt, "--data.prediction.root", str(tmp_path / "clip.avi"), *QUIET]
     assert run_cli(args).trainer.predict_loop.return_predictions is False
     kept = run_cli([*args, "--return_predictions", "true"]).trainer.predict_loop
     assert kept.return_predictions is True and len(kept.predictions) > 0
@@ -136,8 +136,20 @@ def test_every_face_of_photos_and_a_video_is_found_tracked_and_drawn(trained_run
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     ckpt = str(run / "checkpoints" / "last.ckpt")
-    args = ["--data.predict_root", str(media), "--data.detect_faces", "true", "--data.faces", "all"]
-    main(["predict", "--ckpt_path", ckpt, *args, "--data.draw_faces", "true", "--data.fps", "5", *QUIET])
+    args = ["--data.prediction.root", str(media), "--data.faces.detect", "true", "--data.faces.choice", "all"]
+    main(
+        [
+            "predict",
+            "--ckpt_path",
+            ckpt,
+            *args,
+            "--data.prediction.draw_faces",
+            "true",
+            "--data.prediction.fps",
+            "5",
+            *QUIET,
+        ]
+    )
     rows = list(csv.DictReader(open(run / "predict" / "predictions.csv")))
     group = [r for r in rows if r["path"].endswith("group.png")]
     found = [tuple(int(r[k]) for k in ("face_x", "face_y", "face_width", "face_height")) for r in group]
@@ -171,7 +183,7 @@ def test_twenty_faces_a_huge_photo_and_a_video_without_faces(trained_run, tmp_pa
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     ckpt = str(run / "checkpoints" / "last.ckpt")
-    args = ["--data.predict_root", str(media), "--data.detect_faces", "true", "--data.faces", "all"]
+    args = ["--data.prediction.root", str(media), "--data.faces.detect", "true", "--data.faces.choice", "all"]
     main(["predict", "--ckpt_path", ckpt, *args, *QUIET])
     rows = list(csv.DictReader(open(run / "predict" / "predictions.csv")))
     crowd_rows = [r for r in rows if r["path"].endswith("crowd.png") and r["prediction"]]

@@ -13,8 +13,9 @@ from nla.data import (
     read_rafdb,
     write_label_file,
 )
-from nla.data.protocols import add_class_conditional_noise, apply_label_file, noise_transition
+from nla.data.protocols import LabelProtocol, add_class_conditional_noise, apply_label_file, noise_transition
 from nla.data.sources import ferplus
+from nla.preprocessing import Preprocessing
 from tests.conftest import real_dataset
 
 
@@ -65,10 +66,10 @@ def test_imbalance_factor_below_one_is_refused():
     with pytest.raises(DataError, match="imbalance factor 0.5 is below 1"):
         long_tail_indices([0, 1, 1], 0.5)
     with pytest.raises(DataError, match="imbalance_factor 0.9 is below 1"):
-        RAFDBDataModule("x", imbalance_factor=0.9)
+        RAFDBDataModule("x", protocol=LabelProtocol(imbalance_factor=0.9))
     for rate in (-0.1, 1.5, 1.0):
         with pytest.raises(DataError, match=f"noise_rate {rate} is outside"):
-            RAFDBDataModule("x", noise_rate=rate)
+            RAFDBDataModule("x", protocol=LabelProtocol(noise_rate=rate))
 
 
 def test_label_file_round_trip_keeps_names_labels_and_subsets(rafdb_root, tmp_path):
@@ -89,15 +90,12 @@ def test_label_file_round_trip_keeps_names_labels_and_subsets(rafdb_root, tmp_pa
 
 
 def test_datamodule_protocols_touch_only_the_training_split(rafdb_root, tmp_path):
-    clean = RAFDBDataModule(str(rafdb_root), image_size=16, num_workers=0)
+    clean = RAFDBDataModule(str(rafdb_root), preprocessing=Preprocessing(image_size=16), num_workers=0)
     clean.setup("fit")
     noisy = RAFDBDataModule(
         str(rafdb_root),
-        noise_rate=0.3,
-        noise_seed=5,
-        noise_source="generate",
-        imbalance_factor=3,
-        image_size=16,
+        protocol=LabelProtocol(noise_rate=0.3, noise_seed=5, noise_source="generate", imbalance_factor=3),
+        preprocessing=Preprocessing(image_size=16),
         num_workers=0,
         save_train_labels=False,
     )
@@ -116,16 +114,20 @@ def test_rafdb_noise_overlay_prefers_the_shipped_file(tmp_path):
     train = read_rafdb(root, "train")
     noisy, _ = add_label_noise(train.labels, 0.3, 7, seed=42)
     write_label_file(root / "basic" / "EmoLabel" / "noise03.txt", train.names, noisy, code_offset=1)
-    shipped = RAFDBDataModule(str(root), noise_rate=0.3, image_size=16, num_workers=0, save_train_labels=False)
+    shipped = RAFDBDataModule(
+        str(root),
+        protocol=LabelProtocol(noise_rate=0.3),
+        preprocessing=Preprocessing(image_size=16),
+        num_workers=0,
+        save_train_labels=False,
+    )
     shipped.setup("fit")
     assert np.array_equal(shipped.splits["train"].labels, noisy)
     assert "noise03.txt" in shipped.protocol_notes[0]
     generated = RAFDBDataModule(
         str(root),
-        noise_rate=0.3,
-        noise_source="generate",
-        noise_seed=42,
-        image_size=16,
+        protocol=LabelProtocol(noise_rate=0.3, noise_source="generate", noise_seed=42),
+        preprocessing=Preprocessing(image_size=16),
         num_workers=0,
         save_train_labels=False,
     )
@@ -138,20 +140,24 @@ def test_a_missing_or_partial_standard_noise_file_stops_instead_of_changing_the_
     from nla.data.synthetic import write_rafdb
 
     root = write_rafdb(tmp_path / "rafdb", train_per_class=4, test_per_class=1, size=16)
-    data = dict(image_size=16, num_workers=0, save_train_labels=False)
+    data = dict(preprocessing=Preprocessing(image_size=16), num_workers=0, save_train_labels=False)
     with pytest.raises(
         DataError,
         match=r"noise_rate 0.3 uses the dataset's standard noisy-label file .*noise03\.txt.*"
-        r"does not exist; .*--data.noise_source generate",
+        r"does not exist; .*--data.protocol.noise_source generate",
     ):
-        RAFDBDataModule(str(root), noise_rate=0.3, **data).setup("fit")
+        RAFDBDataModule(str(root), protocol=LabelProtocol(noise_rate=0.3), **data).setup("fit")
     train = read_rafdb(root, "train")
     write_label_file(root / "basic" / "EmoLabel" / "noise03.txt", train.names[:20], train.labels[:20], code_offset=1)
     with pytest.raises(DataError, match=r"noise03\.txt gives labels for 20 of the 28 training images"):
-        RAFDBDataModule(str(root), noise_rate=0.3, **data).setup("fit")
+        RAFDBDataModule(str(root), protocol=LabelProtocol(noise_rate=0.3), **data).setup("fit")
     with pytest.raises(DataError, match="no standard noisy-label file for noise_rate 0.25"):
-        RAFDBDataModule(str(root), noise_rate=0.25, noise_source="standard_file", **data).setup("fit")
-    generated = RAFDBDataModule(str(root), noise_rate=0.25, **data)  # no standard file for this rate: generated
+        RAFDBDataModule(str(root), protocol=LabelProtocol(noise_rate=0.25, noise_source="standard_file"), **data).setup(
+            "fit"
+        )
+    generated = RAFDBDataModule(
+        str(root), protocol=LabelProtocol(noise_rate=0.25), **data
+    )  # no standard file for this rate: generated
     generated.setup("fit")
     assert "generated with seed 0" in generated.protocol_notes[0]
 
@@ -207,12 +213,14 @@ def test_pair_flip_and_a_matrix_file_and_their_mistakes(tmp_path):
 
 
 def test_annotator_noise_through_the_datamodule_round_trips_through_its_label_file(rafdb_root, tmp_path):
-    data = RAFDBDataModule(str(rafdb_root), noise_rate=0.5, noise_kind="annotator", noise_seed=1)
-    train = data._label("train")
+    data = RAFDBDataModule(
+        str(rafdb_root), protocol=LabelProtocol(noise_rate=0.5, noise_kind="annotator", noise_seed=1)
+    )
+    train = data.labelled("train")
     assert train.flipped.sum() == 7 * 3  # 6 images a class in the synthetic copy, half of each flipped
     assert "annotator noise 50% generated with seed 1: 21 labels flipped" in data.protocol_notes[0]
     path = write_label_file(tmp_path / "noisy.txt", train.names, train.labels, code_offset=1)
-    again = RAFDBDataModule(str(rafdb_root), train_label_file=str(path))._label("train")
+    again = RAFDBDataModule(str(rafdb_root), protocol=LabelProtocol(train_label_file=str(path))).labelled("train")
     assert np.array_equal(again.labels, train.labels) and np.array_equal(again.flipped, train.flipped)
 
 

@@ -93,3 +93,45 @@ def test_fit_killed_mid_epoch_resumes_and_ends_with_the_same_epochs(how, rafdb_r
         assert schedule == pytest.approx(1 - math.exp(-15 * epoch / 3))
         assert lr == pytest.approx(1e-4 * 0.9**epoch)
     assert (run_dir / "config.yaml").is_file() and (run_dir / "config-fit.yaml").is_file()
+
+
+def nla_0_2_settings(grouped: dict) -> dict:
+    """A DataModule's checkpointed settings as nla 0.2 wrote them: every group's fields flat (``noise_rate``, ...)."""
+    from nla.data.base import MOVED_OPTIONS
+
+    old_name = {new: old for old, new in MOVED_OPTIONS.items()}
+    flat = {}
+    for key, value in grouped.items():
+        if isinstance(value, dict) and any(f"{key}.{name}" in old_name for name in value):
+            flat.update({old_name[f"{key}.{name}"]: v for name, v in value.items() if f"{key}.{name}" in old_name})
+        else:
+            flat[key] = value
+    return flat
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_nla_0_2_tests_exports_and_resumes(trained_run, rafdb_root, tmp_path):
+    """Its flat data settings are read in today's groups: the same input, the same protocol, and a resume that
+    changes nothing that defines the run goes on."""
+    import shutil
+
+    from nla.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    last = run / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    grouped = checkpoint["datamodule_hyper_parameters"]
+    checkpoint["datamodule_hyper_parameters"] = nla_0_2_settings(grouped)
+    assert (
+        checkpoint["datamodule_hyper_parameters"]["image_size"] == 32
+        and "preprocessing" not in (checkpoint["datamodule_hyper_parameters"])
+    )
+    torch.save(checkpoint, last)
+    main(["test", "--ckpt_path", str(last), "--trainer.logger", "false"])
+    assert json.loads((run / "test" / "metrics.json").read_text())["num_samples"] == 21
+    main(["export", "--ckpt_path", str(last), "--format", "exported_program", "--output", str(tmp_path / "m.pt2")])
+    exported = json.loads((tmp_path / "m.pt2.json").read_text())
+    assert exported["image_size"] == 32 and exported["mean"] == pytest.approx(grouped["preprocessing"]["mean"])
+    main(fit_args(rafdb_root, run, "--ckpt_path", "last", epochs=3))
+    assert [e["epoch"] for e in json.loads((run / "summary.json").read_text())["epochs"]] == [0, 1, 2]

@@ -16,7 +16,9 @@ from nla.data import (
     read_ferplus,
     read_rafdb,
 )
+from nla.data.protocols import LabelProtocol
 from nla.data.sources import rafdb
+from nla.preprocessing import Preprocessing
 from tests.conftest import real_dataset
 
 RAFDB_TRAIN = [1290, 281, 717, 4772, 1982, 705, 2524]
@@ -64,17 +66,23 @@ def test_affectnet_drops_codes_8_to_10_and_keeps_boxes(affectnet_root):
 
 def test_affectnet_face_crop_and_balanced_sampler(affectnet_root):
     data = AffectNetDataModule(
-        affectnet_root, num_classes=7, crop_face=True, balanced_sampler=True, image_size=16, batch_size=4, num_workers=0
+        affectnet_root,
+        num_classes=7,
+        crop_face=True,
+        balanced_sampler=True,
+        preprocessing=Preprocessing(image_size=16),
+        batch_size=4,
+        num_workers=0,
     )
     data.setup("fit")
     assert data.splits["train"].boxes is not None
     batch = next(iter(data.train_dataloader()))
-    assert batch["image"].shape == (4, 3, 16, 16)
+    assert batch.image.shape == (4, 3, 16, 16)
     assert type(data.train_dataloader().sampler).__name__ == "WeightedRandomSampler"
 
 
 def test_image_folder_and_csv_sources(folder_root, tmp_path):
-    data = ImageFolderDataModule(folder_root, image_size=16, num_workers=0)
+    data = ImageFolderDataModule(folder_root, preprocessing=Preprocessing(image_size=16), num_workers=0)
     assert data.class_names == ["angry", "happy", "sad"]
     data.setup("fit")
     assert len(data.splits["train"]) == 9 and data.val_split == "test"
@@ -89,7 +97,7 @@ def test_image_folder_and_csv_sources(folder_root, tmp_path):
         class_names=["angry", "happy", "sad"],
         train_csv=str(tmp_path / "train.csv"),
         test_csv=str(tmp_path / "test.csv"),
-        image_size=16,
+        preprocessing=Preprocessing(image_size=16),
         num_workers=0,
     )
     csv_data.setup("fit")
@@ -132,8 +140,10 @@ def test_real_ferplus_counts_match_the_data_readme():
 def test_real_rafdb_noise_files_have_the_documented_flip_rates():
     root = real_dataset("rafdb")
     for rate, measured in ((0.1, 0.1011), (0.2, 0.2036), (0.3, 0.3033)):
-        data = RAFDBDataModule(str(root), noise_rate=rate, num_workers=0, save_train_labels=False)
-        train = data._apply_protocols(read_rafdb(root, "train"))
+        data = RAFDBDataModule(
+            str(root), protocol=LabelProtocol(noise_rate=rate), num_workers=0, save_train_labels=False
+        )
+        train = data.labelled("train")
         assert train.flipped.mean() == pytest.approx(measured, abs=5e-5)
         assert np.all(train.labels[~train.flipped] == train.clean_labels[~train.flipped])
 

@@ -105,8 +105,8 @@ def test_the_input_follows_the_backbone_and_its_start():
 
 def test_a_random_start_on_raf_db_keeps_its_statistics(trained_run):
     checkpoint = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
-    data = checkpoint["datamodule_hyper_parameters"]
-    assert data["mean"] == list(rafdb.MEAN) or tuple(data["mean"]) == rafdb.MEAN
+    data = checkpoint["datamodule_hyper_parameters"]["preprocessing"]
+    assert tuple(data["mean"]) == rafdb.MEAN and tuple(data["std"]) == rafdb.STD
     assert data["image_size"] == 32 and checkpoint["start"] == Start("random").to_dict()
     summary = json.loads((trained_run / "summary.json").read_text())
     assert summary["start"]["kind"] == "random" and summary["input"]["image_size"] == 32
@@ -122,16 +122,20 @@ def test_a_face_start_run_carries_its_input_to_every_command(tiny_dat, rafdb_roo
     run_dir = tmp_path / "run"
     face = ["--model.backbone", "dlib_resnet29", "--model.pretrained", "face", "--model.pretrained_weights", str(start)]
     face += ["--model.backbone_args", "{widths: [2, 3, 4, 4, 5]}"]
-    main(fit_args(rafdb_root, run_dir, *face, "--data.image_size", "null", "--trainer.limit_train_batches", "2"))
+    main(
+        fit_args(
+            rafdb_root, run_dir, *face, "--data.preprocessing.image_size", "null", "--trainer.limit_train_batches", "2"
+        )
+    )
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    data = checkpoint["datamodule_hyper_parameters"]
+    data = checkpoint["datamodule_hyper_parameters"]["preprocessing"]
     assert data["image_size"] == 150 and list(data["mean"]) == pytest.approx(DLIB_MEAN)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["start"]["kind"] == "face" and summary["start"]["sha256"] == dlib_resnet.file_sha256(start)
     assert summary["input"]["image_size"] == 150 and summary["start"]["backbone"] == "dlib_resnet29"
     start.unlink()
     main(["test", "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"), "--trainer.logger", "false"])
-    tested = yaml.safe_load((run_dir / "test" / "config.yaml").read_text())["data"]["init_args"]
+    tested = yaml.safe_load((run_dir / "test" / "config.yaml").read_text())["data"]["init_args"]["preprocessing"]
     assert tested["image_size"] == 150 and tested["mean"] == pytest.approx(DLIB_MEAN)
     main(["export", "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"), "--output", str(tmp_path / "m.pt2"),
           "--format", "exported_program"])  # fmt: skip
@@ -145,9 +149,9 @@ def test_a_face_start_run_carries_its_input_to_every_command(tiny_dat, rafdb_roo
 
 def test_an_image_size_below_the_backbones_smallest_is_refused_before_training(rafdb_root, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    args = fit_args(rafdb_root, run_dir, "--model.backbone", "dlib_resnet29", "--data.image_size", "64")
+    args = fit_args(rafdb_root, run_dir, "--model.backbone", "dlib_resnet29", "--data.preprocessing.image_size", "64")
     err = fails(args, capsys)
-    assert "--data.image_size 64 is smaller than dlib_resnet29 takes: give 103 or more" in err
+    assert "--data.preprocessing.image_size 64 is smaller than dlib_resnet29 takes: give 103 or more" in err
     assert not (run_dir / "checkpoints").exists()
 
 

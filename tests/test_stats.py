@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from nla.data import ImageFolderDataModule, read_rafdb
+from nla.data.cache import CacheSettings
 from nla.data.stats import measure_stats
+from nla.preprocessing import Preprocessing
 
 
 def test_measured_once_and_read_back(rafdb_root, tmp_path):
@@ -25,12 +27,20 @@ def test_measured_once_and_read_back(rafdb_root, tmp_path):
 
 
 def test_a_folder_dataset_is_normalised_with_its_own_statistics(folder_root, tmp_path):
-    data = ImageFolderDataModule(str(folder_root), image_size=16, num_workers=0, cache_dir=str(tmp_path))
+    data = ImageFolderDataModule(
+        str(folder_root),
+        preprocessing=Preprocessing(image_size=16),
+        cache=CacheSettings(dir=str(tmp_path)),
+        num_workers=0,
+    )
     data.setup("fit")
-    assert data.mean is not None and data.mean != (0.577, 0.4494, 0.4001)
-    assert data.hparams.mean == data.mean  # the checkpoint records what the model was trained with
+    measured = data.preprocessing.mean
+    assert measured is not None and measured != (0.577, 0.4494, 0.4001)
+    assert data.hparams.preprocessing["mean"] == list(measured)  # the checkpoint records what the model trained with
     given = ImageFolderDataModule(
-        str(folder_root), image_size=16, num_workers=0, mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2)
+        str(folder_root),
+        preprocessing=Preprocessing(image_size=16, mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2)),
+        num_workers=0,
     )
     given.setup("fit")
-    assert given.mean == (0.5, 0.5, 0.5)
+    assert given.preprocessing.mean == (0.5, 0.5, 0.5)

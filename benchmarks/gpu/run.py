@@ -56,7 +56,7 @@ TINY_FIT = [
     "cached",
     "--trainer.precision",
     "bf16-mixed",
-    "--data.image_size",
+    "--data.preprocessing.image_size",
     "32",
     "--trainer.limit_train_batches",
     "3",

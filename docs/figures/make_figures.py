@@ -52,8 +52,16 @@ def photos_and_videos(args: argparse.Namespace) -> None:
         paste(frame, load_image(clip[k // 20]), 60 + 2 * (k % 20), 50, 140)
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     writer.release()
-    command = [sys.executable, "-m", "nla", "predict", "--ckpt_path", args.ckpt_path, "--data.predict_root"]
-    command += [str(work / "media"), "--data.detect_faces", "true", "--data.faces", "all", "--data.fps", "5"]
+    command = [sys.executable, "-m", "nla", "predict", "--ckpt_path", args.ckpt_path, "--data.prediction.root"]
+    command += [
+        str(work / "media"),
+        "--data.faces.detect",
+        "true",
+        "--data.faces.choice",
+        "all",
+        "--data.prediction.fps",
+        "5",
+    ]
     subprocess.run([*command, "--trainer.default_root_dir", str(work / "run")], check=True)
     rows = sort_rows(work / "run/predict/predictions.csv")
     classes = [key[len("prob_") :] for key in rows[0] if key.startswith("prob_")]
@@ -67,7 +75,7 @@ def photos_and_videos(args: argparse.Namespace) -> None:
     timeline.savefig(work / "timeline.png", dpi=80)
     figure = Figure(figsize=(14, 4.6))
     panels = figure.subplots(1, 2, width_ratios=(1, 1.3))
-    shown_panels = (("photo.png", "--data.faces all"), ("timeline.png", "a video, --data.fps 5"))
+    shown_panels = (("photo.png", "--data.faces.choice all"), ("timeline.png", "a video, --data.prediction.fps 5"))
     for axis, (name, title) in zip(panels, shown_panels):
         axis.imshow(cv2.cvtColor(cv2.imread(str(work / name)), cv2.COLOR_BGR2RGB))
         axis.set_title(title, fontsize=10)

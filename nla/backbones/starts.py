@@ -65,6 +65,7 @@ class InputSpec:
     """The input a backbone expects: its side (``size``), the smallest side it takes, and the normalisation of its
     start (``None`` for a start that has none of its own: random weights, or a file nla cannot vouch for)."""
 
+    backbone: str
     size: int
     min_size: int
     mean: Optional[RGB] = None
@@ -180,6 +181,6 @@ def backbone_input(backbone: str, pretrained: str = "none") -> InputSpec:
     low = getattr(config, "min_input_size", None)
     min_size = max(MIN_IMAGE_SIZE, int(low[-1])) if low else MIN_IMAGE_SIZE
     if pretrained == "none" or config is None:
-        return InputSpec(size, min_size)
+        return InputSpec(backbone, size, min_size)
     mean, std = tuple(config.mean), tuple(config.std)
-    return InputSpec(size, min_size, mean, std)  # type: ignore[arg-type]
+    return InputSpec(backbone, size, min_size, mean, std)  # type: ignore[arg-type]

@@ -62,3 +62,24 @@ def names_logger(args: Sequence[str]) -> bool:
             if isinstance(trainer, dict) and "logger" in trainer:
                 return True
     return False
+
+
+def nested_nulls(args: Sequence[str]) -> list[str]:
+    """``--data.<group>.<name> null`` as ``--data.<group> {<name>: null}``, which means the same: jsonargparse refuses
+    a null for a field of a dataclass inside the chosen DataModule, and takes it inside a mapping (merged with the
+    group's other fields)."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        name, equals, value = arg.partition("=")
+        if not equals and i + 1 < len(args):
+            value = args[i + 1]
+        parts = name.split(".")
+        if name.startswith("--data.") and len(parts) == 3 and value.strip().lower() == "null":
+            out += [".".join(parts[:2]), f"{{{parts[2]}: null}}"]
+            i += 1 if equals else 2
+            continue
+        out.append(arg)
+        i += 1
+    return out

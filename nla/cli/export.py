@@ -1,11 +1,5 @@
-"""``nla export``: a trained checkpoint as ONNX, TorchScript or a ``torch.export`` program, with its preprocessing.
-
-The exported graph takes **float32 RGB images, N x 3 x S x S, with values 0..255**, already resized to
-S x S, and returns **logits** (softmax gives probabilities). Normalisation with the training mean and std
-is inside the graph. The resize must be the one training used: bilinear with half-pixel centres and no
-antialiasing, as OpenCV's ``cv2.resize(image, (S, S), interpolation=cv2.INTER_LINEAR)`` does (PIL's
-bilinear antialiases when shrinking and gives other pixels). A JSON file beside the model records S, the
-resize, the mean and std, the class names and this contract. An ONNX export is one self-contained file.
+"""``nla export``: a trained checkpoint as ONNX, TorchScript or a ``torch.export`` program, with its preprocessing
+(:data:`nla.preprocessing.EXPORT_CONTRACT`, shown by ``nla export --help``).
 
     nla export --ckpt_path runs/rafdb/checkpoints/last.ckpt --format onnx --output model.onnx
 """
@@ -21,10 +15,12 @@ from jsonargparse import ArgumentParser, Namespace
 
 from nla.errors import UserError
 from nla.export import FORMATS, Format, export
+from nla.preprocessing import EXPORT_CONTRACT
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="nla export", description=__doc__, exit_on_error=False)
+    description = "Write a trained checkpoint as ONNX, TorchScript or a torch.export program.\n\n" + EXPORT_CONTRACT
+    parser = ArgumentParser(prog="nla export", description=description, exit_on_error=False)
     parser.add_argument("--ckpt_path", type=str, required=True, help="a checkpoint written by nla fit")
     parser.add_argument("--format", type=Format, default="onnx", help="onnx, torchscript or exported_program")
     parser.add_argument(

@@ -20,7 +20,7 @@ def add_label_issues_options(parser: Any) -> None:
         type=Optional[Literal["drop", "relabel"]],
         default=None,
         help="also write cleaned_labels.txt: the training labels without the suspects (drop) or with the model's "
-        "label for them (relabel); retrain with --data.train_label_file cleaned_labels.txt",
+        "label for them (relabel); retrain with --data.protocol.train_label_file cleaned_labels.txt",
     )
     parser.add_argument(
         "--suspects",
@@ -58,7 +58,7 @@ def report_label_issues(found: dict[str, Any]) -> None:
         cleaned = found["cleaned"]
         print(
             f"cleaned labels ({cleaned['how']}: {cleaned['suspects']} images, {cleaned['kept']} in the file): "
-            f"{cleaned['file']}; retrain with --data.train_label_file {cleaned['file']}"
+            f"{cleaned['file']}; retrain with --data.protocol.train_label_file {cleaned['file']}"
         )
     for method, scores in found.get("vs_truth", {}).items():
         if isinstance(scores, dict):

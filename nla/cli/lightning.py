@@ -30,11 +30,11 @@ from nla.backbones.starts import restoring
 from nla.callbacks import RunConfigSaver
 from nla.cli import COMMANDS
 from nla.cli import args as command_line
-from nla.cli.args import config_files, names_data, names_logger, yaml_number
+from nla.cli.args import config_files, names_data, names_logger, nested_nulls, yaml_number
 from nla.cli.label_issues import add_label_issues_options, run_label_issues
 from nla.cli.messages import EVALUATION_COMMANDS, needs_model_and_data
 from nla.config import import_class, plain, same
-from nla.data.base import FERDataModule
+from nla.data.base import FERDataModule, dataset_arguments, upgrade_settings
 from nla.errors import UserError, check_seed, read_yaml
 from nla.loggers import without_wandb
 from nla.module import NLAModule
@@ -190,6 +190,8 @@ class NLACLI(LightningCLI):
         )
         if given and any(yaml_number(arg) != arg for arg in given):
             args = given = [yaml_number(arg) for arg in given]
+        if given and nested_nulls(given) != given:
+            args = given = nested_nulls(given)
         for path in config_files(given or []):
             if path.is_file():
                 read_yaml(path)  # jsonargparse's message names neither the file nor, often, the line
@@ -213,6 +215,8 @@ class NLACLI(LightningCLI):
             checkpoint = load_trusted(path, what="checkpoint")
             if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
                 raise WeightsMismatchError(f"{path} is not a checkpoint written by nla fit (it has no 'state_dict')")
+            if checkpoint.get("datamodule_hyper_parameters"):  # an nla 0.2 checkpoint's flat settings, in groups
+                checkpoint["datamodule_hyper_parameters"] = upgrade_settings(checkpoint["datamodule_hyper_parameters"])
             self._checkpoint, self._checkpoint_path = checkpoint, path
         assert self._checkpoint is not None
         return self._checkpoint
@@ -289,7 +293,12 @@ class NLACLI(LightningCLI):
                 self._lock = RunLock(root).acquire()
                 own = config.ckpt_path and run_of_checkpoint(Path(config.ckpt_path)) == root.resolve()
                 if own:
-                    self._resume_note = check_resume(self._load_checkpoint(Path(config.ckpt_path)), config)
+                    data_class = (
+                        import_class(config.data.class_path) if config.data.get("class_path") else FERDataModule
+                    )
+                    self._resume_note = check_resume(
+                        self._load_checkpoint(Path(config.ckpt_path)), config, dataset_arguments(data_class)
+                    )
                 elif holds_run(root):
                     how = "resume it with --ckpt_path last, or " if not config.ckpt_path else ""
                     raise RunDirectoryError(
@@ -336,9 +345,10 @@ class NLACLI(LightningCLI):
                 f"nla {self.subcommand}: {self._checkpoint_path} does not say what data it was trained on; "
                 "choose a dataset with --data (e.g. --data nla.data.ImageFolderDataModule --data.root DIR)"
             )
-        for key in ("image_size", "mean", "std"):
-            if saved.get(key) is not None:
-                config.data.init_args[key] = tuple(saved[key]) if isinstance(saved[key], (list, tuple)) else saved[key]
+        if saved.get("preprocessing"):  # the input the model was trained with, whatever the data
+            config.data.init_args.preprocessing = Namespace(
+                {k: tuple(v) if isinstance(v, list) else v for k, v in saved["preprocessing"].items()}
+            )
 
 
 def default_precision(accelerator: Any) -> str:

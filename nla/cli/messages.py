@@ -106,6 +106,10 @@ def parse_error_line(message: str, args: Sequence[str] = ()) -> str:
         accepted, typed = _option_names(klass), key.rsplit(".", 1)[-1]
         if (klass or owner) and typed not in accepted:  # else the parser refused it for another reason
             where = _config_line(args, key)
+            moved = getattr(klass, "moved_options", {}).get(typed)
+            if moved:
+                group = key.rsplit(".", 1)[0].replace(".init_args", "")
+                return f"{where + ': ' if where else '--'}{key} is now {group}.{moved}"
             close = difflib.get_close_matches(typed, accepted, n=1)
             return (
                 f"{where + ': ' if where else '--'}{key} is not an option of "
@@ -149,10 +153,22 @@ def parse_error_line(message: str, args: Sequence[str] = ()) -> str:
             name = detail.removeprefix("Not of type ").split(":")[0]
             restricted.append(TYPE_WORDS.get(name, "a " + name))
     if not expected:
+        regrouped = _regrouped(option)
+        if regrouped and details and details[0].startswith("Unable to load config"):
+            return f"{option} is a group of settings now: give {regrouped}"
         return f"{option}: {details[0] if details else first}"
     expected = restricted + expected
     expected.sort(key=lambda what: what == "null")
     return f"{option}: expected {' or '.join(expected)}" + (f"; got {got}" if got is not None else "")
+
+
+def _regrouped(option: str) -> Optional[str]:
+    """For a DataModule setting of nla 0.2 whose name is now its group's (``--data.faces``), the option to give."""
+    name = option.rsplit(".", 1)[-1]
+    if not option.startswith("--data.") or option.count(".") != 1:
+        return None
+    moved = importlib.import_module("nla.data.base").MOVED_OPTIONS.get(name, "")
+    return f"--data.{moved}" if moved.startswith(f"{name}.") else None
 
 
 def _unknown_option(message: str) -> Optional[tuple[str, Optional[str]]]:

@@ -1,44 +1,107 @@
 """The LightningDataModule every dataset's DataModule derives from: :class:`FERDataModule`, aligned face crops with
 the NLA training recipe.
 
-It holds the settings and serves batches. Preparing each split (reading it with the dataset's source, holding out
-a validation split, the label protocols, the image checks and the cache) is its part
-:class:`nla.data.preparation.SplitPreparation`; the batches come from one of the two pixel pipelines
-(:mod:`nla.data.pipelines`). Each dataset's DataModule, in :mod:`nla.data.datamodules`, only says how a split is
-read and what the classes are.
+Its settings come in typed groups, each a frozen dataclass that LightningCLI nests (``--data.protocol.noise_rate``):
+``preprocessing`` (the network input), ``augmentation``, ``protocol`` (the training labels), ``holdout``, ``cache``,
+``faces`` and ``prediction``. Preparing each split (reading it, holding out, the protocols, the image checks and the
+cache) is the :class:`nla.data.preparation.SplitPreparation` it owns; the batches come from one of the two pixel
+pipelines (:mod:`nla.data.pipelines`) as :class:`nla.batch.FaceBatch`. Each dataset's DataModule, in
+:mod:`nla.data.datamodules`, only says how a split is read and what the classes are.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Optional, TypeVar
 
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
+from nla.batch import FaceBatch, MediaBatch
 from nla.data import pipelines
 from nla.data.batch_augment import batch_eval_transform, batch_train_augment
+from nla.data.cache import CacheSettings
 from nla.data.checks import ImageCheck, check_schedule
 from nla.data.datasets import FERImageDataset
 from nla.data.media import list_media
-from nla.data.photos import FaceChoice, PredictionMedia
-from nla.data.preparation import Split, SplitPreparation
-from nla.data.protocols import LabelProtocol, NoiseKind, NoiseSource
+from nla.data.photos import FaceSettings, Prediction, PredictionMedia
+from nla.data.preparation import ImageChecks, PipelineMode, Split, SplitPreparation
+from nla.data.protocols import LabelProtocol, write_label_file
 from nla.data.samples import DataError, Samples
 from nla.data.splits import HoldOut
+from nla.data.stats import measure_stats
 from nla.data.transforms import Augmentation, eval_transform, train_transform
-from nla.errors import check_image_size
-from nla.faces import Backend, FaceDetector
+from nla.preprocessing import RGB, Preprocessing
 
-Pipeline = Literal["auto", "cached", "albumentations"]
-RGB = tuple[float, float, float]
-#: The input side where neither the config nor a model says one.
-DEFAULT_IMAGE_SIZE = 224
+Group = TypeVar("Group")
+
+#: Where each setting of nla 0.2's flat DataModule went: ``noise_rate`` is now ``protocol.noise_rate``, ...
+MOVED_OPTIONS: dict[str, str] = {
+    **{
+        name: f"protocol.{name}"
+        for name in (
+            "train_label_file",
+            "noise_rate",
+            "noise_seed",
+            "noise_source",
+            "noise_kind",
+            "noise_matrix",
+            "imbalance_factor",
+            "long_tail_seed",
+            "long_tail_class_order",
+        )
+    },
+    **{name: f"holdout.{name}" for name in ("val_fraction", "num_folds", "fold", "group_pattern")},
+    "split_seed": "holdout.seed",
+    **{name: f"preprocessing.{name}" for name in ("image_size", "mean", "std")},
+    "cache_dir": "cache.dir",
+    "cache_resolution": "cache.resolution",
+    "max_cache_gb": "cache.max_gb",
+    "detect_faces": "faces.detect",
+    "faces": "faces.choice",
+    "face_detector": "faces.detector",
+    "align_faces": "faces.align",
+    "predict_root": "prediction.root",
+    "fps": "prediction.fps",
+    "draw_faces": "prediction.draw_faces",
+}
+
+
+def upgrade_settings(saved: dict[str, Any]) -> dict[str, Any]:
+    """A DataModule's saved settings in today's groups: an nla 0.2 checkpoint's flat ``noise_rate`` becomes
+    ``protocol: {noise_rate: ...}``, and so on."""
+    upgraded: dict[str, Any] = {}
+    for key, value in saved.items():
+        moved = MOVED_OPTIONS.get(key)
+        if moved is None or (key == "faces" and isinstance(value, dict)):
+            upgraded[key] = value
+            continue
+        group, name = moved.split(".")
+        upgraded.setdefault(group, {})
+        if isinstance(upgraded[group], dict):
+            upgraded[group][name] = value
+    return upgraded
+
+
+def dataset_arguments(data_class: type) -> list[str]:
+    """The arguments a DataModule class takes beyond :class:`FERDataModule`'s and its folder: what says which dataset
+    it reads and how (a layout, classes, label files), fixed for the life of a run."""
+    shared = set(inspect.signature(FERDataModule).parameters)
+    own: list[str] = []
+    for klass in data_class.__mro__:
+        if klass is FERDataModule or not (isinstance(klass, type) and issubclass(klass, FERDataModule)):
+            continue
+        for name, parameter in inspect.signature(klass).parameters.items():
+            if name not in shared and parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
+                own.append(name)
+    return sorted(set(own))
 
 
 def available_cores() -> int:
@@ -49,7 +112,16 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-class FERDataModule(SplitPreparation, LightningDataModule):
+def as_group(value: Any, group: type[Group]) -> Group:
+    """A settings group from itself or from a checkpoint's plain dict."""
+    if isinstance(value, group):
+        return value
+    if isinstance(value, dict):
+        return group(**value)
+    raise DataError(f"expected the {group.__name__} settings, got {value!r}")
+
+
+class FERDataModule(LightningDataModule):
     """Aligned face crops for facial expression recognition, with the NLA training recipe.
 
     Args:
@@ -57,61 +129,25 @@ class FERDataModule(SplitPreparation, LightningDataModule):
         batch_size: Training and evaluation batch size (the paper: 32).
         num_workers: DataLoader workers for the albumentations pipeline and for decoding; ``None`` takes
             the CPU cores available to this process, at most 8.
-        image_size: Side of the square network input; ``None`` takes the backbone's (timm's pretrained config:
-            224 for ResNet-18, as the paper; 150 for ``dlib_resnet29``).
-        mean: Per-channel mean for normalising, as a share of 255; ``None`` takes the normalisation of the
-            model's start (``--model.pretrained face`` or ``imagenet``), else the dataset's own statistics where it
-            has them (RAF-DB), else measures it on the training images (once; kept in a small cache file). The
-            checkpoint records what was used.
-        std: Per-channel std for normalising, as a share of 255; ``None`` is chosen as ``mean`` is.
+        val_split: The split validated on while fitting. FER papers validate on the test split; with a hold-out
+            it is the held-out ``valid`` split.
+        preprocessing: The network input: size and normalisation (settled from the model's start when left
+            ``null``), read by every command that uses the model.
         augmentation: The training augmentation's settings.
+        protocol: What happens to the training labels: a label file, noise, a long tail.
+        holdout: A validation split held out of the training split, for datasets that ship none (CK+).
         pipeline: ``cached`` (decode once, augment whole batches on the device), ``albumentations`` (per
-            sample in workers) or ``auto`` (cached when training on a GPU and the cache fits ``max_cache_gb``).
-        cache_dir: Keep the decoded cache (and measured statistics) in files here, to reuse across runs.
-        cache_resolution: Resize images to this side when caching; ``None`` keeps the native size when all
-            images share it, and caches images of different sizes at ``image_size``.
-        max_cache_gb: ``auto`` uses the cache only below this size.
-        noise_rate: Share of training labels made noisy (see ``noise_source``).
-        noise_seed: Seed of the symmetric noise generator.
-        noise_source: ``auto`` uses the dataset's standard noisy-label file where it defines one for the rate
-            (RAF-DB: 0.1, 0.2, 0.3, which must then be present) and the seeded generator elsewhere;
-            ``standard_file`` requires the file; ``generate`` always flips exactly ``round(noise_rate * N)``.
-        noise_kind: ``symmetric`` flips labels to any other class; ``pair_flip``, ``annotator`` (where FER+'s ten
-            annotators disagree with the majority: fear taken for surprise, disgust for anger, ...) and ``matrix``
-            (``noise_matrix``) flip ``noise_rate`` of each class along a confusion matrix (seeded, generated).
-        noise_matrix: A CSV of class names and shares (a header, then a row per class) for ``noise_kind: matrix``.
-        train_label_file: A ``<name> <label>`` file (the dataset's own label codes) giving the training
-            labels, and the training images when it lists fewer: a noisy-label file or a saved subset.
-        imbalance_factor: Subsample the training split to a long tail whose largest class is this many
-            times its smallest (selected on the shipped labels); ``None`` keeps every image.
-        long_tail_seed: Seed of the long-tail draw.
-        long_tail_class_order: Class names from largest to smallest; ``None`` orders by natural frequency.
-        val_fraction: Hold out this share of each class of the training split for validation (seeded,
-            stratified); for datasets without a validation split, such as CK+.
-        num_folds: Instead, split the training split into this many stratified folds and validate on ``fold``.
-        fold: The held-out fold (0-based) with ``num_folds``.
-        group_pattern: A regular expression over file names (e.g. ``'S(\\d+)_'`` for CK+ subjects): images
-            whose names give the same match stay on the same side of the hold-out.
-        split_seed: Seed of the hold-out.
+            sample in workers) or ``auto`` (cached when training on a GPU and the cache fits ``cache.max_gb``).
+        cache: The decode-once cache of the ``cached`` pipeline.
+        faces: Finding the faces in photos (``predict``, ``validate``, ``test``) rather than aligned crops.
+        prediction: What ``nla predict`` reads and writes.
         balanced_sampler: Draw training batches with probability inversely proportional to class size.
+        drop_last: Drop the last incomplete training batch.
         check_images: Before training, ``decode`` every image (always so for the cached pipeline) or only
             check that each ``exists``.
         skip_unreadable: Drop images that cannot be read or decoded, and report them, instead of stopping.
-        val_split: The split validated on while fitting. FER papers validate on the test split; with
-            ``val_fraction`` or ``num_folds`` it is the held-out ``valid`` split.
-        predict_root: A folder of images and videos (nested, any common format) for ``nla predict``, or one file.
-        detect_faces: For ``predict``, ``validate`` and ``test``: find the faces in each image (for photos rather than
-            aligned face crops; see ``nla.faces``) and crop them as the training images were aligned. An image with
-            no face found gets a prediction row that says so, or is evaluated whole.
-        faces: ``largest``, or ``all`` the faces of a photo or frame (``predict``: a row for each).
-        face_detector: ``auto`` (the best installed) or ``haar`` (OpenCV's cascades).
-        align_faces: Rotate and scale faces the detector gives landmarks for so the eyes and mouth land where the
-            training crops have them.
-        fps: Frames sampled per second of video by ``predict``.
-        draw_faces: ``predict`` also writes each photo with its faces boxed and labelled (``<output>/faces/``).
-        drop_last: Drop the last incomplete training batch.
         save_train_labels: When a label protocol is active, write the training labels actually used to
-            ``<run dir>/train_labels.txt``, which ``train_label_file`` can load again.
+            ``<run dir>/train_labels.txt``, which ``protocol.train_label_file`` can load again.
     """
 
     #: How label files write class index 0 (RAF-DB writes labels 1..7).
@@ -119,118 +155,76 @@ class FERDataModule(SplitPreparation, LightningDataModule):
     #: A short name for run directories and logs.
     name = "data"
     #: The dataset's own normalisation (shares of 255), used when neither the config nor the model's start gives one.
-    dataset_mean: Optional[RGB] = None
-    dataset_std: Optional[RGB] = None
+    dataset_mean: ClassVar[Optional[RGB]] = None
+    dataset_std: ClassVar[Optional[RGB]] = None
+    #: Where each setting of nla 0.2's flat DataModule went, for the one line that says so.
+    moved_options: ClassVar[dict[str, str]] = MOVED_OPTIONS
+    #: The settings groups, by name: what the checkpoint holds as plain dicts.
+    groups: ClassVar[dict[str, type]] = {
+        "preprocessing": Preprocessing,
+        "augmentation": Augmentation,
+        "protocol": LabelProtocol,
+        "holdout": HoldOut,
+        "cache": CacheSettings,
+        "faces": FaceSettings,
+        "prediction": Prediction,
+    }
 
     def __init__(
         self,
         root: Optional[str] = None,
         batch_size: int = 32,
         num_workers: Optional[int] = None,
-        image_size: Optional[int] = None,
-        mean: Optional[RGB] = None,
-        std: Optional[RGB] = None,
+        val_split: Split = "test",
+        preprocessing: Preprocessing = Preprocessing(),
         augmentation: Augmentation = Augmentation(),
-        pipeline: Pipeline = "auto",
-        cache_dir: Optional[str] = None,
-        cache_resolution: Optional[int] = None,
-        max_cache_gb: float = 16.0,
-        noise_rate: float = 0.0,
-        noise_seed: int = 0,
-        noise_source: NoiseSource = "auto",
-        noise_kind: NoiseKind = "symmetric",
-        noise_matrix: Optional[str] = None,
-        train_label_file: Optional[str] = None,
-        imbalance_factor: Optional[float] = None,
-        long_tail_seed: int = 0,
-        long_tail_class_order: Optional[list[str]] = None,
-        val_fraction: Optional[float] = None,
-        num_folds: Optional[int] = None,
-        fold: int = 0,
-        group_pattern: Optional[str] = None,
-        split_seed: int = 0,
+        protocol: LabelProtocol = LabelProtocol(),
+        holdout: HoldOut = HoldOut(),
+        pipeline: PipelineMode = "auto",
+        cache: CacheSettings = CacheSettings(),
+        faces: FaceSettings = FaceSettings(),
+        prediction: Prediction = Prediction(),
         balanced_sampler: bool = False,
+        drop_last: bool = False,
         check_images: ImageCheck = "decode",
         skip_unreadable: bool = False,
-        val_split: Split = "test",
-        predict_root: Optional[str] = None,
-        detect_faces: bool = False,
-        faces: FaceChoice = "largest",
-        face_detector: Backend = "auto",
-        align_faces: bool = True,
-        fps: float = 2.0,
-        draw_faces: bool = False,
-        drop_last: bool = False,
         save_train_labels: bool = True,
     ) -> None:
         super().__init__()
-        # The checkpoint carries these (image size, mean, std, protocol), so test and predict need no config;
-        # they are not logged as the model's hyperparameters (the CLI logs the whole config).
+        # The checkpoint carries these (the input, the protocol), so test and predict need no config; they are not
+        # logged as the model's hyperparameters (the CLI logs the whole config).
         self.save_hyperparameters(logger=False)
-        if isinstance(augmentation, dict):  # from a checkpoint's plain-dict hyperparameters
-            augmentation = Augmentation(**augmentation)
-        self.hparams["augmentation"] = dataclasses.asdict(augmentation)  # plain types: weights_only checkpoints
         if batch_size < 1:
             raise DataError(f"batch_size {batch_size} must be at least 1")
-        if image_size is not None:
-            check_image_size(image_size, "image_size", DataError)
         if num_workers is not None and num_workers < 0:
             raise DataError(f"num_workers {num_workers} must be >= 0")
-        for name, value in (("mean", mean), ("std", std)):  # a std may pass 1: dlib scales by 256, not 255
-            if value is not None and (
-                len(value) != 3
-                or not all(math.isfinite(v) for v in value)
-                or (name == "mean" and not all(0 <= v <= 1 for v in value))
-                or (name == "std" and min(value) <= 0)
-            ):
-                shares = "in [0, 1]" if name == "mean" else "above 0"
-                raise DataError(f"{name} {tuple(value)} must be three shares of 255 {shares}")
         self.root = root
         self.batch_size = batch_size
         self.num_workers = min(8, available_cores()) if num_workers is None else num_workers
-        self._image_size = image_size
-        self.mean, self.std = (tuple(mean) if mean else None), (tuple(std) if std else None)
-        self.augmentation = augmentation
-        self.pipeline = pipeline
-        self.cache_dir = cache_dir
-        self.cache_resolution = cache_resolution
-        self.max_cache_gb = max_cache_gb
-        self.protocol = LabelProtocol(
-            train_label_file,
-            noise_rate,
-            noise_seed,
-            noise_source,
-            noise_kind,
-            noise_matrix,
-            imbalance_factor,
-            long_tail_seed,
-            tuple(long_tail_class_order) if long_tail_class_order else None,
-        )
-        self.holdout = (
-            HoldOut(val_fraction, num_folds, fold, group_pattern, split_seed)
-            if val_fraction is not None or num_folds is not None
-            else None
-        )
-        if self.holdout is not None and val_split != "valid":
-            val_split = "valid"  # the held-out part is what a fit validates on
-        self.balanced_sampler = balanced_sampler
-        self.check_images = check_images
-        self.skip_unreadable = skip_unreadable
+        self.preprocessing = as_group(preprocessing, Preprocessing)
+        self.augmentation = as_group(augmentation, Augmentation)
+        self.protocol = as_group(protocol, LabelProtocol)
+        self.holdout = as_group(holdout, HoldOut)
+        self.cache = as_group(cache, CacheSettings)
+        self.faces = as_group(faces, FaceSettings)
+        self.prediction = as_group(prediction, Prediction)
+        for group in self.groups:  # plain types in the checkpoint: it loads with weights_only=True
+            self.hparams[group] = dataclasses.asdict(getattr(self, group))
         self.val_split: Split = val_split
-        self.predict_root = predict_root
-        self.detector = FaceDetector(face_detector, align=align_faces) if detect_faces else None
-        if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
-            raise DataError(f"fps {fps} must be a number above 0: frames sampled per second of video")
-        self.faces, self.fps, self.draw_faces = faces, fps, draw_faces
+        self.balanced_sampler = balanced_sampler
         self.drop_last = drop_last
         self.save_train_labels = save_train_labels
-        self.splits: dict[str, Samples] = {}
-        self._labelled: dict[str, Samples] = {}  # read by prepare_data, checked and cached by setup
+        self.detector = self.faces.make_detector()
+        self.preparation = SplitPreparation(
+            self,
+            self.protocol,
+            self.holdout,
+            ImageChecks(check_images, skip_unreadable),
+            pipeline,
+            self.cache,
+            type(self).__name__,
+        )
         self._predict_paths: Optional[list[str]] = None
-        self.caches: dict[str, np.ndarray] = {}
-        self.skipped: dict[str, list[str]] = {}
-        self.protocol_notes: list[str] = []
-        self._use_cache: Optional[bool] = None
 
     # --- what a subclass provides ---------------------------------------------------------
 
@@ -243,7 +237,7 @@ class FERDataModule(SplitPreparation, LightningDataModule):
         raise NotImplementedError(f"{type(self).__name__} cannot read a dataset")
 
     def has_split(self, split: Split) -> bool:
-        """Whether the dataset ships ``split`` (a CK+-style folder ships none)."""
+        """Whether the dataset ships ``split`` (a CK+-style folder ships none, and holds out 20% to validate on)."""
         return True
 
     def standard_noise_file(self, rate: float) -> Optional[Path]:
@@ -261,6 +255,21 @@ class FERDataModule(SplitPreparation, LightningDataModule):
         return self.root
 
     # --- derived ------------------------------------------------------------------------------
+
+    @property
+    def splits(self) -> dict[str, Samples]:
+        """The splits set up so far, by name."""
+        return self.preparation.splits
+
+    @property
+    def protocol_notes(self) -> list[str]:
+        """What the label protocol did to the training split, one note per step."""
+        return self.preparation.protocol_notes
+
+    @property
+    def skipped(self) -> dict[str, list[str]]:
+        """The unreadable images dropped from each split (``skip_unreadable``)."""
+        return self.preparation.skipped
 
     @property
     def num_classes(self) -> int:
@@ -288,32 +297,21 @@ class FERDataModule(SplitPreparation, LightningDataModule):
 
     @property
     def image_size(self) -> int:
-        """The side of the network input, once :meth:`resolve_input` has settled it."""
-        if self._image_size is None:
-            self.resolve_input()
-        assert self._image_size is not None
-        return self._image_size
+        """The side of the network input, once settled."""
+        if self.preprocessing.image_size is None:
+            self.settle_input()
+        assert self.preprocessing.image_size is not None
+        return self.preprocessing.image_size
 
-    def resolve_input(self, model: Any = None) -> None:
-        """Settle the input size and normalisation the config leaves open, from the model's start (its
-        ``input_spec()``: the backbone's input size, its smallest, the start's normalisation), else the dataset's
-        own statistics; refuse a size below what the backbone takes. ``model`` defaults to the trainer's."""
+    def settle_input(self, model: Any = None) -> Preprocessing:
+        """Settle what :attr:`preprocessing` leaves open from the model's start (its ``input_spec()``), else the
+        dataset's statistics; refuse a size below what the backbone takes. ``model`` defaults to the trainer's."""
         if model is None and self.trainer is not None:
             model = self.trainer.lightning_module
         spec = model.input_spec() if callable(getattr(model, "input_spec", None)) else None
-        if self._image_size is None:
-            self._image_size = spec.size if spec is not None else DEFAULT_IMAGE_SIZE
-        if spec is not None and self.image_size < spec.min_size:
-            backbone = getattr(model, "hparams", {}).get("backbone", "the backbone")
-            raise DataError(
-                f"--data.image_size {self.image_size} is smaller than {backbone} takes: give {spec.min_size} or more"
-            )
-        if self.mean is None and self.std is None:
-            if spec is not None and spec.mean is not None:
-                self.mean, self.std = spec.mean, spec.std
-            elif self.dataset_mean is not None:
-                self.mean, self.std = self.dataset_mean, self.dataset_std
-        self.hparams.update(image_size=self.image_size, mean=self.mean, std=self.std)  # what the checkpoint records
+        self.preprocessing = self.preprocessing.settle(spec, self.dataset_mean, self.dataset_std)
+        self.hparams["preprocessing"] = self.preprocessing.to_dict()  # what the checkpoint records
+        return self.preprocessing
 
     # --- setup: read, hold out, apply protocols, check --------------------------------------------
 
@@ -324,41 +322,64 @@ class FERDataModule(SplitPreparation, LightningDataModule):
         reads them itself)."""
         fn = self.trainer.state.fn if self.trainer is not None else None
         stage = fn.value if fn is not None else None
-        self.resolve_input()
+        self.settle_input()
         if stage == "predict":
             self._predict_paths = self._predict_images()
-        self._choose_splits(stage)
         for split in self._splits_for(stage):
-            if split not in self.splits and split not in self._labelled:
-                self._labelled[split] = self._label(split)
-        if stage == "fit" and "train" in self._labelled:
-            check_schedule(self.trainer, len(self._labelled["train"]), self.batch_size, self.drop_last)
+            self.labelled(split, stage)
+        if stage == "fit":
+            labelled = self.labelled("train", stage)
+            check_schedule(self.trainer, len(labelled), self.batch_size, self.drop_last)
 
     def setup(self, stage: Optional[str] = None) -> None:
-        self.resolve_input()
-        self._choose_splits(stage)
+        self.settle_input()
         for split in self._splits_for(stage):
-            if split not in self.splits:
-                self._load_split(split)
-        if stage in ("fit", None) and (self.mean is None or self.std is None):
+            samples = self.labelled(split, stage)
+            self.preparation.load(split, samples, self.image_size, self.detector, self.num_workers, self.trainer)
+        if stage in ("fit", None) and not self.preprocessing.normalised:
             self._measure_stats()
 
-    # --- batches ------------------------------------------------------------------------------
+    def _splits_for(self, stage: Optional[str]) -> list[Split]:
+        self.val_split = self.preparation.val_split(self.val_split, stage)
+        return self.preparation.splits_for(stage, self.val_split)
 
-    def _normalisation(self) -> tuple[RGB, RGB]:
-        if self.mean is None or self.std is None:
-            raise DataError(
-                "the normalisation mean and std are not known yet: fit first, or give --data.mean and --data.std"
-            )
-        return self.mean, self.std  # type: ignore[return-value]  # three values each, checked in __init__
+    def labelled(self, split: str, stage: Optional[str] = None) -> Samples:
+        """A split's images and the labels it trains or is evaluated with (the protocol applied); no image is
+        opened."""
+        return self.preparation.label(
+            split, stage, self._write_train_labels if self.save_train_labels else None, self.drop_last * self.batch_size
+        )
+
+    def _write_train_labels(self, samples: Samples) -> None:
+        trainer = self.trainer
+        if trainer is None or not trainer.is_global_zero:
+            return
+        path = Path(trainer.default_root_dir) / "train_labels.txt"
+        if path.exists():
+            return  # a resumed run: the protocol is seeded and unchanged (the CLI refuses a changed one)
+        write_label_file(path, samples.names, samples.labels, self.label_code_offset)
+
+    def _measure_stats(self) -> None:
+        mean, std = measure_stats(
+            self.splits["train"],
+            self.preparation.caches.get("train"),
+            cache_dir=self.cache.dir,
+            workers=max(self.num_workers, 1),
+        )
+        self.preprocessing = dataclasses.replace(self.preprocessing, mean=mean, std=std)
+        self.hparams["preprocessing"] = self.preprocessing.to_dict()  # what the model was trained with
+        rank_zero_info(f"{type(self).__name__}: normalising with the training images' mean {mean} and std {std}")
+
+    # --- batches ------------------------------------------------------------------------------
 
     def train_dataloader(self) -> DataLoader:
         samples = self.splits["train"]
         sampler = pipelines.train_sampler(samples, self.balanced_sampler)
-        if "train" in self.caches:
-            return pipelines.cached_loader(samples, self.caches["train"], self.batch_size, sampler, self.drop_last)
-        transform = train_transform(self.augmentation, self.image_size, *self._normalisation())
-        dataset = FERImageDataset(samples, transform, self.image_size, two_views=True)
+        cache = self.preparation.caches.get("train")
+        if cache is not None:
+            return pipelines.cached_loader(samples, cache, self.batch_size, sampler, self.drop_last)
+        size, mean, std = self.preprocessing.require()
+        dataset = FERImageDataset(samples, train_transform(self.augmentation, size, mean, std), size, two_views=True)
         return pipelines.decoding_loader(dataset, self.batch_size, sampler, self.num_workers, self.drop_last)
 
     def val_dataloader(self) -> DataLoader:
@@ -373,57 +394,58 @@ class FERDataModule(SplitPreparation, LightningDataModule):
         sampler = pipelines.eval_sampler(
             samples, trainer.world_size if trainer else 1, trainer.global_rank if trainer else 0
         )
-        if split in self.caches:
-            return pipelines.cached_loader(samples, self.caches[split], self.batch_size, sampler)
-        dataset = FERImageDataset(samples, eval_transform(self.image_size, *self._normalisation()), self.image_size)
+        cache = self.preparation.caches.get(split)
+        if cache is not None:
+            return pipelines.cached_loader(samples, cache, self.batch_size, sampler)
+        size, mean, std = self.preprocessing.require()
+        dataset = FERImageDataset(samples, eval_transform(size, mean, std), size)
         return pipelines.decoding_loader(dataset, self.batch_size, sampler, self.num_workers)
 
     def eval_dataloader(self, split: Split) -> DataLoader:
         """Any split, the training split included (with its label protocol), resized and normalised only and decoded
         in workers: for applying a trained model outside a Trainer's own loops (``nla label-issues``)."""
-        self.resolve_input()
-        if self._use_cache is None:
-            self._use_cache = False  # nothing is trained here: decoding once is enough
-        if split not in self.splits:
-            self._load_split(split)
-        samples = self.splits[split]
-        dataset = FERImageDataset(samples, eval_transform(self.image_size, *self._normalisation()), self.image_size)
-        sampler = torch.utils.data.SequentialSampler(samples.labels)
+        self.settle_input()
+        self.preparation.decode_only()
+        samples = self.labelled(split, None)
+        self.preparation.load(split, samples, self.image_size, self.detector, self.num_workers, self.trainer)
+        size, mean, std = self.preprocessing.require()
+        dataset = FERImageDataset(self.splits[split], eval_transform(size, mean, std), size)
+        sampler = torch.utils.data.SequentialSampler(self.splits[split].labels)
         return pipelines.decoding_loader(dataset, self.batch_size, sampler, self.num_workers)
 
     def _predict_images(self) -> list[str]:
-        if not self.predict_root:
-            raise DataError("nla predict needs a folder of images or videos: pass --data.predict_root <folder>")
-        paths = list_media(self.predict_root)
+        if not self.prediction.root:
+            raise DataError("nla predict needs a folder of images or videos: pass --data.prediction.root <folder>")
+        paths = list_media(self.prediction.root)
         if not paths:
-            raise DataError(f"prediction folder {self.predict_root!r} holds no image or video files")
+            raise DataError(f"prediction folder {self.prediction.root!r} holds no image or video files")
         return paths
 
     def predict_dataloader(self) -> DataLoader:
         paths = self._predict_paths if self._predict_paths is not None else self._predict_images()
-        transform = eval_transform(self.image_size, *self._normalisation())
-        media = PredictionMedia(paths, transform, self.image_size, self.detector, self.faces, self.fps)
+        size, mean, std = self.preprocessing.require()
+        media = PredictionMedia(
+            paths, eval_transform(size, mean, std), size, self.detector, self.faces.choice, self.prediction.fps
+        )
         return pipelines.media_loader(media, self.batch_size, min(self.num_workers, len(paths)))
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        # An image that could not be decoded inside a worker stops the run here, in the main process, as one line.
-        if isinstance(batch, dict) and "error" in batch and "ok" not in batch:
-            failed = [error for error in batch["error"] if error]
+        # An image that could not be decoded inside a worker stops the run here, in the main process, as one line
+        # (a prediction's unreadable file gets a row that says why instead).
+        if isinstance(batch, FaceBatch) and batch.error and not isinstance(batch, MediaBatch):
+            failed = [error for error in batch.error if error]
             if failed:
                 raise DataError(failed[0] + (f" ({len(failed) - 1} more in this batch)" if len(failed) > 1 else ""))
         return batch
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if not isinstance(batch, dict) or batch["image"].dtype != torch.uint8:
+        if not isinstance(batch, FaceBatch) or batch.image.dtype != torch.uint8:
             return batch
-        mean, std = self._normalisation()
-        if self.trainer is not None and self.trainer.training:
-            views = batch_train_augment(batch["image"], self.augmentation, self.image_size, mean, std)
-            n = len(views) // 2
-            batch["views"], batch["image"], batch["image_mirror"] = views, views[:n], views[n:]
-        else:
-            batch["image"] = batch_eval_transform(batch["image"], self.image_size, mean, std)
+        size, mean, std = self.preprocessing.require()
+        if self.trainer is not None and self.trainer.training:  # the cached pipeline: augmented here, on the device
+            return batch.with_views(batch_train_augment(batch.image, self.augmentation, size, mean, std))
+        batch.image = batch_eval_transform(batch.image, size, mean, std)
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"protocol_notes": self.protocol_notes, "class_names": self.class_names}
+        return {"protocol_notes": self.preparation.protocol_notes, "class_names": self.class_names}

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,6 +22,28 @@ from nla.data.images import load_image
 from nla.data.samples import DataError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The decode-once cache of the ``cached`` pipeline.
+
+    Args:
+        dir: Keep the decoded cache (and measured statistics) in files here, to reuse across runs.
+        resolution: Resize images to this side when caching; ``None`` keeps the native size when all images share
+            it, and caches images of different sizes at the input size.
+        max_gb: The ``auto`` pipeline uses the cache only below this size.
+    """
+
+    dir: Optional[str] = None
+    resolution: Optional[int] = None
+    max_gb: float = 16.0
+
+    def __post_init__(self) -> None:
+        if self.resolution is not None and self.resolution < 1:
+            raise DataError(f"cache resolution {self.resolution} must be at least 1 pixel")
+        if not self.max_gb >= 0:
+            raise DataError(f"cache max_gb {self.max_gb} must be >= 0")
 
 
 def cache_key(paths: list[str], boxes: Optional[np.ndarray], resolution: Optional[int]) -> str:
@@ -98,7 +121,7 @@ def build_image_cache(
     if mixed:
         if mixed_size_resolution is None:
             raise DataError(
-                f"the images have different sizes (e.g. {paths[0]!r}); set the data's cache_resolution "
+                f"the images have different sizes (e.g. {paths[0]!r}); set --data.cache.resolution "
                 "to cache them at one size"
             )
         log.info("images of different sizes: caching them at %dx%d", mixed_size_resolution, mixed_size_resolution)

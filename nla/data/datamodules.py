@@ -13,12 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from lightning.pytorch.utilities import rank_zero_info
-
 from nla.data.base import FERDataModule, Split
 from nla.data.samples import DataError, Samples
 from nla.data.sources import affectnet, ferplus, generic, rafdb
-from nla.data.splits import HoldOut
 
 
 class RAFDBDataModule(FERDataModule):
@@ -50,7 +47,7 @@ class RAFDBDataModule(FERDataModule):
         if split == "valid":
             raise DataError(
                 "RAF-DB has no validation split: validate on 'test' (the paper's protocol), or hold out part "
-                "of the training split with --data.val_fraction"
+                "of the training split with --data.holdout.val_fraction"
             )
         return rafdb.read_rafdb(self.require_root(), split, self.layout)
 
@@ -127,8 +124,8 @@ class ImageFolderDataModule(FERDataModule):
     ``valid``, ``test``) or without (``root/<class>/*``, as CK+ or JAFFE ship).
 
     Without splits, a fit holds out a seeded, stratified share of each class for validation
-    (``val_fraction``, 0.2 unless given, or ``num_folds`` and ``fold``); ``nla test`` evaluates the held-out
-    part when a hold-out is set, and every image otherwise.
+    (``holdout.val_fraction``, 0.2 unless given, or ``holdout.num_folds`` and ``holdout.fold``); ``nla test``
+    evaluates the held-out part when a hold-out is set, and every image otherwise.
 
     Args:
         class_names: The classes in label order; ``None`` takes the sorted folder names.
@@ -152,14 +149,6 @@ class ImageFolderDataModule(FERDataModule):
 
     def has_split(self, split: Split) -> bool:
         return not self.flat
-
-    def _choose_splits(self, stage: Optional[str]) -> None:
-        if self.flat and self.holdout is None and stage in ("fit", None):
-            self.holdout, self.val_split = HoldOut(val_fraction=0.2, seed=self.hparams["split_seed"]), "valid"
-            rank_zero_info(
-                f"{self.root} has no train/ and test/ folders: holding out 20% of each class for validation "
-                "(set --data.val_fraction or --data.num_folds to choose)"
-            )
 
     def read_split(self, split: Split) -> Samples:
         if self.flat:
@@ -205,4 +194,4 @@ class CSVDataModule(FERDataModule):
         path = self.csv_files[split]
         if path is None:
             raise DataError(f"no CSV list for the {split} split; set --data.{split if split != 'valid' else 'val'}_csv")
-        return generic.read_csv_list(self._resolve(path), self.class_names, self.root)
+        return generic.read_csv_list(self.preparation.resolve(path), self.class_names, self.root)

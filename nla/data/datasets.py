@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from nla.batch import FaceBatch
 from nla.data.images import load_image
 from nla.data.samples import DataError, Samples
 from nla.data.transforms import mirror_view
@@ -36,10 +37,10 @@ class _SeededTransform:
 class FERImageDataset(Dataset):
     """Decodes each image when asked and applies a per-sample transform.
 
-    Items are dicts with ``image``, ``label``, ``index``, ``error`` and, with ``two_views``,
-    ``image_mirror``, the exact mirror of the augmented image. An image that cannot be decoded (one that
-    changed after the checks before training) gives a blank image and ``error`` naming its label file and
-    line; the DataModule stops the run with it in the main process, as one line.
+    Items are dicts with ``image``, ``label``, ``index``, ``error`` and, with ``two_views``, ``mirror``, the exact
+    mirror of the augmented image (:func:`nla.batch.collate_faces` makes a batch of them). An image that cannot be
+    decoded (one that changed after the checks before training) gives a blank image and ``error`` naming its label
+    file and line; the DataModule stops the run with it in the main process, as one line.
     """
 
     def __init__(self, samples: Samples, transform: A.Compose, image_size: int, two_views: bool = False) -> None:
@@ -60,7 +61,7 @@ class FERImageDataset(Dataset):
             image, error = torch.zeros(3, self.image_size, self.image_size), f"{self.samples.origins[index]}: {failure}"
         item = {"image": image, "label": int(self.samples.labels[index]), "index": index, "error": error}
         if self.two_views:
-            item["image_mirror"] = mirror_view(image)
+            item["mirror"] = mirror_view(image)
         return item
 
 
@@ -84,6 +85,6 @@ class CachedImageDataset(Dataset):
     def __getitem__(self, index: int) -> int:
         return index
 
-    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+    def collate(self, indices: list[int]) -> FaceBatch:
         index = torch.as_tensor(indices, dtype=torch.long)
-        return {"image": self.images[index], "label": self.labels[index], "index": index}
+        return FaceBatch(self.images[index], self.labels[index], index)

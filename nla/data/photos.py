@@ -14,12 +14,12 @@ from typing import Any, Literal, Optional
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import IterableDataset, default_collate, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 
 from nla.data.images import load_image
 from nla.data.media import is_video, video_frames
 from nla.data.samples import DataError, Samples, check_files_exist
-from nla.faces import Face, FaceDetector, box_iou
+from nla.faces import Backend, Face, FaceDetector, box_iou
 
 
 def find_faces(samples: Samples, detector: FaceDetector, workers: int, split: str, who: str) -> Samples:
@@ -42,6 +42,47 @@ def find_faces(samples: Samples, detector: FaceDetector, workers: int, split: st
 
 
 FaceChoice = Literal["largest", "all"]
+
+
+@dataclass(frozen=True)
+class FaceSettings:
+    """Finding the faces in photos rather than aligned crops, for ``predict``, ``validate`` and ``test``.
+
+    Args:
+        detect: Find the faces in each image and crop them as the training images were aligned; an image with no
+            face found gets a prediction row that says so, or is evaluated whole.
+        choice: ``largest``, or ``all`` the faces of a photo or frame (``predict``: a row for each).
+        detector: ``auto`` (the best installed) or ``haar`` (OpenCV's cascades).
+        align: Rotate and scale faces the detector gives landmarks for, so the eyes and mouth land where the
+            training crops have them.
+    """
+
+    detect: bool = False
+    choice: FaceChoice = "largest"
+    detector: Backend = "auto"
+    align: bool = True
+
+    def make_detector(self) -> Optional[FaceDetector]:
+        return FaceDetector(self.detector, align=self.align) if self.detect else None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What ``nla predict`` reads and writes.
+
+    Args:
+        root: A folder of images and videos (nested, any common format), or one file.
+        fps: Frames sampled per second of video.
+        draw_faces: Also write each photo with its faces boxed and labelled (``<output>/faces/``).
+    """
+
+    root: Optional[str] = None
+    fps: float = 2.0
+    draw_faces: bool = False
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.fps, (int, float)) and math.isfinite(self.fps) and self.fps > 0):
+            raise DataError(f"fps {self.fps} must be a number above 0: frames sampled per second of video")
 
 
 @dataclass
@@ -166,8 +207,3 @@ class PredictionMedia(IterableDataset):
         item = self._item(path, np.zeros((self.image_size, self.image_size, 3), np.uint8), frame, time_s)
         item.update(ok=False, error=reason)
         return item
-
-
-def collate_predictions(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """A batch of :class:`PredictionMedia` items (their detector objects left behind in the worker)."""
-    return default_collate([{key: value for key, value in item.items() if key != "_face"} for item in items])

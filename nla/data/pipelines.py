@@ -27,8 +27,8 @@ from torch.utils.data import (
     WeightedRandomSampler,
 )
 
+from nla.batch import collate_faces, collate_media
 from nla.data.datasets import CachedImageDataset
-from nla.data.photos import collate_predictions
 from nla.data.samples import Samples
 
 
@@ -73,6 +73,7 @@ def decoding_loader(
         sampler=sampler,
         num_workers=workers,
         drop_last=drop_last,
+        collate_fn=collate_faces,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=workers > 0,
     )
@@ -107,6 +108,6 @@ def media_loader(media: IterableDataset, batch_size: int, workers: int) -> DataL
         media,
         batch_size=batch_size,
         num_workers=workers,
-        collate_fn=collate_predictions,
+        collate_fn=collate_media,
         pin_memory=torch.cuda.is_available(),
     )

@@ -1,130 +1,193 @@
 """How a DataModule's split becomes samples ready to batch: read by the dataset's source, held out, changed by the
-label protocols, its faces found (photos), its images checked and cached, its normalisation measured.
+label protocols, its faces found (photos), its images checked and cached.
 
-:class:`SplitPreparation` is the part of :class:`nla.data.base.FERDataModule` that does this; it reads the settings
-that ``FERDataModule.__init__`` stores and the hooks each dataset's DataModule provides (``read_split``,
-``has_split``, ``standard_noise_file``, ``class_names``).
+:class:`SplitPreparation` does this for :class:`nla.data.base.FERDataModule`, which owns one; it reads the dataset
+through the narrow :class:`SplitSource` (which each dataset's DataModule is) and the settings groups it is given.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Optional
+from typing import Any, Literal, Optional, Protocol
 
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from nla.data.cache import estimated_cache_gb
+from nla.data.cache import CacheSettings, estimated_cache_gb
 from nla.data.checks import ImageCheck, check_split
 from nla.data.photos import find_faces
-from nla.data.protocols import LabelProtocol, write_label_file
+from nla.data.protocols import LabelProtocol
 from nla.data.samples import DataError, Samples, check_classes_present
 from nla.data.splits import HoldOut
-from nla.data.stats import measure_stats
 
 Split = Literal["train", "valid", "test"]
+PipelineMode = Literal["auto", "cached", "albumentations"]
+
+#: The share of each class held out for validation where a dataset ships no splits and none is asked for.
+DEFAULT_HOLDOUT = 0.2
+
+
+class SplitSource(Protocol):
+    """What a dataset gives the preparation: its folder, classes, label codes and how a split is read."""
+
+    root: Optional[str]
+    label_code_offset: int
+
+    @property
+    def class_names(self) -> list[str]: ...
+    def read_split(self, split: Split) -> Samples: ...
+    def has_split(self, split: Split) -> bool: ...
+    def standard_noise_file(self, rate: float) -> Optional[Path]: ...
+
+
+@dataclass(frozen=True)
+class ImageChecks:
+    """``check``: before training, ``decode`` every image (always so for the cached pipeline) or only check that
+    each ``exists``; ``skip_unreadable``: drop images that cannot be read, and report them, instead of stopping."""
+
+    check: ImageCheck = "decode"
+    skip_unreadable: bool = False
 
 
 class SplitPreparation:
-    """Reading, holding out, relabelling, checking and caching the splits a stage needs (a mixin of
-    :class:`nla.data.base.FERDataModule`, which sets these attributes)."""
+    """Reading, holding out, relabelling, checking and caching the splits a stage needs.
 
-    if TYPE_CHECKING:  # set by FERDataModule.__init__ and its hooks
-        root: Optional[str]
-        num_workers: int
-        mean: Optional[tuple[float, ...]]
-        std: Optional[tuple[float, ...]]
-        pipeline: str
-        cache_dir: Optional[str]
-        cache_resolution: Optional[int]
-        max_cache_gb: float
-        protocol: LabelProtocol
-        holdout: Optional[HoldOut]
-        check_images: ImageCheck
-        skip_unreadable: bool
-        val_split: Split
-        detector: Any
-        drop_last: bool
-        batch_size: int
-        save_train_labels: bool
-        splits: dict[str, Samples]
-        _labelled: dict[str, Samples]
-        caches: dict[str, np.ndarray]
-        skipped: dict[str, list[str]]
-        protocol_notes: list[str]
-        _use_cache: Optional[bool]
-        label_code_offset: int
-        trainer: Any
-        hparams: Any
+    Args:
+        source: The dataset (its DataModule).
+        protocol: What happens to the training labels.
+        holdout: What part of the training split is held out for validation.
+        checks: How images are checked before training.
+        pipeline: ``cached``, ``albumentations`` or ``auto``, and ``cache``, the cache's settings.
+        who: The name that log lines start with.
+    """
 
-        @property
-        def class_names(self) -> list[str]: ...
-        @property
-        def image_size(self) -> int: ...
-        def read_split(self, split: Split) -> Samples: ...
-        def has_split(self, split: Split) -> bool: ...
-        def standard_noise_file(self, rate: float) -> Optional[Path]: ...
+    def __init__(
+        self,
+        source: SplitSource,
+        protocol: LabelProtocol,
+        holdout: HoldOut,
+        checks: ImageChecks,
+        pipeline: PipelineMode,
+        cache: CacheSettings,
+        who: str,
+    ) -> None:
+        self.source, self.protocol, self.holdout, self.checks = source, protocol, holdout, checks
+        self.pipeline, self.cache, self.who = pipeline, cache, who
+        self.splits: dict[str, Samples] = {}
+        self.caches: dict[str, np.ndarray] = {}
+        self.skipped: dict[str, list[str]] = {}
+        self.protocol_notes: list[str] = []
+        self._labelled: dict[str, Samples] = {}  # read by prepare_data, checked and cached by setup
+        self._use_cache: Optional[bool] = None
 
-    def _choose_splits(self, stage: Optional[str]) -> None:
-        """Settle which splits a ``stage`` reads, before they are read (a folder without splits holds one out)."""
+    # --- which splits ---------------------------------------------------------------------------
 
-    def _splits_for(self, stage: Optional[str]) -> list[Split]:
+    def effective_holdout(self, stage: Optional[str]) -> Optional[HoldOut]:
+        """The hold-out asked for; for a fit on a dataset that ships no splits, 20% of each class by default."""
+        if self.holdout.active:
+            return self.holdout
+        if stage in ("fit", None) and not self.source.has_split("test"):
+            return HoldOut(val_fraction=DEFAULT_HOLDOUT, seed=self.holdout.seed)
+        return None
+
+    def val_split(self, asked: Split, stage: Optional[str]) -> Split:
+        """What a fit validates on: the held-out part when there is one, else ``asked``."""
+        return "valid" if self.effective_holdout(stage) is not None else asked
+
+    def splits_for(self, stage: Optional[str], val_split: Split) -> list[Split]:
         if stage in ("fit", None):
-            return ["train", self.val_split] + (["test"] if stage is None and self.val_split != "test" else [])
+            return ["train", val_split] + (["test"] if stage is None and val_split != "test" else [])
         if stage == "validate":
-            return [self.val_split]
+            return [val_split]
         if stage == "test":
             return ["test"]
         return []
 
-    def _read(self, split: str) -> Samples:
-        if self.holdout is None or (split == "test" and self.has_split("test")):
-            return self.read_split(split)  # type: ignore[arg-type]
-        full = self.read_split("train")
-        train, held_out = self.holdout.split(full)
+    # --- labels: read, held out, protocols ------------------------------------------------------
+
+    def read(self, split: str, holdout: Optional[HoldOut]) -> Samples:
+        if holdout is None or (split == "test" and self.source.has_split("test")):
+            return self.source.read_split(split)  # type: ignore[arg-type]
+        full = self.source.read_split("train")
+        train, held_out = holdout.split(full)
         if split == "train":
+            if not self.holdout.active:
+                rank_zero_info(
+                    f"{self.source.root} has no train/ and test/ folders: holding out {DEFAULT_HOLDOUT:.0%} of each "
+                    "class for validation (set --data.holdout.val_fraction or --data.holdout.num_folds to choose)"
+                )
             rank_zero_info(
-                f"{type(self).__name__}: {len(held_out)} of {len(full)} images held out for validation "
-                f"({self.holdout.describe()})"
+                f"{self.who}: {len(held_out)} of {len(full)} images held out for validation ({holdout.describe()})"
             )
         return full.subset(train if split == "train" else held_out)
 
-    def _label(self, split: str) -> Samples:
-        """A split's images and the labels it trains or is evaluated with; no image is opened."""
-        samples = self._read(split)
-        if list(samples.classes) != list(self.class_names):
-            raise DataError(f"the {split} split has classes {list(samples.classes)}, expected {self.class_names}")
+    def label(
+        self,
+        split: str,
+        stage: Optional[str],
+        write_train_labels: Optional[Callable[[Samples], None]] = None,
+        min_batch: int = 0,
+    ) -> Samples:
+        """A split's images and the labels it trains or is evaluated with; no image is opened. The training
+        split's protocol labels go to ``write_train_labels``; with ``min_batch``, fewer training images than that
+        is an error (no batch would train)."""
+        if split in self.splits:
+            return self.splits[split]
+        if split in self._labelled:
+            return self._labelled[split]
+        samples = self.read(split, self.effective_holdout(stage))
+        classes = list(self.source.class_names)
+        if list(samples.classes) != classes:
+            raise DataError(f"the {split} split has classes {list(samples.classes)}, expected {classes}")
         for note in samples.notes:
-            rank_zero_info(f"{type(self).__name__} {split}: {note}")
+            rank_zero_info(f"{self.who} {split}: {note}")
         if split == "train":
-            samples = self._apply_protocols(samples)
+            samples, self.protocol_notes = self.protocol.apply(
+                samples, self.source.standard_noise_file, self.source.label_code_offset, self.resolve
+            )
+            for note in self.protocol_notes:
+                rank_zero_info(f"{self.who} train: {note}")
+            if self.protocol_notes and write_train_labels is not None:
+                write_train_labels(samples)
             check_classes_present(samples, split)
-            if self.drop_last and len(samples) < self.batch_size:
+            if len(samples) < min_batch:
                 raise DataError(
-                    f"the train split has {len(samples)} images, fewer than --data.batch_size {self.batch_size}: with "
+                    f"the train split has {len(samples)} images, fewer than --data.batch_size {min_batch}: with "
                     "--data.drop_last true not one batch would train; lower the batch size"
                 )
+        self._labelled[split] = samples
         return samples
 
-    def _load_split(self, split: str) -> None:
-        samples = self._labelled.pop(split, None)
-        if samples is None:
-            samples = self._label(split)
-        if split != "train" and self.detector is not None and samples.boxes is None:
-            samples = find_faces(samples, self.detector, self.num_workers, split, type(self).__name__)
+    def resolve(self, path: str) -> Path:
+        """Relative protocol files are looked up in the working directory, then under the data root."""
+        candidate = Path(path)
+        if candidate.is_absolute() or candidate.exists() or not self.source.root:
+            return candidate
+        return Path(self.source.root) / candidate
+
+    # --- pixels: faces, checks, cache -----------------------------------------------------------
+
+    def load(self, split: str, samples: Samples, image_size: int, detector: Any, workers: int, trainer: Any) -> None:
+        """Check (and cache) the images of a split :meth:`label` gave; from then on it is in :attr:`splits`."""
+        if split in self.splits:
+            return
+        self._labelled.pop(split, None)
+        if split != "train" and detector is not None and samples.boxes is None:
+            samples = find_faces(samples, detector, workers, split, self.who)
         if not len(samples):
-            raise DataError(f"the {split} split of {self.root!r} has no images")
-        cached = self._cache_enabled(samples)
+            raise DataError(f"the {split} split of {self.source.root!r} has no images")
         checked = check_split(
             samples,
             split,
-            self.check_images,
-            self.skip_unreadable,
-            cached,
-            self.cache_resolution,
-            self.image_size,
-            self.cache_dir,
-            max(self.num_workers, 1),
+            self.checks.check,
+            self.checks.skip_unreadable,
+            self.cache_enabled(samples, trainer),
+            self.cache.resolution,
+            image_size,
+            self.cache.dir,
+            max(workers, 1),
         )
         if checked.skipped:
             self.skipped[split] = checked.skipped
@@ -133,53 +196,22 @@ class SplitPreparation:
         if checked.cache is not None:
             self.caches[split] = checked.cache
         self.splits[split] = checked.samples
-        counts = dict(zip(self.class_names, checked.samples.class_counts().tolist()))
-        rank_zero_info(f"{type(self).__name__} {split}: {len(checked.samples)} images {counts}")
+        counts = dict(zip(self.source.class_names, checked.samples.class_counts().tolist()))
+        rank_zero_info(f"{self.who} {split}: {len(checked.samples)} images {counts}")
 
-    def _apply_protocols(self, samples: Samples) -> Samples:
-        samples, notes = self.protocol.apply(samples, self.standard_noise_file, self.label_code_offset, self._resolve)
-        self.protocol_notes = notes
-        for note in notes:
-            rank_zero_info(f"{type(self).__name__} train: {note}")
-        if notes and self.save_train_labels:
-            self._write_train_labels(samples)
-        return samples
-
-    def _write_train_labels(self, samples: Samples) -> None:
-        trainer = self.trainer
-        if trainer is None or not trainer.is_global_zero:
-            return
-        path = Path(trainer.default_root_dir) / "train_labels.txt"
-        if path.exists():
-            return  # a resumed run: the protocol is seeded and unchanged (the CLI refuses a changed one)
-        write_label_file(path, samples.names, samples.labels, self.label_code_offset)
-
-    def _resolve(self, path: str) -> Path:
-        """Relative protocol files are looked up in the working directory, then under the data root."""
-        candidate = Path(path)
-        if candidate.is_absolute() or candidate.exists() or not self.root:
-            return candidate
-        return Path(self.root) / candidate
-
-    def _measure_stats(self) -> None:
-        train = self.splits["train"]
-        self.mean, self.std = measure_stats(
-            train, self.caches.get("train"), cache_dir=self.cache_dir, workers=max(self.num_workers, 1)
-        )
-        self.hparams.update(mean=self.mean, std=self.std)  # the checkpoint records what the model was trained with
-        rank_zero_info(
-            f"{type(self).__name__}: normalising with the training images' mean {self.mean} and std {self.std}"
-        )
-
-    def _cache_enabled(self, samples: Samples) -> bool:
+    def cache_enabled(self, samples: Samples, trainer: Any) -> bool:
         """Decided once, on the first split loaded (the training split when fitting), for every split."""
         if self._use_cache is None:
             if self.pipeline != "auto":
                 self._use_cache = self.pipeline == "cached"
             else:
-                on_accelerator = self.trainer is not None and self.trainer.strategy.root_device.type != "cpu"
-                self._use_cache = (
-                    on_accelerator and estimated_cache_gb(samples, self.cache_resolution) <= self.max_cache_gb
-                )
-            rank_zero_info(f"{type(self).__name__}: {'cached' if self._use_cache else 'albumentations'} pixel pipeline")
+                on_accelerator = trainer is not None and trainer.strategy.root_device.type != "cpu"
+                fits = estimated_cache_gb(samples, self.cache.resolution) <= self.cache.max_gb
+                self._use_cache = on_accelerator and fits
+            rank_zero_info(f"{self.who}: {'cached' if self._use_cache else 'albumentations'} pixel pipeline")
         return self._use_cache
+
+    def decode_only(self) -> None:
+        """Nothing is trained: decoding once is enough (no cache)."""
+        if self._use_cache is None:
+            self._use_cache = False

@@ -99,7 +99,7 @@ def noise_transition(kind: NoiseKind, class_names: Sequence[str], matrix_file: O
 
 def _read_matrix(path: Optional[Path], class_names: Sequence[str]) -> np.ndarray:
     if path is None:
-        raise DataError("noise_kind matrix needs --data.noise_matrix, a CSV of class names and shares")
+        raise DataError("noise_kind matrix needs --data.protocol.noise_matrix, a CSV of class names and shares")
     if not path.is_file():
         raise DataError(f"noise matrix {str(path)!r} does not exist")
     lines = read_text_lines(path)
@@ -341,13 +341,13 @@ class LabelProtocol:
             if self.noise_source == "standard_file":
                 raise DataError(
                     f"noise_source standard_file: this dataset has no standard noisy-label file for "
-                    f"noise_rate {self.noise_rate}; set --data.noise_source generate"
+                    f"noise_rate {self.noise_rate}; set --data.protocol.noise_source generate"
                 )
             return None
         if not path.is_file():
             raise DataError(
                 f"noise_rate {self.noise_rate} uses the dataset's standard noisy-label file {str(path)!r}, "
-                "which does not exist; add it (the paper's protocol), or set --data.noise_source generate "
+                "which does not exist; add it (the paper's protocol), or set --data.protocol.noise_source generate "
                 "to flip labels with the seeded generator instead"
             )
         return path

@@ -20,7 +20,8 @@ from nla.data.samples import DataError, Samples
 
 @dataclass(frozen=True)
 class HoldOut:
-    """Which part of a split is held out for validation.
+    """Which part of a split is held out for validation; none while neither ``val_fraction`` nor ``num_folds`` is
+    set (a folder without splits then holds out 20%).
 
     Args:
         val_fraction: Share of each class held out (when ``num_folds`` is not set).
@@ -43,13 +44,17 @@ class HoldOut:
                 raise DataError(f"num_folds {self.num_folds} must be at least 2")
             if not 0 <= self.fold < self.num_folds:
                 raise DataError(f"fold {self.fold} is outside 0..{self.num_folds - 1} for num_folds {self.num_folds}")
-        elif self.val_fraction is None or not 0.0 < self.val_fraction < 1.0:
+        elif self.val_fraction is not None and not 0.0 < self.val_fraction < 1.0:
             raise DataError(f"val_fraction {self.val_fraction} must lie strictly between 0 and 1 (e.g. 0.2)")
         if self.group_pattern is not None:
             try:
                 re.compile(self.group_pattern)
             except re.error as error:
                 raise DataError(f"group_pattern {self.group_pattern!r} is not a regular expression: {error}") from None
+
+    @property
+    def active(self) -> bool:
+        return self.val_fraction is not None or self.num_folds is not None
 
     def describe(self) -> str:
         how = f"fold {self.fold} of {self.num_folds}" if self.num_folds else f"{self.val_fraction:.0%} hold-out"

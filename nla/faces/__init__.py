@@ -2,7 +2,7 @@
 and cropping each the way the training images were aligned (:mod:`nla.faces.geometry`).
 
 FER models are trained on aligned face crops; a photo of a person has much else around the face, and squashing it
-whole to the model's input gives the model something it never saw. ``--data.detect_faces true`` finds the faces
+whole to the model's input gives the model something it never saw. ``--data.faces.detect true`` finds the faces
 first. Detectors are chosen, and crops placed, by measurement on real RAF-DB faces pasted into larger photos
 (``benchmarks/face_detection.py``). Nothing is downloaded: every backend's model ships inside its wheel.
 """

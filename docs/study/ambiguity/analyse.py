@@ -31,7 +31,9 @@ from scipy.stats import spearmanr
 from nla import NLAModule, losses
 from nla.callbacks import machine
 from nla.data import FERPlusDataModule
+from nla.data.base import upgrade_settings
 from nla.data.sources import ferplus
+from nla.preprocessing import Preprocessing
 
 HERE = Path(__file__).resolve().parent
 METHODS = {"ce": "CE", "nla-official": "NLA official", "nla-from_scratch": "NLA from_scratch"}
@@ -54,15 +56,14 @@ def apply(run_dir: Path, data_root: str, split: str) -> tuple[list[str], torch.T
     saved = torch.load(checkpoint, weights_only=True, map_location="cpu")["datamodule_hyper_parameters"]
     # No DataLoader workers: forked workers of this long-lived process twice blocked forever inside cv2.imdecode
     # on a lock they inherited (gdb); unexplained, see the issue notes.
-    data = FERPlusDataModule(
-        data_root, image_size=saved["image_size"], mean=saved["mean"], std=saved["std"], num_workers=0, batch_size=256
-    )
+    preprocessing = Preprocessing(**upgrade_settings(saved)["preprocessing"])  # as the run was trained
+    data = FERPlusDataModule(data_root, preprocessing=preprocessing, num_workers=0, batch_size=256)
     loader = data.eval_dataloader(split)
     probs, labels = [], []
     with torch.no_grad():
         for batch in loader:
-            probs.append(model(batch["image"]).float().softmax(1))
-            labels.append(batch["label"])
+            probs.append(model(batch.image).float().softmax(1))
+            labels.append(batch.label)
     return list(data.splits[split].names), torch.cat(probs), torch.cat(labels), model
 
 

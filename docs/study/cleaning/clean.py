@@ -5,9 +5,11 @@ annotator confusions), at the study's CPU scale (docs/experiments.md, "Clean, th
 Steps, each skipped when its outputs exist (so the same command resumes):
 
 1. ``noisy``: the noisy training labels of the protocol, as nla's DataModule makes them (symmetric: RAF-DB's
-   ``noise03.txt``; annotator: ``--data.noise_kind annotator``, noise seed 0), with which labels were flipped;
+   ``noise03.txt``; annotator: ``--data.protocol.noise_kind annotator``, noise seed 0), with which labels were
+   flipped;
 2. ``folds``: cleanlab's out-of-fold predictions: ``--folds`` CE models, each trained on the noisy labels of the
-   other folds (``--data.num_folds``, ``--data.fold``, a label file per fold), each predicting its held-out fold;
+   other folds (``--data.holdout.num_folds``, ``--data.holdout.fold``, a label file per fold), each predicting its
+   held-out fold;
 3. ``cleanlab``: ``cleanlab.filter.find_label_issues`` on those predictions; its issues are dropped;
 4. ``naw``: ``nla label-issues --write_labels drop`` on the from-scratch NLA model trained on the same noisy labels
    (``--naw-run``): the images that model contradicts are dropped; and the fix the study's mechanism suggests, the
@@ -41,7 +43,10 @@ import torch
 
 from nla import NLAModule
 from nla.data import RAFDBDataModule, read_label_file, write_label_file
+from nla.data.protocols import LabelProtocol
+from nla.data.splits import HoldOut
 from nla.label_issues import suspicion
+from nla.preprocessing import Preprocessing
 
 HERE = Path(__file__).resolve().parent
 PROTOCOLS = {
@@ -70,7 +75,7 @@ def step_noisy(work: Path, protocol: str, root: str) -> None:
     if target.exists():
         return
     kind = {"noise_kind": "annotator", "noise_seed": 0} if protocol == "annotator" else {}
-    train = RAFDBDataModule(root, noise_rate=0.3, **kind)._label("train")  # type: ignore[arg-type]
+    train = RAFDBDataModule(root, protocol=LabelProtocol(noise_rate=0.3), **kind)._label("train")  # type: ignore[arg-type]
     work.mkdir(parents=True, exist_ok=True)
     write_label_file(work / "noisy_labels.txt", train.names, train.labels, OFFSET)
     np.savez(target, names=np.asarray(train.names), labels=train.labels, flipped=train.flipped)
@@ -90,8 +95,8 @@ def step_folds(work: Path, root: str, folds: int) -> None:
     position = {name: i for i, name in enumerate(names)}
     oof = np.full((len(names), 7), np.nan)
     for fold in range(folds):
-        holdout = ["--data.num_folds", str(folds), "--data.fold", str(fold)]
-        split = RAFDBDataModule(root, num_folds=folds, fold=fold)
+        holdout = ["--data.holdout.num_folds", str(folds), "--data.holdout.fold", str(fold)]
+        split = RAFDBDataModule(root, holdout=HoldOut(num_folds=folds, fold=fold))
         trained = [position[n] for n in split._read("train").names]
         labels_file = work / "folds" / f"fold{fold}_labels.txt"
         if not labels_file.exists():
@@ -99,7 +104,8 @@ def step_folds(work: Path, root: str, folds: int) -> None:
         run = work / "folds" / f"fold{fold}"
         if not (run / "summary.json").exists():
             resume = ["--ckpt_path", "last"] if (run / "checkpoints" / "last.ckpt").exists() else []
-            nla("fit", *CPU_SCALE, *CE, *holdout, "--data.root", root, "--data.train_label_file", str(labels_file),
+            nla("fit", *CPU_SCALE, *CE, *holdout, "--data.root", root,
+                "--data.protocol.train_label_file", str(labels_file),
                 "--trainer.default_root_dir", str(run), *QUIET, *resume)  # fmt: skip
         held_names, probs = predict(run, root, "valid", num_folds=folds, fold=fold)
         oof[[position[n] for n in held_names]] = probs
@@ -107,14 +113,16 @@ def step_folds(work: Path, root: str, folds: int) -> None:
     np.save(target, oof)
 
 
-def predict(run: Path, root: str, split: str, **data_args: int) -> tuple[list[str], np.ndarray]:
+def predict(run: Path, root: str, split: str, **holdout: int) -> tuple[list[str], np.ndarray]:
     checkpoint = run / "checkpoints" / "last.ckpt"
     model = NLAModule.load_from_checkpoint(checkpoint, weights_only=True, map_location="cpu").eval()
-    data = RAFDBDataModule(root, image_size=32, num_workers=0, batch_size=256, **data_args)  # no fork (cv2 hang)
+    data = RAFDBDataModule(  # no DataLoader workers: a forked worker once hung in cv2.imdecode
+        root, preprocessing=Preprocessing(image_size=32), holdout=HoldOut(**holdout), num_workers=0, batch_size=256
+    )
     probs = []
     with torch.no_grad():
         for batch in data.eval_dataloader(split):  # type: ignore[arg-type]
-            probs.append(model(batch["image"]).float().softmax(1))
+            probs.append(model(batch.image).float().softmax(1))
     return list(data.splits[split].names), torch.cat(probs).numpy()
 
 
@@ -190,7 +198,7 @@ def step_retrain(work: Path, root: str, seeds: list[int], variants: list[str]) -
             resume = ["--ckpt_path", "last"] if (run / "checkpoints" / "last.ckpt").exists() else []
             try:
                 where = ["--seed_everything", str(seed), "--trainer.default_root_dir", str(run)]
-                nla("fit", *CPU_SCALE, *CE, "--data.root", root, "--data.train_label_file", str(labels_file),
+                nla("fit", *CPU_SCALE, *CE, "--data.root", root, "--data.protocol.train_label_file", str(labels_file),
                     *where, *QUIET, *resume)  # fmt: skip
             except subprocess.CalledProcessError:  # said in the run's output; the other variants go on
                 print(f"{variant} seed {seed}: the fit failed", flush=True)

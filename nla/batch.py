@@ -1,0 +1,109 @@
+"""What passes between the data and the model: :class:`FaceBatch` (and :class:`MediaBatch` for ``nla predict``),
+and what a training step gives the callbacks, :class:`StepOutput`.
+
+Every nla DataModule delivers a :class:`FaceBatch`; :class:`nla.module.NLAModule` also takes an ``(images,
+labels)`` pair or images alone, as any DataModule gives them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Optional, TypedDict
+
+import torch
+from torch import Tensor
+from torch.utils.data import default_collate
+
+
+@dataclass
+class FaceBatch:
+    """A batch of face images.
+
+    Args:
+        image: N x 3 x S x S, normalised, once on the device (uint8 N x H x W x 3 from the cache before that).
+        label: The N labels (``None`` for images to predict).
+        index: Each image's position in its split.
+        error: Per image, why it could not be read (``""`` when it could): the DataModule stops on it.
+        views: In training, the 2N images of one forward pass: the N augmented images, then their exact mirrors
+            (``image`` and :attr:`mirror` are its two halves).
+    """
+
+    image: Tensor
+    label: Optional[Tensor] = None
+    index: Optional[Tensor] = None
+    error: Optional[list[str]] = None
+    views: Optional[Tensor] = None
+
+    def __len__(self) -> int:
+        return len(self.image)
+
+    @property
+    def mirror(self) -> Optional[Tensor]:
+        return None if self.views is None else self.views[len(self.views) // 2 :]
+
+    def with_views(self, views: Tensor) -> FaceBatch:
+        """This batch trained as ``views`` (N augmented images, then their mirrors)."""
+        self.views, self.image = views, views[: len(views) // 2]
+        return self
+
+    def fields(self) -> dict[str, Any]:
+        """Every field that is set but the pixels, by name (for the rows of a prediction)."""
+        named = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("image", "views")}
+        return {name: value for name, value in named.items() if value is not None}
+
+
+@dataclass
+class MediaBatch(FaceBatch):
+    """Faces found in photos and video frames for ``nla predict``: where each came from and whether it could be read.
+
+    Args:
+        path: The file of each item.
+        ok: Whether the item could be read (a row that says why is written when not).
+        frame, time_s: The video frame and its time (-1 and NaN for a photo).
+        face, track: The face's number in its picture and its track over a video's frames (-1: none).
+        box, landmarks: The face's box and its eyes' and mouth's points (-1 and NaN where no face was looked for).
+    """
+
+    path: Optional[list[str]] = None
+    ok: Optional[Tensor] = None
+    frame: Optional[Tensor] = None
+    time_s: Optional[Tensor] = None
+    face: Optional[Tensor] = None
+    track: Optional[Tensor] = None
+    box: Optional[Tensor] = None
+    landmarks: Optional[Tensor] = None
+
+
+def collate_faces(items: list[dict[str, Any]]) -> FaceBatch:
+    """A :class:`FaceBatch` of dataset items (dicts with ``image``, ``label``, ``index``, ``error`` and, in
+    training, ``mirror``)."""
+    batch = default_collate(items)
+    mirror = batch.pop("mirror", None)
+    if mirror is not None:
+        batch["views"] = torch.cat([batch["image"], mirror])
+    return FaceBatch(**batch)
+
+
+def collate_media(items: list[dict[str, Any]]) -> MediaBatch:
+    """A :class:`MediaBatch` of :class:`nla.data.photos.PredictionMedia` items (their detector objects left behind)."""
+    return MediaBatch(**default_collate([{k: v for k, v in item.items() if not k.startswith("_")} for item in items]))
+
+
+class StepOutput(TypedDict, total=False):
+    """What :meth:`nla.module.NLAModule.training_step` returns and the epoch callbacks read: the loss, and per
+    image its probabilities, label, NAW weight (when the criterion has NAW) and position in the split."""
+
+    loss: Tensor
+    probs: Tensor
+    labels: Tensor
+    weights: Tensor
+    index: Tensor
+
+
+def unpack(batch: Any) -> tuple[Tensor, Optional[Tensor]]:
+    """``(images, labels)`` of a :class:`FaceBatch`, an ``(images, labels)`` pair or images alone (labels ``None``)."""
+    if isinstance(batch, FaceBatch):
+        return batch.image, batch.label
+    if isinstance(batch, Tensor):
+        return batch, None
+    return batch[0], (batch[1] if len(batch) > 1 else None)
