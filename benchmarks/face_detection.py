@@ -23,70 +23,11 @@ from pathlib import Path
 from typing import Optional
 
 import cv2
-import numpy as np
 import torch
 
-from nla.data import load_image, read_rafdb
+from nla.data import read_rafdb
 from nla.faces import FaceAlignment, FaceDetector, box_iou
-
-Photo = tuple[np.ndarray, list[tuple[int, int, int, int]]]
-
-
-def background(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
-    """A smooth, coloured backdrop with some texture: low-frequency noise blown up, plus fine grain."""
-    coarse = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
-    image = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC).astype(np.float32)
-    image += rng.normal(0, 12, size=image.shape)
-    return np.clip(image, 0, 255).astype(np.uint8)
-
-
-def paste(photo: np.ndarray, face: np.ndarray, x: int, y: int, side: int, angle: float = 0.0) -> None:
-    """The face resized to ``side`` and turned by ``angle`` degrees about its centre (the corners it leaves show the
-    photo), in place at ``(x, y)``."""
-    face = cv2.resize(face, (side, side), interpolation=cv2.INTER_LINEAR)
-    if angle:
-        turn = cv2.getRotationMatrix2D(((side - 1) / 2, (side - 1) / 2), angle, 1.0)
-        mask = cv2.warpAffine(np.ones((side, side), np.float32), turn, (side, side))[..., None]
-        face = cv2.warpAffine(face, turn, (side, side)).astype(np.float32)
-        region = photo[y : y + side, x : x + side].astype(np.float32)
-        face = (mask * face + (1 - mask) * region).astype(np.uint8)
-    photo[y : y + side, x : x + side] = face
-
-
-def composites(paths: list[str], count: int, seed: int, max_angle: float = 0.0) -> list[tuple[np.ndarray, tuple, str]]:
-    """``(photo, pasted face box, source path)``: a face 15-45% of the photo's shorter side, anywhere in it."""
-    rng = np.random.default_rng(seed)
-    made = []
-    for i in rng.choice(len(paths), size=count, replace=False):
-        height, width = int(rng.integers(320, 641)), int(rng.integers(320, 641))
-        photo = background(height, width, rng)
-        side = int(rng.uniform(0.15, 0.45) * min(height, width))
-        x, y = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
-        angle = (
-            float(rng.uniform(-max_angle, max_angle)) if max_angle else 0.0
-        )  # plain photos: the same draws as before
-        paste(photo, load_image(paths[i]), x, y, side, angle)
-        made.append((photo, (x, y, side, side), paths[i]))
-    return made
-
-
-def groups(paths: list[str], count: int, seed: int) -> list[Photo]:
-    """Photos of 2-5 faces each, 12-30% of the shorter side, not overlapping (placed by rejection)."""
-    rng = np.random.default_rng(seed)
-    made: list[Photo] = []
-    while len(made) < count:
-        height, width = int(rng.integers(360, 641)), int(rng.integers(480, 801))
-        photo, boxes = background(height, width, rng), []
-        for _ in range(int(rng.integers(2, 6))):
-            for _ in range(50):
-                side = int(rng.uniform(0.12, 0.30) * min(height, width))
-                box = (int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1)), side, side)
-                if all(box_iou(box, other) == 0 for other in boxes):
-                    paste(photo, load_image(paths[int(rng.integers(len(paths)))]), *box[:3])
-                    boxes.append(box)
-                    break
-        made.append((photo, boxes))
-    return made
+from tests.fakes import Photo, composites, groups
 
 
 def evaluate(detector: FaceDetector, photos) -> dict:

@@ -30,11 +30,11 @@ from lightning.pytorch import Trainer
 
 from benchmarks.face_detection import composites
 from nla import NLAModule
+from nla.callbacks.predictions import PredictionWriter
 from nla.data import RAFDBDataModule, eval_transform, load_image, read_rafdb
-from nla.data.photos import FaceSettings, Prediction
+from nla.data.prediction import FaceSettings, Prediction
 from nla.data.sources.rafdb import MEAN, STD
 from nla.faces import FaceDetector
-from nla.predictions import PredictionWriter
 from nla.preprocessing import Preprocessing
 
 

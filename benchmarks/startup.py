@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nla.results import Evaluation, RunSummary
+from nla.records import Evaluation, RunSummary
 
 NLA = [sys.executable, "-m", "nla"]
 

@@ -42,8 +42,8 @@ from nla import Criterion, NLAModule
 from nla.backbones import create_backbone
 from nla.data import RAFDBDataModule, batch_train_augment, read_rafdb
 from nla.data.sources.rafdb import MEAN, STD
-from nla.data.synthetic import write_rafdb
 from nla.preprocessing import Preprocessing
+from tests.fakes import write_rafdb
 
 
 def synchronize(device: torch.device) -> None:

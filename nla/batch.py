@@ -85,7 +85,8 @@ def collate_faces(items: list[dict[str, Any]]) -> FaceBatch:
 
 
 def collate_media(items: list[dict[str, Any]]) -> MediaBatch:
-    """A :class:`MediaBatch` of :class:`nla.data.photos.PredictionMedia` items (their detector objects left behind)."""
+    """A :class:`MediaBatch` of :class:`nla.data.prediction.PredictionMedia` items (their detector objects stay
+    behind)."""
     return MediaBatch(**default_collate([{k: v for k, v in item.items() if not k.startswith("_")} for item in items]))
 
 

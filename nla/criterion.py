@@ -28,8 +28,8 @@ class CriterionConfig:
     """Every constant of eq. 8, ``lam * mean((1 + w) * l) + consistency_weight * R``.
 
     The defaults are NLA as the authors' code runs it, which produced the published numbers (the
-    ``official`` preset); :data:`PRESETS` and ``configs/presets/`` hold the paper's text and nla's own
-    recipes. ``docs/method.md`` derives each constant.
+    ``official`` preset); ``configs/presets/`` holds the paper's text and nla's own recipes as overlays of
+    these constants. ``docs/method.md`` derives each constant.
 
     Args:
         loss: The per-sample classification loss ``l``: ``ce``, ``focal``, ``label_smoothing``,
@@ -100,23 +100,6 @@ class CriterionConfig:
     def uses_mirror(self) -> bool:
         """Whether the loss needs the mirror of each image (a consistency term)."""
         return self.consistency != "none"
-
-
-PRESETS: dict[str, CriterionConfig] = {
-    "official": CriterionConfig(),
-    # The paper gives the false kernel sigma_11 = 0.8 with axes 6:1, i.e. s^2 (1 + 1/r^2) = 0.8, and a
-    # scheduler slope of 10. It writes the regulariser as (1 - lam) * [KL(z||m) + KL(z'||m)] with no batch
-    # reduction stated; with jsd_consistency = 0.5 * (KL + KL) that is weight 2 (1 - lam) on the mean.
-    "paper": CriterionConfig(
-        kernels=losses.NAWKernels(false_major_std=math.sqrt(0.8 / (1.0 + 1.0 / 6.0**2))),
-        schedule_slope=10.0,
-        consistency_weight=1.0,
-        consistency_reduction="mean",
-        jsd_direction="view_to_mixture",
-    ),
-    # nla's recipe without face-pretrained weights (docs/experiments.md): no gradient through w, the JSD averaged.
-    "from_scratch": CriterionConfig(detach_weight=True, consistency_reduction="mean"),
-}
 
 
 class CriterionOutput(NamedTuple):

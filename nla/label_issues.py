@@ -37,7 +37,7 @@ from torch import Tensor
 from torchmetrics.functional.classification import binary_auroc
 
 from nla import losses
-from nla.data.images import load_image
+from nla.data.files import load_image
 from nla.data.protocols import write_label_file
 from nla.rundir import free_path
 
@@ -83,7 +83,7 @@ def suspicion(
     p_gt: np.ndarray, weight: np.ndarray, true: np.ndarray, kernels: losses.NAWKernels = losses.NAWKernels()
 ) -> np.ndarray:
     """:func:`rank`'s score from each image's ``p_GT``, NAW weight and whether its prediction is true (any shape,
-    e.g. epochs x images of :class:`nla.diagnostics.SampleRecord`)."""
+    e.g. epochs x images of :class:`nla.callbacks.SampleRecord`)."""
     (a, b), (c, d) = losses.kernel_covariance(kernels.false_major_std, kernels.false_axis_ratio, +1)
     peak = 1.0 / (2.0 * math.pi * math.sqrt(a * d - b * c))  # the false kernel's density at its mean
     return np.where(true, 1.0 - p_gt, 2.0 - weight / peak)

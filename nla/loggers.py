@@ -9,8 +9,8 @@ from typing import Any, Optional
 from jsonargparse import Namespace
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 
-from nla.config import import_class
 from nla.errors import UserError
+from nla.settings import import_class
 
 
 def wandb_available() -> bool:

@@ -33,7 +33,7 @@ from nla.criterion import Criterion, CriterionConfig
 from nla.data.samples import DataError
 from nla.errors import ConfigError, check_positive_finite
 from nla.nonfinite import LossWatch, check_finite_weights
-from nla.results import Evaluation
+from nla.records import Evaluation
 
 EVALUATION_STAGES = ("val", "test")
 

@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 from jsonargparse import Namespace
 
-from nla.config import import_class, leaves, same
+from nla.settings import import_class, leaves, same
 
 
 class RunDirectoryError(RuntimeError):

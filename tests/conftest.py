@@ -6,11 +6,13 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 from unittest.mock import patch
 
 import pytest
+import yaml
 
-from nla.data.synthetic import write_affectnet, write_ferplus, write_image_folder, write_rafdb
+from tests.fakes import write_affectnet, write_ferplus, write_image_folder, write_rafdb
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="nla-test-cache-")  # the help cache, not the user's
@@ -38,6 +40,17 @@ TINY = [
 NO_LOGGER = ["--trainer.logger", "false"]
 # The same, and without the figures or a sanity check, for the tests that are not about them (after the dataset config).
 QUICK = ["--config", str(REPO / "tests" / "conf" / "tiny.yaml")]
+
+
+def preset(name: str) -> Any:
+    """The criterion of ``configs/presets/<name>.yaml`` (the one source of each preset): nla's defaults with the
+    overlay's constants."""
+    from nla.criterion import CriterionConfig
+    from nla.losses import NAWKernels
+
+    overlay = yaml.safe_load((CONFIGS / "presets" / f"{name}.yaml").read_text())["model"]["criterion"]
+    kernels = {k: tuple(v) if isinstance(v, list) else v for k, v in overlay.pop("kernels", {}).items()}
+    return CriterionConfig(**overlay, kernels=NAWKernels(**kernels))
 
 
 def real_dataset(name: str) -> Path:

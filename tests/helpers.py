@@ -1,4 +1,5 @@
-"""Test-only callbacks that the CLI can load by class path, in a subprocess or in the test's own process."""
+"""Test helpers: the one-line error of a command, and callbacks that the CLI can load by class path, in a subprocess or
+in the test's own process."""
 
 import os
 import sys
@@ -6,9 +7,12 @@ import time
 from pathlib import Path
 from typing import ClassVar
 
+import pytest
 import torch
 from lightning.pytorch import Callback
 from torch.overrides import TorchFunctionMode
+
+from nla.cli import main
 
 
 class PauseMidEpoch(Callback):
@@ -131,3 +135,36 @@ class PoisonBatch(Callback):
     def on_exception(self, trainer, pl_module, exception) -> None:
         now = dict(pl_module.named_parameters())
         PoisonBatch.unchanged = {k: torch.equal(v, now[k]) for k, v in self.before.items()}
+
+
+def fails(args, capsys) -> str:
+    """Run ``nla`` and return its one-line error (the test fails on a traceback or a success)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        main(args)
+    assert stopped.value.code not in (0, None)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("nla: error: ") and err.count("\n") == 1, err
+    return err
+
+
+FACT_BOUNDARIES = (
+    r": expected |; got | is not an option of | \(did you mean |\?\)$| is now | is a group of settings now: give "
+)
+
+
+def facts(message: str) -> list[str]:
+    """The facts a one-line message must carry, in the order it gives them: what it is about, what was expected,
+    what was given, what to do instead; the words around them may change."""
+    import re
+
+    return [part for part in re.split(FACT_BOUNDARIES, message) if part]
+
+
+def says(err: str, message: str) -> None:
+    """``err`` carries every fact of ``message`` (see :func:`facts`), in that order."""
+    at = 0
+    for fact in facts(message):
+        found = err.find(fact, at)
+        assert found >= 0, f"{fact!r} missing from (or out of order in) {err!r}"
+        at = found + len(fact)

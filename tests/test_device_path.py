@@ -9,13 +9,12 @@ import pytest
 import torch
 
 from nla import CriterionConfig, NLAModule
+from nla.callbacks.console import ProgressBar
 from nla.cli import main, run_cli
 from nla.cli.lightning import default_precision
-from nla.console import ProgressBar
 from nla.data import RAFDBDataModule
 from tests.conftest import CONFIGS, TINY, fit_args
-from tests.helpers import PoisonBatch
-from tests.test_faults import fails
+from tests.helpers import PoisonBatch, fails
 
 
 @pytest.mark.slow

@@ -11,9 +11,9 @@ import torch
 
 from nla.cli import main
 from nla.data import eval_transform, load_image
-from nla.data.synthetic import synthetic_image, write_image_folder
 from nla.export import export, load_checkpoint
 from tests.conftest import NO_LOGGER, TINY
+from tests.fakes import synthetic_image, write_image_folder
 
 CLASSES = ["angry", "happy", "sad"]
 

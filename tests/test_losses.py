@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from nla import losses
-from nla.criterion import PRESETS
+from tests.conftest import preset
 
-OFFICIAL, PAPER = PRESETS["official"], PRESETS["paper"]
+OFFICIAL, PAPER = preset("official"), preset("paper")
 
 
 def weight(probs, epoch, config=OFFICIAL, targets=None):
@@ -60,7 +60,9 @@ def test_kernel_covariances_match_the_method_table():
     ],
 )
 def test_naw_weight_matches_bivariate_normal(probs, epoch, preset, expected):
-    assert weight(probs, epoch, PRESETS[preset]).item() == pytest.approx(expected, rel=1e-9)
+    assert weight(probs, epoch, {"official": OFFICIAL, "paper": PAPER}[preset]).item() == pytest.approx(
+        expected, rel=1e-9
+    )
 
 
 def test_branch_selection_uses_the_prediction():

@@ -79,7 +79,7 @@ def rafdb_root(tiny: bool) -> Path:
         return packed
     if not tiny:
         raise SystemExit("run: no RAF-DB in .gpu/data/rafdb; run benchmarks/gpu/pack first")
-    from nla.data.synthetic import write_rafdb
+    from tests.fakes import write_rafdb
 
     return write_rafdb(Path(tempfile.mkdtemp()) / "rafdb", train_per_class=12, test_per_class=4, size=100)
 

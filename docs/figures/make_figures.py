@@ -23,9 +23,9 @@ from matplotlib.figure import Figure
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.face_detection import background, groups, paste
+from nla.callbacks.predictions import expression_timeline, faces_figure, sort_rows
 from nla.data import load_image, read_rafdb
-from nla.predictions import expression_timeline, faces_figure, sort_rows
+from tests.fakes import background, groups, paste
 
 HERE = Path(__file__).resolve().parent
 

@@ -19,7 +19,7 @@ from typing import Any, Optional
 from jsonargparse import ArgumentParser, Namespace
 
 from nla.experiment.tables import EVALUATIONS, SummaryEvaluation, evaluation_title, summary_rows
-from nla.results import RunSummary
+from nla.records import RunSummary
 
 
 def rows_of(run_dirs: list[str]) -> list[dict[str, Any]]:

@@ -33,7 +33,6 @@ from nla.cli import args as command_line
 from nla.cli.args import config_files, names_data, names_logger, nested_nulls, yaml_number
 from nla.cli.label_issues import add_label_issues_options, run_label_issues
 from nla.cli.messages import EVALUATION_COMMANDS, needs_model_and_data
-from nla.config import import_class, plain, same
 from nla.data.base import FERDataModule, dataset_arguments, upgrade_settings
 from nla.errors import UserError, check_seed, read_yaml
 from nla.loggers import without_wandb
@@ -49,6 +48,7 @@ from nla.rundir import (
     resolve_checkpoint,
     run_of_checkpoint,
 )
+from nla.settings import import_class, plain, same
 
 DEFAULTS = Path(__file__).resolve().parents[1] / "defaults.yaml"
 

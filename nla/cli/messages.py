@@ -93,12 +93,27 @@ TYPE_WORDS |= {"PositiveInt": "a positive integer", "NonNegativeInt": "an intege
 TYPE_WORDS |= {"PositiveFloat": "a positive number", "NonNegativeFloat": "a number >= 0"}
 
 
+#: Classes of nla 0.2 that configs name by class path, and where they are now.
+MOVED_CLASSES = {
+    "nla.console.RunReport": "nla.callbacks.RunReport",
+    "nla.console.ProgressBar": "nla.callbacks.ProgressBar",
+    "nla.diagnostics.NAWDiagnostics": "nla.callbacks.NAWDiagnostics",
+    "nla.diagnostics.SampleRecord": "nla.callbacks.SampleRecord",
+    "nla.predictions.PredictionWriter": "nla.callbacks.PredictionWriter",
+}
+
+
 def parse_error_line(message: str, args: Sequence[str] = ()) -> str:
     """jsonargparse's report of an option it could not parse (for ``--data``, a page on each Union subtype) as one
     line: the option, what it expects and what it got; an option no class takes, with the ``--config`` file and
     line that set it (``args``, the command line, names the files)."""
     if message.startswith('expected "subcommand"'):
         return "nla needs a command, e.g. nla fit; `nla --help` lists them"
+    old_classes = [path for path in re.findall(r"class_path '([\w.]+)'", message) if path in MOVED_CLASSES]
+    if old_classes:
+        parser_key = re.match(r'\s*Parser key "([\w.]+)"', message)
+        where = parser_key.group(1) if parser_key else "config"
+        return f"--{where}: {old_classes[0]} is now {MOVED_CLASSES[old_classes[0]]}"
     unknown = _unknown_option(message)
     if unknown:
         key, owner = unknown

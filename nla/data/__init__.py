@@ -11,8 +11,8 @@ from nla.data.datamodules import (
     ImageFolderDataModule,
     RAFDBDataModule,
 )
-from nla.data.images import load_image
-from nla.data.photos import PredictionMedia
+from nla.data.files import load_image
+from nla.data.prediction import PredictionMedia
 from nla.data.protocols import (
     LabelProtocol,
     add_label_noise,

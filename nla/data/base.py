@@ -30,8 +30,8 @@ from nla.data.batch_augment import batch_eval_transform, batch_train_augment
 from nla.data.cache import CacheSettings
 from nla.data.checks import ImageCheck, check_schedule
 from nla.data.datasets import FERImageDataset
-from nla.data.media import list_media
-from nla.data.photos import FaceSettings, Prediction, PredictionMedia
+from nla.data.files import list_media
+from nla.data.prediction import FaceSettings, Prediction, PredictionMedia
 from nla.data.preparation import ImageChecks, PipelineMode, Split, SplitPreparation
 from nla.data.protocols import LabelProtocol, write_label_file
 from nla.data.samples import DataError, Samples

@@ -18,7 +18,7 @@ from typing import Any, Optional
 import cv2
 import numpy as np
 
-from nla.data.images import load_image
+from nla.data.files import load_image
 from nla.data.samples import DataError
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from typing import Any, Literal, Optional
 import numpy as np
 
 from nla.data.cache import build_image_cache
-from nla.data.images import find_unreadable
+from nla.data.files import find_unreadable
 from nla.data.samples import DataError, Samples, check_classes_present, check_files_exist
 
 ImageCheck = Literal["decode", "exists"]

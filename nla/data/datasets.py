@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from nla.batch import FaceBatch
-from nla.data.images import load_image
+from nla.data.files import load_image
 from nla.data.samples import DataError, Samples
 from nla.data.transforms import mirror_view
 

@@ -103,7 +103,7 @@ def cached_loader(
 
 
 def media_loader(media: IterableDataset, batch_size: int, workers: int) -> DataLoader:
-    """Batches of :class:`~nla.data.photos.PredictionMedia`: each worker reads, detects and crops its own files."""
+    """Batches of :class:`~nla.data.prediction.PredictionMedia`: each worker reads, detects and crops its own files."""
     return DataLoader(
         media,
         batch_size=batch_size,

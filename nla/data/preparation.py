@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from nla.data.cache import CacheSettings, estimated_cache_gb
 from nla.data.checks import ImageCheck, check_split
-from nla.data.photos import find_faces
+from nla.data.prediction import find_faces
 from nla.data.protocols import LabelProtocol
 from nla.data.samples import DataError, Samples, check_classes_present
 from nla.data.splits import HoldOut

@@ -273,10 +273,6 @@ class LabelProtocol:
                 f"imbalance_factor {self.imbalance_factor} is below 1; it is the largest class count over the smallest"
             )
 
-    @property
-    def active(self) -> bool:
-        return bool(self.train_label_file) or self.noise_rate > 0 or self.imbalance_factor is not None
-
     def apply(
         self,
         samples: Samples,

@@ -51,7 +51,8 @@ class Samples:
     @property
     def shipped_labels(self) -> np.ndarray:
         """The labels the dataset ships, before any noise (``clean_labels``, set for every table)."""
-        return self.labels if self.clean_labels is None else self.clean_labels
+        assert self.clean_labels is not None  # set in __post_init__
+        return self.clean_labels
 
     @property
     def flipped(self) -> np.ndarray:

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import numpy as np
 
 from nla.data.cache import cache_key
-from nla.data.images import load_image
+from nla.data.files import load_image
 from nla.data.samples import Samples
 
 Stats = tuple[tuple[float, float, float], tuple[float, float, float]]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import IO, Any, Optional
 
 from nla.experiment.spec import Experiment, ExperimentError
-from nla.results import RunSummary
+from nla.records import RunSummary
 from nla.rundir import free_path
 
 

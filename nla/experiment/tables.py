@@ -12,7 +12,7 @@ from typing import Any, Literal, Optional
 
 from nla.experiment.runner import runner_record
 from nla.experiment.spec import Experiment
-from nla.results import RunSummary
+from nla.records import RunSummary
 
 #: How a run is summed up: its last epoch, its best epoch, the mean of its last k epochs.
 SummaryEvaluation = Literal["last", "best", "mean_last"]

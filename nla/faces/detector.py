@@ -78,6 +78,6 @@ class FaceDetector:
 
     def crop_box(self, image: np.ndarray) -> Optional[Box]:
         """The region an aligned crop of the largest face covers (it may reach past the image's edges), or ``None``:
-        what evaluation crops to (:func:`nla.data.photos.find_faces`)."""
+        what evaluation crops to (:func:`nla.data.prediction.find_faces`)."""
         face = self.detect(image)
         return None if face is None else self.backend.alignment.crop_box(face)

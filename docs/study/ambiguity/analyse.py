@@ -8,7 +8,7 @@ and compares, image by image, with the annotators' votes:
 - per image from the model: NAW's weight ``w`` at the last epoch's kernel (for CE, the weight NAW would give), and
   the plain baselines ``p_GT``, the margin ``p_GT - p_NN`` and the entropy of the prediction;
 - from training itself: the weight ``w`` each training image had in the last epoch, and its mean over the last three
-  (``per_sample.npz`` of ``nla.diagnostics.SampleRecord``).
+  (``per_sample.npz`` of ``nla.callbacks.SampleRecord``).
 
 Spearman's rho over all images and within each majority class; figures of ``w`` against the vote entropy.
 

@@ -10,7 +10,7 @@ from typing import Optional
 
 import numpy as np
 
-from nla.data.images import IMAGE_SUFFIXES
+from nla.data.files import IMAGE_SUFFIXES
 from nla.data.samples import DataError, Samples, check_label_range, check_unique_names
 
 # Accepted folder names for each split, first match wins.

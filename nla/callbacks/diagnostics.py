@@ -27,7 +27,7 @@ from matplotlib.figure import Figure  # figures without pyplot: no GUI backend, 
 from torchmetrics.functional.classification import binary_auroc
 
 from nla import losses
-from nla.results import Evaluation
+from nla.records import Evaluation
 
 
 def naw_weight_boxplot(weights: np.ndarray, labels: np.ndarray, class_names: Sequence[str], epoch: int) -> Figure:
@@ -196,7 +196,7 @@ class SampleRecord(EpochOutputs):
     """Per training image and epoch: the NAW weight, ``p_GT``, ``p_NN``, the predicted class and the label trained
     on, written to ``<run dir>/per_sample.npz`` after every epoch (arrays of epochs x images; NaN or -1 where an
     image was not seen, as with ``limit_train_batches``).
-    Add it with ``--trainer.callbacks+=nla.diagnostics.SampleRecord``.
+    Add it with ``--trainer.callbacks+=nla.callbacks.SampleRecord``.
 
     The values are those of the training step: the augmented view, with the weights as they were before that
     step's update. A resumed run continues the file it finds.

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from nla.cli import main, run_cli
-from nla.data.media import MediaError, list_media, video_frames
-from nla.data.photos import follow
+from nla.data.files import MediaError, list_media, video_frames
+from nla.data.prediction import follow
 from nla.faces import Face, FaceAlignment, LandmarkTemplate, aligned_crop, box_iou
 from nla.faces.geometry import similarity
 from tests.conftest import NO_LOGGER, real_dataset
@@ -115,8 +115,8 @@ def test_predict_keeps_no_outputs_in_memory_unless_asked(trained_run, tmp_path):
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_every_face_of_photos_and_a_video_is_found_tracked_and_drawn(trained_run, tmp_path):
-    from benchmarks.face_detection import background
     from nla.data import load_image, read_rafdb
+    from tests.fakes import background
 
     faces = [load_image(p) for p in read_rafdb(real_dataset("rafdb"), "test").paths[:3]]
     rng = np.random.default_rng(0)
@@ -163,8 +163,8 @@ def test_every_face_of_photos_and_a_video_is_found_tracked_and_drawn(trained_run
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_twenty_faces_a_huge_photo_and_a_video_without_faces(trained_run, tmp_path):
-    from benchmarks.face_detection import background
     from nla.data import load_image, read_rafdb
+    from tests.fakes import background
 
     faces = [load_image(p) for p in read_rafdb(real_dataset("rafdb"), "test").paths[:20]]
     crowd = background(500, 1000, np.random.default_rng(2))

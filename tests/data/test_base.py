@@ -8,8 +8,8 @@ import torch
 from nla.data import CSVDataModule, DataError, ImageFolderDataModule, RAFDBDataModule
 from nla.data.pipelines import UnpaddedDistributedSampler
 from nla.data.splits import HoldOut
-from nla.data.synthetic import write_image_folder, write_rafdb
 from nla.preprocessing import Preprocessing
+from tests.fakes import write_image_folder, write_rafdb
 
 
 class FakeTrainer:

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from nla.results import Evaluation, RunSummary
+from nla.records import Evaluation, RunSummary
 
 NAMES = ["a", "b", "c"]
 

@@ -20,9 +20,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.figure import Figure
 
-from nla.console import say
-from nla.data.images import load_image
-from nla.data.media import is_video
+from nla.callbacks.console import say
+from nla.data.files import is_video, load_image
 from nla.rundir import free_path
 
 FACE_COLUMNS = ["face", "face_x", "face_y", "face_width", "face_height"]

@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
-from nla.results import RunSummary
+from nla.records import RunSummary
 from nla.rundir import CHECKPOINTS
 
 

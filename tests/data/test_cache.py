@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from nla.data import build_image_cache, load_image, read_rafdb
-from nla.data.synthetic import write_rafdb
+from tests.fakes import write_rafdb
 
 
 @pytest.fixture()

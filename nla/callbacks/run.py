@@ -1,5 +1,5 @@
 """Callbacks for a run directory: its config, checkpoints and accuracy summary (what a run prints is
-:mod:`nla.console`, what ``nla predict`` writes :mod:`nla.predictions`).
+:mod:`nla.callbacks.console`, what ``nla predict`` writes :mod:`nla.callbacks.predictions`).
 
 Nothing a command writes replaces what another wrote: a fit writes into its run directory, and every
 other command into a fresh sub-folder of it (see :mod:`nla.rundir`).
@@ -23,11 +23,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
-from nla.console import ProgressBar as ProgressBar  # its old home, which configs may name
-from nla.console import RunReport as RunReport
-from nla.console import say
-from nla.predictions import PredictionWriter as PredictionWriter  # its old home, which configs may name
-from nla.results import Evaluation, RunSummary
+from nla.callbacks.console import say
+from nla.records import Evaluation, RunSummary
 from nla.rundir import CHECKPOINTS, free_path
 
 

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from nla.cli import main, run_cli
-from nla.data.synthetic import write_ferplus, write_image_folder
 from tests.conftest import CONFIGS, NO_LOGGER, TINY, fit_args
+from tests.fakes import write_ferplus, write_image_folder
 
 RAFDB_CLASSES = {"Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"}
 NOISE = (
@@ -86,7 +86,7 @@ def test_fit_shows_progress_and_then_tests_from_the_checkpoint_alone(rafdb_root,
     assert run.name == "run" and run.settings.mode in ("offline", "dryrun")
     assert run.config["config"]["data"]["class_path"] == "nla.data.RAFDBDataModule"
     assert run.config["config"]["seed_everything"] == 0 and run.config["config"]["trainer"]["precision"] == "32-true"
-    assert run_dir.glob("wandb/offline-run-*/files/nla-config.yaml")
+    assert list(run_dir.glob("wandb/offline-run-*/files/nla-config.yaml"))
     logged = dict(run.summary)
     for key in (
         "val/acc",
@@ -117,7 +117,7 @@ def test_predict_from_a_checkpoint_alone(trained_run, tmp_path, capsys):
     import cv2
     import numpy as np
 
-    from nla.data.synthetic import synthetic_image
+    from tests.fakes import synthetic_image
 
     faces = tmp_path / "faces"
     (faces / "a").mkdir(parents=True)
@@ -393,9 +393,9 @@ def test_predict_finds_the_face_in_a_photo_and_says_when_there_is_none(trained_r
     import cv2
     import numpy as np
 
-    from benchmarks.face_detection import background, composites
     from nla.data import read_rafdb
     from tests.conftest import real_dataset
+    from tests.fakes import background, composites
 
     photos = tmp_path / "photos"
     photos.mkdir()

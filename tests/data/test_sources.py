@@ -157,7 +157,7 @@ def rafdb_label_file(root):
 
 @pytest.fixture()
 def rafdb_copy(tmp_path):
-    from nla.data.synthetic import write_rafdb
+    from tests.fakes import write_rafdb
 
     return write_rafdb(tmp_path / "rafdb", train_per_class=3, test_per_class=2, size=16)
 
@@ -213,7 +213,7 @@ def test_a_csv_list_names_a_repeated_image_and_keeps_a_bom(tmp_path, folder_root
 def test_ferplus_repeated_rows_are_used_once_or_stop_when_they_disagree(tmp_path):
     import csv
 
-    from nla.data.synthetic import write_ferplus
+    from tests.fakes import write_ferplus
 
     root = write_ferplus(tmp_path / "ferplus", per_class=2, size=16)
     rows = list(csv.reader(open(root / "fer2013new.csv")))
@@ -233,7 +233,7 @@ def test_ferplus_repeated_rows_are_used_once_or_stop_when_they_disagree(tmp_path
 
 def test_image_folders_without_splits_are_class_folders(tmp_path):
     from nla.data import read_class_folders
-    from nla.data.synthetic import write_image_folder
+    from tests.fakes import write_image_folder
 
     root = write_image_folder(tmp_path / "ck", classes=("anger", "happy"), per_class=2, size=16, splits=("",))
     samples = read_class_folders(root)

@@ -16,9 +16,9 @@ from nla.backbones.starts import Start, backbone_input
 from nla.cli import main
 from nla.data.sources import rafdb
 from nla.errors import ConfigError
+from tests.backbones.dlib_files import tiny_face_network, write_face_network
 from tests.conftest import fit_args
-from tests.dlib_files import tiny_face_network, write_face_network
-from tests.test_faults import fails
+from tests.helpers import fails
 
 DLIB_MEAN = [m / 255 for m in dlib_resnet.DLIB_MEAN_RGB]
 

@@ -15,9 +15,9 @@ from nla.backbones import dlib_resnet
 from nla.backbones.dlib_format import DlibFormatError, read_face_network
 from nla.backbones.dlib_resnet import MIN_INPUT_SIZE, DlibResNet, face_network, installed_face_network
 from nla.errors import ConfigError
-from tests.dlib_files import network_bytes, tiny_face_network, write_face_network
+from tests.backbones.dlib_files import network_bytes, tiny_face_network, write_face_network
 
-REFERENCE = json.loads((Path(__file__).parent / "data" / "dlib_face_network_reference.json").read_text())
+REFERENCE = json.loads((Path(__file__).parent / "dlib_face_network_reference.json").read_text())
 
 
 def released_file() -> Path:

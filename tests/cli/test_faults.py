@@ -11,17 +11,7 @@ import yaml
 from nla.cli import main
 from nla.rundir import RunDirectoryError, RunLock
 from tests.conftest import CONFIGS, TINY, fit_args
-
-
-def fails(args, capsys) -> str:
-    """Run ``nla`` and return its one-line error (the test fails on a traceback or a success)."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as stopped:
-        main(args)
-    assert stopped.value.code not in (0, None)
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and err.startswith("nla: error: ") and err.count("\n") == 1, err
-    return err
+from tests.helpers import fails, says
 
 
 def snapshot(folder):
@@ -234,10 +224,7 @@ def test_a_data_root_that_is_no_folder_is_named_first(data, tmp_path, capsys):
     absent = str(tmp_path / "absent")
     fit = ["fit", "--data", data, "--data.root", absent, *TINY, "--trainer.default_root_dir", str(tmp_path / "run")]
     err = fails(fit, capsys)
-    assert err == (
-        f"nla: error: {data}: --data.root {absent!r} does not exist or is not a folder; pass the folder that holds "
-        "the dataset\n"
-    )
+    assert err.index(data) < err.index(f"--data.root {absent!r}") < err.index("does not exist or is not a folder")
 
 
 @pytest.mark.parametrize(
@@ -397,7 +384,7 @@ def test_a_wrong_model_file_or_name_stops_fit_before_it_writes_anything(
 )
 def test_an_option_that_does_not_parse_is_one_line_without_the_usage(args, message, rafdb_root, tmp_path, capsys):
     """jsonargparse printed a page of usage, and for --data a report on every Union subtype, around the one fact."""
-    assert fails(fit_args(rafdb_root, tmp_path / "run", *args), capsys) == f"nla: error: {message}\n"
+    says(fails(fit_args(rafdb_root, tmp_path / "run", *args), capsys), message)
     assert not (tmp_path / "run").exists()
 
 
@@ -426,7 +413,7 @@ def test_an_unknown_key_in_a_config_file_names_the_file_and_line(rafdb_root, tmp
         config = tmp_path / f"typo{k}.yaml"
         config.write_text(text)
         args = fit_args(rafdb_root, tmp_path / "run", "--config", str(config))
-        assert fails(args, capsys) == f"nla: error: {config}:{message}\n"
+        says(fails(args, capsys), f"{config}:{message}")
     assert not (tmp_path / "run").exists()
 
 
@@ -466,7 +453,7 @@ def test_a_folder_given_for_a_checkpoint_is_named_with_the_checkpoint_in_it(trai
     """A run folder or its checkpoints folder was "does not exist"."""
     last = str(trained_run / "checkpoints" / "last.ckpt")
     err = fails(["test", "--ckpt_path", str(trained_run)], capsys)
-    assert err == f"nla: error: checkpoint {str(trained_run)!r} is a folder, not a file; did you mean {last!r}?\n"
+    assert f"{str(trained_run)!r} is a folder, not a file" in err and f"did you mean {last!r}" in err
     with pytest.raises(SystemExit):
         main(["export", "--ckpt_path", str(trained_run / "checkpoints"), "--output", str(tmp_path / "m.onnx")])
     assert f"is a folder, not a file; did you mean {last!r}?" in capsys.readouterr().err
@@ -503,7 +490,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(trained_run, tmp_
 
 
 def test_a_bad_image_found_mid_epoch_names_its_line(rafdb_root, tmp_path, capsys):
-    from nla.data.synthetic import write_rafdb
+    from tests.fakes import write_rafdb
 
     root = write_rafdb(tmp_path / "rafdb", train_per_class=2, test_per_class=1, size=24)
     (root / "basic" / "Image" / "aligned" / "train_00004_aligned.jpg").write_bytes(b"broken")
@@ -550,7 +537,7 @@ def test_pretrained_weights_holding_pickled_objects_are_refused_through_the_cli(
 
 @pytest.mark.slow
 def test_a_bad_label_row_stops_the_fit_with_its_line(tmp_path, capsys):
-    from nla.data.synthetic import write_rafdb
+    from tests.fakes import write_rafdb
 
     root = write_rafdb(tmp_path / "rafdb", train_per_class=2, test_per_class=1, size=24)
     labels = root / "basic" / "EmoLabel" / "list_patition_label.txt"
@@ -565,3 +552,8 @@ def test_a_config_of_nla_0_2_names_the_file_line_and_the_new_key(rafdb_root, tmp
     err = fails(fit_args(rafdb_root, tmp_path / "run", "--config", str(old)), capsys)
     assert f"{old}:4: data.val_fraction is now data.holdout.val_fraction" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_callback_named_by_its_nla_0_2_class_path_says_where_it_is_now(rafdb_root, tmp_path, capsys):
+    args = fit_args(rafdb_root, tmp_path / "run", "--trainer.callbacks+=nla.diagnostics.SampleRecord")
+    assert "--trainer.callbacks: nla.diagnostics.SampleRecord is now nla.callbacks.SampleRecord" in fails(args, capsys)

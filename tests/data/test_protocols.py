@@ -108,7 +108,7 @@ def test_datamodule_protocols_touch_only_the_training_split(rafdb_root, tmp_path
 
 
 def test_rafdb_noise_overlay_prefers_the_shipped_file(tmp_path):
-    from nla.data.synthetic import write_rafdb
+    from tests.fakes import write_rafdb
 
     root = write_rafdb(tmp_path / "rafdb", train_per_class=10, test_per_class=1, size=16)
     train = read_rafdb(root, "train")
@@ -137,7 +137,7 @@ def test_rafdb_noise_overlay_prefers_the_shipped_file(tmp_path):
 
 
 def test_a_missing_or_partial_standard_noise_file_stops_instead_of_changing_the_protocol(tmp_path):
-    from nla.data.synthetic import write_rafdb
+    from tests.fakes import write_rafdb
 
     root = write_rafdb(tmp_path / "rafdb", train_per_class=4, test_per_class=1, size=16)
     data = dict(preprocessing=Preprocessing(image_size=16), num_workers=0, save_train_labels=False)

@@ -6,8 +6,8 @@ import os
 import pytest
 
 from nla.data import DataError, RAFDBDataModule
-from nla.data.synthetic import write_rafdb
 from nla.preprocessing import Preprocessing
+from tests.fakes import write_rafdb
 
 
 @pytest.fixture()
@@ -60,7 +60,7 @@ def test_a_read_error_is_one_line(rafdb_copy, monkeypatch):
             raise PermissionError(13, "Permission denied", str(path))
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr("nla.data.images.np.fromfile", refuse)
+    monkeypatch.setattr("nla.data.files.np.fromfile", refuse)
     with pytest.raises(DataError, match=r":3: cannot read image .*train_00003_aligned\.jpg.*: Permission denied$"):
         setup_fit(rafdb_copy)
     with pytest.warns(UserWarning, match="skipped 1 unreadable train image"):

@@ -16,8 +16,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import IterableDataset, get_worker_info
 
-from nla.data.images import load_image
-from nla.data.media import is_video, video_frames
+from nla.data.files import is_video, load_image, video_frames
 from nla.data.samples import DataError, Samples, check_files_exist
 from nla.faces import Backend, Face, FaceDetector, box_iou
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from nla.callbacks.diagnostics import noise_detection
 from nla.cli import run_cli
-from nla.diagnostics import noise_detection
 from tests.conftest import CONFIGS, fit_args
 
 
@@ -43,7 +43,7 @@ def test_figures_are_written_beside_the_run(method, rafdb_root, tmp_path):
 
 def test_sample_record_keeps_every_training_image_per_epoch(rafdb_root, tmp_path):
     run_dir = tmp_path / "run"
-    record = ["--trainer.callbacks+=nla.diagnostics.SampleRecord", "--config", str(CONFIGS / "methods" / "ce.yaml")]
+    record = ["--trainer.callbacks+=nla.callbacks.SampleRecord", "--config", str(CONFIGS / "methods" / "ce.yaml")]
     run_cli(fit_args(rafdb_root, run_dir, *record, epochs=2))
     with np.load(run_dir / "per_sample.npz") as saved:
         weight, p_gt, p_nn, label = saved["weight"], saved["p_gt"], saved["p_nn"], saved["label"]

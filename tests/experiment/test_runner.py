@@ -242,7 +242,7 @@ def test_shipped_experiment_files_are_valid():
 def test_the_tables_read_any_last_k(tmp_path):
     """The runner reads the mean of the last k epochs whatever k the run's summary used (the typed summary)."""
     from nla.experiment import collect, write_tables
-    from nla.results import Evaluation, RunSummary
+    from nla.records import Evaluation, RunSummary
 
     spec = {"name": "k3", "base": [str(CONFIGS / "rafdb.yaml")], "methods": {"CE": []}, "output_dir": str(tmp_path)}
     (tmp_path / "k3.yaml").write_text(yaml.safe_dump(spec))
