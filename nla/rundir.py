@@ -19,16 +19,18 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Optional
 
 from jsonargparse import Namespace
 
+from nla.errors import UserError
 from nla.settings import import_class, leaves, same
 
 
-class RunDirectoryError(RuntimeError):
+class RunDirectoryError(UserError, RuntimeError):
     """The run directory cannot be used by this command: it holds another run, or another process uses it."""
 
 
@@ -240,5 +242,5 @@ def name_loggers(trainer: Namespace, run: Path, commands: tuple[str, ...]) -> No
         if "save_dir" in init_args and init_args.save_dir in (None, ".", "./"):
             init_args.save_dir = str(run if trainer.default_root_dir is None else trainer.default_root_dir)
         if "name" in init_args and init_args.name is None:
-            parent = run.parent.name if run.name.split("-")[0] in commands else None
+            parent = run.parent.name if re.sub(r"-\d+$", "", run.name) in commands else None
             init_args.name = f"{parent}/{run.name}" if parent else run.name

@@ -24,6 +24,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from nla.backbones import WeightsMismatchError, load_trusted
 from nla.backbones.starts import restoring
@@ -31,8 +32,8 @@ from nla.callbacks import RunConfigSaver
 from nla.cli import COMMANDS
 from nla.cli import args as command_line
 from nla.cli.args import config_files, names_data, names_logger, nested_nulls, yaml_number
-from nla.cli.label_issues import add_label_issues_options, run_label_issues
 from nla.cli.messages import EVALUATION_COMMANDS, needs_model_and_data
+from nla.cli.trainer import NLATrainer
 from nla.data.base import FERDataModule, dataset_arguments, upgrade_settings
 from nla.errors import UserError, check_seed, read_yaml
 from nla.loggers import without_wandb
@@ -51,9 +52,6 @@ from nla.rundir import (
 from nla.settings import import_class, plain, same
 
 DEFAULTS = Path(__file__).resolve().parents[1] / "defaults.yaml"
-
-
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
 #: Set by the first process of a distributed evaluation, so that the others write into the same folder.
@@ -104,8 +102,14 @@ class NLACLI(LightningCLI):
             "`nla <command> --help` describes each command.",
             "exit_on_error": False,  # main() says what was wrong in one line, without a page of usage
         }
-        for command in LIGHTNING_COMMANDS:
-            parser_kwargs[command] = {"default_config_files": [str(DEFAULTS)], "exit_on_error": False}
+        for command in self.subcommands():
+            description = COMMANDS[command.replace("_", "-")].help
+            parser_kwargs[command] = {
+                "prog": f"nla {command_name(command)}",
+                "default_config_files": [str(DEFAULTS)],
+                "exit_on_error": False,
+                "description": description,
+            }
         kwargs.setdefault("parser_kwargs", parser_kwargs)
         try:
             super().__init__(
@@ -113,6 +117,7 @@ class NLACLI(LightningCLI):
                 FERDataModule,
                 subclass_mode_data=True,
                 save_config_callback=RunConfigSaver,
+                trainer_class=NLATrainer,
                 auto_configure_optimizers=False,
                 args=list(args) if args is not None else None,
                 **kwargs,
@@ -127,25 +132,7 @@ class NLACLI(LightningCLI):
             if self._lock is not None:
                 self._lock.release()
 
-    # --- one parser: Lightning's subcommands and label-issues --------------------------------------
-
-    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
-        self._subcommand_parsers: dict[str, Any] = {}
-        subcommands = parser.add_subcommands()
-        for name in (*self.subcommands(), "label-issues"):
-            description = COMMANDS[name].help
-            options = {"description": description, **kwargs.get(name, kwargs.get("predict", {}))}
-            method = "predict" if name == "label-issues" else name  # it applies a model like predict does
-            subparser: Any = self._prepare_subcommand_parser(self.trainer_class, method, **options)  # type: ignore[arg-type]
-            subparser.set_defaults(weights_only=True)  # checkpoints are read without unpickling arbitrary objects
-            if name == "label-issues":
-                add_label_issues_options(subparser)
-            self._set_help(subparser)
-            self._subcommand_parsers[name] = subparser
-            subcommands.add_subcommand(name, subparser, help=description)
-
-    @staticmethod
-    def _set_help(parser: Any) -> None:
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Correct Lightning's help texts where nla does something else."""
         corrections = {
             "--trainer.precision": "Precision: null (nla's default) is bf16-mixed on a GPU and 32-true on a CPU; or "
@@ -154,22 +141,15 @@ class NLACLI(LightningCLI):
             "and logs here (null: runs/<dataset>); validate, test and predict write into a "
             "fresh <command>[-n] folder inside it (null: the checkpoint's run).",
         }
-        for action in parser._actions:
+        for action in parser._actions:  # argparse's list of options: the one way to reword one
             for option in action.option_strings:
                 if option in corrections:
                     action.help = corrections[option]
 
-    def _run_subcommand(self, subcommand: str) -> None:
-        if subcommand == "label-issues":
-            run_label_issues(self, self.config[subcommand])
-            return
-        super()._run_subcommand(subcommand)
-
-    def _set_seed(self) -> None:
-        seed = self._get(self.config, "seed_everything")
-        if isinstance(seed, int) and not isinstance(seed, bool):
-            check_seed(seed, "--seed_everything")
-        super()._set_seed()
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """Lightning's commands and ``label_issues`` (:meth:`nla.cli.trainer.NLATrainer.label_issues`)."""
+        return {**LightningCLI.subcommands(), "label_issues": {"model", "datamodule"}}
 
     def instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -177,8 +157,8 @@ class NLACLI(LightningCLI):
         # cache) is recorded, not read; it may be gone, or not installed here.
         with restoring() if config.get("ckpt_path") else contextlib.nullcontext():
             self.config_init = self.parser.instantiate(self.config)
-        self.datamodule = self._get(self.config_init, "data")
-        self.model = self._get(self.config_init, "model")
+        chosen = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        self.datamodule, self.model = chosen.get("data"), chosen["model"]
         self.trainer = self.instantiate_trainer()
 
     # --- checkpoints -----------------------------------------------------------------------------------
@@ -209,6 +189,10 @@ class NLACLI(LightningCLI):
             self.config = parser.parse_args(args if args is not None else given)
         else:
             super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        seed = self.config[subcommand].get("seed_everything") if subcommand else None
+        if isinstance(seed, int) and not isinstance(seed, bool):
+            check_seed(seed, "--seed_everything")
 
     def _load_checkpoint(self, path: Path) -> dict[str, Any]:
         if self._checkpoint_path != path:
@@ -259,6 +243,8 @@ class NLACLI(LightningCLI):
         trainer = config.trainer
         if trainer.precision is None:
             trainer.precision = default_precision(trainer.accelerator)
+        if "weights_only" in config and config.weights_only is None:
+            config.weights_only = True  # checkpoints are read without unpickling arbitrary objects
         if trainer.accelerator in ("gpu", "cuda") and not (
             torch.cuda.is_available() or torch.backends.mps.is_available()
         ):
@@ -315,16 +301,16 @@ class NLACLI(LightningCLI):
             if launched_process():
                 output = Path(os.environ.get(OUTPUT_ENV) or root)
             else:
-                output = self._output = fresh_folder(root, subcommand)
+                output = self._output = fresh_folder(root, command_name(subcommand))
                 os.environ[OUTPUT_ENV] = str(output)
             trainer.default_root_dir = str(output)
             if self._checkpoint is not None:
                 self._data_from_checkpoint(config)
                 config = self.config[subcommand]
             elif config.get("data") is None:
-                raise UserError(needs_model_and_data(subcommand))
+                raise UserError(needs_model_and_data(command_name(subcommand)))
         run = root if subcommand == "fit" else Path(config.trainer.default_root_dir)
-        name_loggers(config.trainer, run, EVALUATION_COMMANDS)
+        name_loggers(config.trainer, run, tuple(command_name(c) for c in EVALUATION_COMMANDS))
 
     def _data_from_checkpoint(self, config: Namespace) -> None:
         """Evaluate with the preprocessing the model was trained with; with no ``--data``, on the run's own data."""
@@ -342,7 +328,8 @@ class NLACLI(LightningCLI):
             config = self.config[self.subcommand]
         elif chosen is None:
             raise UserError(
-                f"nla {self.subcommand}: {self._checkpoint_path} does not say what data it was trained on; "
+                f"nla {command_name(self.subcommand or '')}: {self._checkpoint_path} does not say what data it was "
+                "trained on; "
                 "choose a dataset with --data (e.g. --data nla.data.ImageFolderDataModule --data.root DIR)"
             )
         if saved.get("preprocessing"):  # the input the model was trained with, whatever the data
@@ -357,6 +344,33 @@ def default_precision(accelerator: Any) -> str:
     return "bf16-mixed" if on_gpu else "32-true"
 
 
+def command_name(subcommand: str) -> str:
+    """The command a user types for a Trainer method: ``label-issues`` for ``label_issues``."""
+    return subcommand.replace("_", "-")
+
+
 def main(argv: Sequence[str]) -> None:
     """``nla <command> ...`` for the Lightning commands; :func:`nla.cli.main` turns its errors into one line."""
-    NLACLI(argv)
+    argv = list(argv)
+    if argv and argv[0] == "label-issues":  # the command is NLATrainer.label_issues
+        argv[0] = "label_issues"
+    try:
+        NLACLI(argv)
+    except Exception as error:
+        refused = lightning_refusal(error)
+        if refused is None:
+            raise
+        raise UserError(refused) from None
+
+
+def lightning_refusal(error: BaseException) -> Optional[str]:
+    """The message of Lightning's MisconfigurationException at the root of ``error``: a trainer setting it cannot use
+    (``--trainer.max_epochs -2``), named in its message; ``None`` when there is none."""
+    seen: set[int] = set()
+    cause: Optional[BaseException] = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, MisconfigurationException):
+            return str(cause)
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None

@@ -19,10 +19,10 @@ import yaml
 
 from nla.cli.args import config_files
 from nla.errors import UserError
-from nla.rundir import RunDirectoryError
 
-#: The Lightning commands and label-issues, which take a model from a checkpoint and evaluate it.
-EVALUATION_COMMANDS = ("validate", "test", "predict", "label-issues")
+#: The Lightning commands and label-issues, which take a model from a checkpoint and evaluate it (by the names of
+#: their Trainer methods, label_issues for label-issues).
+EVALUATION_COMMANDS = ("validate", "test", "predict", "label_issues")
 
 
 class Terminated(SystemExit):
@@ -36,15 +36,10 @@ def is_lightning_sigterm(error: BaseException) -> bool:
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Mistakes in the user's input or environment, reported as one line rather than a traceback. Lightning raises
-    MisconfigurationException for trainer settings it cannot use (``--trainer.accelerator gpu`` where there is none,
-    ``--trainer.max_epochs -2``); its message names the setting. A class of a module the command never imported
-    cannot have been raised, so only loaded modules are asked."""
-    found: list[type[BaseException]] = [UserError, RunDirectoryError, FileExistsError, FileNotFoundError]
-    for module, name in (("lightning.pytorch.utilities.exceptions", "MisconfigurationException"),):
-        if module in sys.modules:
-            found.append(getattr(sys.modules[module], name))
-    return tuple(found)
+    """Mistakes in the user's input or environment, reported as one line rather than a traceback: nla's own (one
+    base, :class:`nla.errors.UserError`; the Lightning commands turn Lightning's word for a setting it cannot use into
+    one), and a file that is missing or would be overwritten, which the OS names."""
+    return (UserError, FileExistsError, FileNotFoundError)
 
 
 SIGTERM_MESSAGE = "stopped by SIGTERM; the checkpoints written so far are kept. Resume with --ckpt_path last"
@@ -135,8 +130,8 @@ def parse_error_line(message: str, args: Sequence[str] = ()) -> str:
         names = [name.strip().split(".", 1) for name in missing.group(1).split(",")]
         if len(names[0]) == 1 and args:  # a command's own parser names no command: the command line does
             names = [[args[0], *name] for name in names]
-        command = names[0][0]
-        if command in EVALUATION_COMMANDS and ["data"] in [name[1:] for name in names]:
+        command = names[0][0].replace("_", "-")
+        if command.replace("-", "_") in EVALUATION_COMMANDS and ["data"] in [name[1:] for name in names]:
             return needs_model_and_data(command)
         given = [name[-1] for name in names if name[-1] != "fit_args"]  # nla experiment's optional remainder
         return f"nla {command} needs {', '.join(given)}; `nla {command} --help` describes it"
