@@ -16,7 +16,7 @@ cleanlab's ``find_label_issues`` on the same predictions when cleanlab is instal
 (the default), or, per class, as many as confident learning estimates (``confident_learning``: cleanlab's per-class
 counts on the same predictions, NAW's ranking choosing which). A weak model contradicts far more labels than are
 wrong, most of the minority classes among them; on RAF-DB at 30% noise and CPU scale, the per-class count gave the
-better retrained model (docs/experiments.md, "Clean, then retrain").
+better retrained model (docs/study/ambiguity, "Clean, then retrain").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Clean, then retrain: does dropping the labels NAW finds suspicious give a better CE model than cleanlab's
 out-of-fold cleaning, or than no cleaning at all? On RAF-DB at 30% noise, symmetric and class-conditional (FER+'s
-annotator confusions), at the study's CPU scale (docs/experiments.md, "Clean, then retrain").
+annotator confusions), at the study's CPU scale (docs/study/ambiguity/README.md, "Clean, then retrain").
 
 Steps, each skipped when its outputs exist (so the same command resumes):
 
