@@ -17,8 +17,8 @@ from torch import Tensor, nn
 
 from nla.backbones import WeightsMismatchError, load_trusted
 from nla.backbones.starts import restoring
-from nla.data.base import upgrade_settings
 from nla.data.batch_augment import normalisation
+from nla.data.upgrade import upgrade_settings
 from nla.errors import UserError, check_image_size
 from nla.module import NLAModule
 from nla.preprocessing import RESIZE, Preprocessing

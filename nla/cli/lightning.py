@@ -34,7 +34,8 @@ from nla.cli import args as command_line
 from nla.cli.args import config_files, names_data, names_logger, nested_nulls, yaml_number
 from nla.cli.messages import EVALUATION_COMMANDS, needs_model_and_data
 from nla.cli.trainer import NLATrainer
-from nla.data.base import FERDataModule, dataset_arguments, upgrade_settings
+from nla.data.base import FERDataModule, dataset_arguments
+from nla.data.upgrade import upgrade_settings
 from nla.errors import UserError, check_seed, read_yaml
 from nla.loggers import without_wandb
 from nla.module import NLAModule

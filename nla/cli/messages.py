@@ -177,7 +177,7 @@ def _regrouped(option: str) -> Optional[str]:
     name = option.rsplit(".", 1)[-1]
     if not option.startswith("--data.") or option.count(".") != 1:
         return None
-    moved = importlib.import_module("nla.data.base").MOVED_OPTIONS.get(name, "")
+    moved = importlib.import_module("nla.data.upgrade").MOVED_OPTIONS.get(name, "")
     return f"--data.{moved}" if moved.startswith(f"{name}.") else None
 
 

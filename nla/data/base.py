@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-import os
 from pathlib import Path
 from typing import Any, ClassVar, Optional, TypeVar
 
@@ -38,56 +37,10 @@ from nla.data.samples import DataError, Samples
 from nla.data.splits import HoldOut
 from nla.data.stats import measure_stats
 from nla.data.transforms import Augmentation, eval_transform, train_transform
+from nla.data.upgrade import MOVED_OPTIONS
 from nla.preprocessing import RGB, Preprocessing
 
 Group = TypeVar("Group")
-
-#: Where each setting of nla 0.2's flat DataModule went: ``noise_rate`` is now ``protocol.noise_rate``, ...
-MOVED_OPTIONS: dict[str, str] = {
-    **{
-        name: f"protocol.{name}"
-        for name in (
-            "train_label_file",
-            "noise_rate",
-            "noise_seed",
-            "noise_source",
-            "noise_kind",
-            "noise_matrix",
-            "imbalance_factor",
-            "long_tail_seed",
-            "long_tail_class_order",
-        )
-    },
-    **{name: f"holdout.{name}" for name in ("val_fraction", "num_folds", "fold", "group_pattern")},
-    "split_seed": "holdout.seed",
-    **{name: f"preprocessing.{name}" for name in ("image_size", "mean", "std")},
-    "cache_dir": "cache.dir",
-    "cache_resolution": "cache.resolution",
-    "max_cache_gb": "cache.max_gb",
-    "detect_faces": "faces.detect",
-    "faces": "faces.choice",
-    "face_detector": "faces.detector",
-    "align_faces": "faces.align",
-    "predict_root": "prediction.root",
-    "fps": "prediction.fps",
-    "draw_faces": "prediction.draw_faces",
-}
-
-
-def upgrade_settings(saved: dict[str, Any]) -> dict[str, Any]:
-    """A DataModule's saved settings in today's groups: an nla 0.2 checkpoint's flat ``noise_rate`` becomes
-    ``protocol: {noise_rate: ...}``, and so on."""
-    upgraded: dict[str, Any] = {}
-    for key, value in saved.items():
-        moved = MOVED_OPTIONS.get(key)
-        if moved is None or (key == "faces" and isinstance(value, dict)):
-            upgraded[key] = value
-            continue
-        group, name = moved.split(".")
-        upgraded.setdefault(group, {})
-        if isinstance(upgraded[group], dict):
-            upgraded[group][name] = value
-    return upgraded
 
 
 def dataset_arguments(data_class: type) -> list[str]:
@@ -102,14 +55,6 @@ def dataset_arguments(data_class: type) -> list[str]:
             if name not in shared and parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
                 own.append(name)
     return sorted(set(own))
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (the affinity mask, which a cluster's allotment sets)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def as_group(value: Any, group: type[Group]) -> Group:
@@ -200,7 +145,7 @@ class FERDataModule(LightningDataModule):
             raise DataError(f"num_workers {num_workers} must be >= 0")
         self.root = root
         self.batch_size = batch_size
-        self.num_workers = min(8, available_cores()) if num_workers is None else num_workers
+        self.num_workers = min(8, pipelines.available_cores()) if num_workers is None else num_workers
         self.preprocessing = as_group(preprocessing, Preprocessing)
         self.augmentation = as_group(augmentation, Augmentation)
         self.protocol = as_group(protocol, LabelProtocol)

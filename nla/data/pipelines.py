@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterator, Sized
 from typing import Optional
@@ -30,6 +31,14 @@ from torch.utils.data import (
 from nla.batch import collate_faces, collate_media
 from nla.data.datasets import CachedImageDataset
 from nla.data.samples import Samples
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (the affinity mask, which a cluster's allotment sets)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 class UnpaddedDistributedSampler(DistributedSampler):

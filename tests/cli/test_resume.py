@@ -97,7 +97,7 @@ def test_fit_killed_mid_epoch_resumes_and_ends_with_the_same_epochs(how, rafdb_r
 
 def nla_0_2_settings(grouped: dict) -> dict:
     """A DataModule's checkpointed settings as nla 0.2 wrote them: every group's fields flat (``noise_rate``, ...)."""
-    from nla.data.base import MOVED_OPTIONS
+    from nla.data.upgrade import MOVED_OPTIONS
 
     old_name = {new: old for old, new in MOVED_OPTIONS.items()}
     flat = {}

@@ -31,8 +31,8 @@ from scipy.stats import spearmanr
 from nla import NLAModule, losses
 from nla.callbacks import machine
 from nla.data import FERPlusDataModule
-from nla.data.base import upgrade_settings
 from nla.data.sources import ferplus
+from nla.data.upgrade import upgrade_settings
 from nla.preprocessing import Preprocessing
 
 HERE = Path(__file__).resolve().parent
