@@ -46,10 +46,40 @@ def check_positive_finite(value: float, name: str) -> None:
         raise ConfigError(f"{name}={value} must be a finite positive number")
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A key given twice in one mapping: YAML keeps the last silently, so the first is lost without a word."""
+
+    def __init__(self, key: Any, line: int, first: int) -> None:
+        super().__init__(f"{key!r} is given twice (first on line {first + 1}); YAML would keep only the last")
+        self.line = line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that gives a key twice."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    seen = first.setdefault(key, key_node.start_mark.line)
+                except TypeError:  # an unhashable key: PyYAML's own error follows
+                    continue
+                if seen != key_node.start_mark.line:
+                    raise DuplicateKeyError(key, key_node.start_mark.line, seen)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: Path) -> Any:
-    """A YAML file the user wrote; one that is not YAML is a :class:`UserError` naming it and the line."""
+    """A YAML file the user wrote; one that is not YAML, or gives a key twice, is a :class:`UserError` naming it and
+    the line."""
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except DuplicateKeyError as error:
+        raise UserError(f"{path}:{error.line + 1}: {error}") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)

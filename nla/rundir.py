@@ -48,8 +48,27 @@ def free_path(path: Path) -> Path:
 
 
 def holds_run(root: Path) -> bool:
-    """Whether ``root`` holds a run that trained: a checkpoint or a summary."""
-    return (root / "summary.json").is_file() or any((root / CHECKPOINTS).glob("*.ckpt"))
+    """Whether ``root`` holds a run: a summary (it finished), or a ``last.ckpt`` to resume from. Best-epoch
+    checkpoints alone (an attempt killed while saving its first epoch) are weights a resume cannot go on from."""
+    return (root / "summary.json").is_file() or (root / CHECKPOINTS / "last.ckpt").is_file()
+
+
+#: What an attempt may leave in its run directory before its first ``last.ckpt``: kept, under another name, when a new
+#: run starts there, so that a run directory holds only what its own run wrote (config.yaml: see RunConfigSaver).
+UNSTARTED_LEFTOVERS = ("train_labels.txt", "per_sample.npz", "figures", CHECKPOINTS)
+
+
+def set_aside_unstarted(root: Path) -> list[str]:
+    """Move what an attempt that never reached its first ``last.ckpt`` left in ``root`` to ``<name>-unstarted``
+    (``-unstarted-1``, ... when taken), and a killed save's partial files with it; returns the new names."""
+    moved = []
+    for name in UNSTARTED_LEFTOVERS:
+        path = root / name
+        if path.exists():
+            aside = free_path(path.with_name(f"{path.stem}-unstarted{path.suffix}"))
+            path.rename(aside)
+            moved.append(aside.name)
+    return moved
 
 
 def run_of_checkpoint(ckpt_path: Path) -> Optional[Path]:
@@ -90,10 +109,13 @@ def resolve_checkpoint(ckpt_path: str, root: Path) -> Path:
 
 
 class RunLock:
-    """An exclusive ``flock`` on ``<root>/.nla.lock``, held until :meth:`release` or the process ends."""
+    """An exclusive ``flock`` on ``<root>/.nla.lock``, held until :meth:`release` or the process ends; ``what`` and
+    ``instead`` word the refusal (a run directory, or a grid's folder)."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(
+        self, root: Path, what: str = "run directory", instead: str = "use another --trainer.default_root_dir"
+    ) -> None:
+        self.root, self.what, self.instead = root, what, instead
         self._fd: Optional[int] = None
         self._created: Optional[Path] = None  # the outermost folder that acquire() created
 
@@ -114,8 +136,8 @@ class RunLock:
                 os.close(fd)
                 if error.errno in (errno.EAGAIN, errno.EACCES):
                     raise RunDirectoryError(
-                        f"run directory {str(self.root)!r} is in use by {holder}; wait for it to "
-                        "finish, or use another --trainer.default_root_dir"
+                        f"{self.what} {str(self.root)!r} is in use by {holder}; wait for it to finish, or "
+                        f"{self.instead}"
                     ) from None
                 raise
             if _same_file(fd, path):

@@ -90,6 +90,7 @@ def run(config: Namespace) -> None:
             raise ExperimentError(f"no seeds to run: give --seeds, e.g. [0], or seeds in {options.config}")
         for seed in experiment.seeds:
             check_seed(seed, "seed")
+        experiment.check_cells("--seeds" if options.seeds is not None else options.config)
     except UserError as error:
         print(f"nla experiment: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

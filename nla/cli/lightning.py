@@ -40,6 +40,7 @@ from nla.errors import UserError, check_seed, read_yaml
 from nla.loggers import without_wandb
 from nla.module import NLAModule
 from nla.rundir import (
+    CHECKPOINTS,
     RunDirectoryError,
     RunLock,
     check_resume,
@@ -49,6 +50,7 @@ from nla.rundir import (
     name_loggers,
     resolve_checkpoint,
     run_of_checkpoint,
+    set_aside_unstarted,
 )
 from nla.settings import import_class, plain, same
 
@@ -255,6 +257,7 @@ class NLACLI(LightningCLI):
                 f"{torch.__version__}, {build}); leave it at auto to run on the CPU"
             )
         root = self._run_root(config)
+        record_protocol_files(config)
         note = without_wandb(trainer, names_logger(self._given_args))
         if note and not launched_process():
             print(note, file=sys.stderr)
@@ -280,6 +283,8 @@ class NLACLI(LightningCLI):
                 self._lock = RunLock(root).acquire()
                 own = config.ckpt_path and run_of_checkpoint(Path(config.ckpt_path)) == root.resolve()
                 if own:
+                    for stale in (root / CHECKPOINTS).glob(".*.partial"):  # a save the last attempt was killed in
+                        stale.unlink()
                     data_class = (
                         import_class(config.data.class_path) if config.data.get("class_path") else FERDataModule
                     )
@@ -297,6 +302,14 @@ class NLACLI(LightningCLI):
                             else ""
                         )
                     )
+                else:
+                    moved = set_aside_unstarted(root)
+                    if moved:
+                        print(
+                            f"nla: {root} held the files of an attempt that never finished an epoch; this run starts "
+                            f"anew, and they are kept as {', '.join(moved)}",
+                            file=sys.stderr,
+                        )
             self._checkpoint = self._checkpoint_path = None  # checked; Lightning reads it again to resume
         else:
             if launched_process():
@@ -337,6 +350,20 @@ class NLACLI(LightningCLI):
             config.data.init_args.preprocessing = Namespace(
                 {k: tuple(v) if isinstance(v, list) else v for k, v in saved["preprocessing"].items()}
             )
+
+
+def record_protocol_files(config: Namespace) -> None:
+    """A relative label or matrix file as the absolute path it was found at (the working directory, else the data
+    root), so the run's config and checkpoint name the file the user meant wherever they are read from."""
+    init_args = (config.get("data") or Namespace()).get("init_args") or Namespace()
+    protocol = init_args.get("protocol")
+    if not isinstance(protocol, Namespace):
+        return
+    for key in ("train_label_file", "noise_matrix"):
+        given = protocol.get(key)
+        if given and not Path(given).is_absolute():
+            found = Path(given) if Path(given).exists() or not init_args.get("root") else Path(init_args.root) / given
+            protocol[key] = str(found.resolve())
 
 
 def default_precision(accelerator: Any) -> str:

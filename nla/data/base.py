@@ -363,7 +363,7 @@ class FERDataModule(LightningDataModule):
             raise DataError("nla predict needs a folder of images or videos: pass --data.prediction.root <folder>")
         paths = list_media(self.prediction.root)
         if not paths:
-            raise DataError(f"prediction folder {self.prediction.root!r} holds no image or video files")
+            raise DataError(f"prediction folder {self.prediction.root!r} holds no files")
         return paths
 
     def predict_dataloader(self) -> DataLoader:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from nla.faces.geometry import crop_to_box
 # FFmpeg's own complaints about a broken file go to the terminal unasked; nla reports such a file in its row instead.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".webm", ".mkv", ".m4v", ".mpg", ".mpeg")
 
 
@@ -40,11 +41,25 @@ def load_image(path: str, box: Optional[Sequence[float]] = None) -> np.ndarray:
         raise DataError(f"cannot decode image {path!r}: the file does not exist") from None
     except OSError as error:
         raise DataError(f"cannot read image {path!r}: {error.strerror or error}") from None
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    except cv2.error as error:  # OpenCV refuses before decoding: above its pixel limit, or a header it cannot use
+        raise DataError(f"cannot decode image {path!r}: {opencv_refusal(error)}") from None
+    except MemoryError:
+        raise DataError(f"cannot decode image {path!r}: it does not fit in memory") from None
     if image is None:
         raise DataError(f"cannot decode image {path!r}: the file is empty or not an image")
     image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return image if box is None else crop_to_box(image, box, path)
+
+
+def opencv_refusal(error: Exception) -> str:
+    """Why OpenCV refused an image, in a few words (its message is a file, a line and an assertion)."""
+    text = str(error)
+    if "CV_IO_MAX_IMAGE_PIXELS" in text:
+        return "it has more pixels than OpenCV decodes (2^30; the OPENCV_IO_MAX_IMAGE_PIXELS variable raises it)"
+    found = text.split("error: ", 1)[-1].strip().splitlines()
+    return f"OpenCV refuses it ({found[0] if found else type(error).__name__})"
 
 
 def find_unreadable(
@@ -95,8 +110,29 @@ def is_video(path: str) -> bool:
 
 
 def list_media(root: str) -> list[str]:
-    """Every image and video file under ``root`` (nested folders too), sorted; ``root`` itself if it is one."""
-    return list_files(root, IMAGE_SUFFIXES + VIDEO_SUFFIXES, "an image or video file")
+    """Every file under ``root`` (nested folders too) but hidden ones, sorted, or ``root`` itself if it is a file:
+    ``nla predict`` gives each a row, and one that is no image or video a row that says so. A folder that cannot be
+    listed is named in a warning, not skipped in silence."""
+    if os.path.isfile(root):
+        return [root]
+    if not os.path.isdir(root):
+        raise DataError(f"prediction folder {root!r} does not exist")
+    unlisted: list[str] = []
+    found = []
+    for folder, folders, names in os.walk(
+        root, onerror=lambda error: unlisted.append(f"{error.filename} ({error.strerror})")
+    ):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        found += [os.path.join(folder, name) for name in names if not name.startswith(".")]
+    if unlisted:
+        warnings.warn(f"{len(unlisted)} folder(s) under {root} cannot be listed, their files are not predicted: "
+                      + ", ".join(unlisted[:5]), stacklevel=2)  # fmt: skip
+    return sorted(found)
+
+
+def is_media(path: str) -> bool:
+    """Whether a file's name says it is an image or a video nla reads."""
+    return path.lower().endswith(IMAGE_SUFFIXES + VIDEO_SUFFIXES)
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
+import cv2
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import IterableDataset, get_worker_info
 
-from nla.data.files import is_video, load_image, video_frames
+from nla.data.files import is_media, is_video, load_image, opencv_refusal, video_frames
 from nla.data.samples import DataError, Samples, check_files_exist
 from nla.faces import Backend, Face, FaceDetector, box_iou
 
@@ -41,6 +42,8 @@ def find_faces(samples: Samples, detector: FaceDetector, workers: int, split: st
 
 
 FaceChoice = Literal["largest", "all"]
+#: What reading one file of a prediction folder can raise; the file gets a row that says why.
+UNREADABLE = (DataError, cv2.error, MemoryError)
 
 
 @dataclass(frozen=True)
@@ -145,12 +148,15 @@ class PredictionMedia(IterableDataset):
             if is_video(path):
                 yield from self._video(path)
                 continue
-            try:
-                image = load_image(path)
-            except DataError as failure:
-                yield self._failed(path, str(failure))
+            try:  # one file's failure is that file's row, whatever it was: the others are still predicted
+                items = list(self._picture(path, load_image(path), -1, math.nan))
+            except UNREADABLE as failure:
+                reason = str(failure) if isinstance(failure, DataError) else opencv_refusal(failure)
+                if not is_media(path):  # a misnamed image is still predicted; anything else is said to be what it is
+                    reason = f"not an image or a video file nla reads ({reason})"
+                yield self._failed(path, reason)
                 continue
-            yield from self._picture(path, image, -1, math.nan)
+            yield from items
 
     def _video(self, path: str) -> Iterator[dict[str, Any]]:
         tracks: list[Track] = []
@@ -164,8 +170,8 @@ class PredictionMedia(IterableDataset):
                     for item, number in zip([i for i in items if i["ok"]], numbers):
                         item["track"] = number
                 yield from items
-        except DataError as failure:  # a video that cannot be opened, or stops decoding: its row says so
-            yield self._failed(path, str(failure))
+        except UNREADABLE as failure:  # a video that cannot be opened, or stops decoding: its row says so
+            yield self._failed(path, str(failure) if isinstance(failure, DataError) else opencv_refusal(failure))
 
     def _picture(self, path: str, image: np.ndarray, frame: int, time_s: float) -> Iterator[dict[str, Any]]:
         if self.detector is None:

@@ -149,14 +149,14 @@ class SplitPreparation:
             )
             for note in self.protocol_notes:
                 rank_zero_info(f"{self.who} train: {note}")
-            if self.protocol_notes and write_train_labels is not None:
-                write_train_labels(samples)
             check_classes_present(samples, split)
             if len(samples) < min_batch:
                 raise DataError(
                     f"the train split has {len(samples)} images, fewer than --data.batch_size {min_batch}: with "
                     "--data.drop_last true not one batch would train; lower the batch size"
                 )
+            if self.protocol_notes and write_train_labels is not None:  # labels that passed their checks
+                write_train_labels(samples)
         self._labelled[split] = samples
         return samples
 

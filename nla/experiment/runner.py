@@ -15,7 +15,7 @@ from typing import IO, Any, Optional
 
 from nla.experiment.spec import Experiment, ExperimentError
 from nla.records import RunSummary
-from nla.rundir import free_path
+from nla.rundir import LOCK_FILE, RunDirectoryError, RunLock, free_path
 
 
 def cell_state(run_dir: Path) -> str:
@@ -56,7 +56,25 @@ class Cell:
 
 
 def run_grid(experiment: Experiment, extra: Sequence[str], dry_run: bool = False, jobs: int = 1) -> list[str]:
-    """Run every unfinished cell, ``jobs`` at a time, each in its own process; returns the cells that failed."""
+    """Run every unfinished cell, ``jobs`` at a time, each in its own process; returns the cells that failed. One
+    runner at a time holds the grid's folder: a second one on it stops before touching a cell."""
+    if dry_run:
+        plan(experiment, extra, dry_run=True)  # prints what would run
+        return []
+    lock = RunLock(experiment.root, "grid folder", "run it in another --output_dir")
+    try:
+        lock.acquire()
+    except RunDirectoryError as error:
+        raise ExperimentError(str(error)) from None
+    try:
+        return run_cells(plan(experiment, extra), jobs)
+    finally:
+        lock.release()
+
+
+def plan(experiment: Experiment, extra: Sequence[str], dry_run: bool = False) -> list[Cell]:
+    """The cells to run, each with its command: finished cells skipped, interrupted ones resumed, and a cell that
+    died before its first checkpoint moved aside (unless a fit holds it: then it is left alone)."""
     pending: list[Cell] = []
     for protocol, method, seed in experiment.cells():
         run_dir = experiment.run_dir(protocol, method, seed)
@@ -64,6 +82,9 @@ def run_grid(experiment: Experiment, extra: Sequence[str], dry_run: bool = False
         label = f"{method} / {protocol} / seed {seed}"
         if state == "done":
             print(f"[done]    {label}: {run_dir}")
+            continue
+        if state in ("stale", "resume") and in_use(run_dir):
+            print(f"[busy]    {label}: a fit is running in {run_dir}; left alone")
             continue
         if state == "stale":
             aside = free_path(run_dir.with_name(run_dir.name + ".incomplete"))
@@ -74,8 +95,20 @@ def run_grid(experiment: Experiment, extra: Sequence[str], dry_run: bool = False
         command = fit_command(experiment, protocol, method, seed, extra, resume=state == "resume")
         print(f"[{'resume' if state == 'resume' else 'run':<7}] {label}: {' '.join(command[2:])}")
         pending.append(Cell(label, run_dir, command))
-    if dry_run:
-        return []
+    return pending
+
+
+def in_use(run_dir: Path) -> bool:
+    """Whether a process holds the run directory's lock (a fit running there)."""
+    try:
+        RunLock(run_dir).acquire().release()
+    except RunDirectoryError:
+        return True
+    return False
+
+
+def run_cells(pending: list[Cell], jobs: int) -> list[str]:
+    """Run ``pending``, ``jobs`` at a time; returns the cells that failed."""
     failed: list[str] = []
     running: list[Cell] = []
     succeeded, start_errors = False, []  # the errors of the runs that failed before their first checkpoint
@@ -118,7 +151,9 @@ def runner_record(run_dir: Path) -> dict[str, Any]:
     record: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {"attempts": []}
     for attempt in record["attempts"]:
         if attempt.get("wall_s") is None:
-            writes = [p.stat().st_mtime for p in run_dir.rglob("*") if p.is_file() and p.name != RUNNER_FILE]
+            writes = [
+                p.stat().st_mtime for p in run_dir.rglob("*") if p.is_file() and p.name not in (RUNNER_FILE, LOCK_FILE)
+            ]
             attempt["wall_s"] = max([0.0, *(t - attempt["started"] for t in writes)])
             attempt["interrupted"] = True
     record["wall_s"] = total_wall_s(record["attempts"])

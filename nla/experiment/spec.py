@@ -55,7 +55,23 @@ class Experiment:
             for overlay in overlays or []:
                 if not Path(overlay).is_file():
                     raise ExperimentError(f"{path}: {label!r} names config {overlay!r}, which does not exist")
+        experiment.check_cells(str(path))
         return experiment
+
+    def check_cells(self, source: str) -> None:
+        """Every cell in a folder of its own: no seed listed twice, no two names that share a folder (``CE`` and
+        ``ce``), so that no run is counted twice or under another's name."""
+        repeated = sorted({seed for seed in self.seeds if self.seeds.count(seed) > 1})
+        if repeated:
+            raise ExperimentError(f"{source}: seeds {self.seeds} list {repeated} more than once; each seed runs once")
+        for kind, labels in (("methods", self.methods), ("protocols", self.protocols)):
+            folders: dict[str, str] = {}
+            for label in labels:
+                other = folders.setdefault(slug(label), label)
+                if other != label:
+                    raise ExperimentError(
+                        f"{source}: {kind} {other!r} and {label!r} would share the folder {slug(label)!r}; rename one"
+                    )
 
     @property
     def root(self) -> Path:

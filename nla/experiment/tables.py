@@ -27,12 +27,14 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, std
 
 
-def format_cell(values: Sequence[Optional[float]]) -> str:
+def format_cell(values: Sequence[Optional[float]], seeds: int = 1) -> str:
+    """Mean ± std in %, and how many of the ``seeds`` it is over where some did not finish."""
     present = [v for v in values if v is not None]
     if not present:
         return "—"
     mean, std = mean_std([100 * v for v in present])
-    return f"{mean:.2f} ± {std:.2f}" if len(present) > 1 else f"{mean:.2f}"
+    shown = f"{mean:.2f} ± {std:.2f}" if len(present) > 1 else f"{mean:.2f}"
+    return shown + (f" ({len(present)} of {seeds} seeds)" if len(present) < seeds else "")
 
 
 def evaluation_title(evaluation: str, last_k: int) -> str:
@@ -112,12 +114,16 @@ def write_tables(experiment: Experiment, rows: list[dict[str, Any]]) -> tuple[Pa
         chosen = [r for r in rows if (r["method"], r["protocol"], r["evaluation"]) == (method, protocol, evaluation)]
         return [r[key] if name is None else r[key].get(name) for r in chosen]
 
+    seeds = len(experiment.seeds)
+    finished = {(r["method"], r["protocol"], r["seed"]) for r in rows}
+    listed = len(experiment.cells())
     lines = [f"# {experiment.name}", ""]
     lines += [
         f"Configs: {', '.join(experiment.base)}; seeds {experiment.seeds}; extra arguments: "
-        f"`{' '.join(experiment.args) or '(none)'}`. Accuracy in %, mean ± sample std over the seeds that finished "
-        "(n per cell in results.csv). Evaluated on the validation split of each run's config (the test split for "
-        "RAF-DB and AffectNet, as FER papers do).",
+        f"`{' '.join(experiment.args) or '(none)'}`. {len(finished)} of the {listed} cells finished; the tables hold "
+        "those only. Accuracy in %, mean ± sample std over the seeds that finished (a cell says when that is fewer "
+        "than all). Evaluated on the validation split of each run's config (the test split for RAF-DB and AffectNet, "
+        "as FER papers do).",
         "",
     ]
     for evaluation in EVALUATIONS:
@@ -132,8 +138,8 @@ def write_tables(experiment: Experiment, rows: list[dict[str, Any]]) -> tuple[Pa
             cells = [method]
             for protocol in experiment.protocols:
                 cells += [
-                    format_cell(values(method, protocol, evaluation, "acc")),
-                    format_cell(values(method, protocol, evaluation, "mean_acc")),
+                    format_cell(values(method, protocol, evaluation, "acc"), seeds),
+                    format_cell(values(method, protocol, evaluation, "mean_acc"), seeds),
                 ]
                 if experiment.paper:
                     published = experiment.paper.get(method, {}).get(protocol)
@@ -153,7 +159,10 @@ def write_tables(experiment: Experiment, rows: list[dict[str, Any]]) -> tuple[Pa
                     "| "
                     + " | ".join(
                         [method]
-                        + [format_cell(values(method, protocol, evaluation, "class_acc", c)) for c in class_names]
+                        + [
+                            format_cell(values(method, protocol, evaluation, "class_acc", c), seeds)
+                            for c in class_names
+                        ]
                     )
                     + " |"
                 )

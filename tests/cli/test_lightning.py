@@ -125,6 +125,11 @@ def test_predict_from_a_checkpoint_alone(trained_run, tmp_path, capsys):
     cv2.imwrite(str(faces / "one.jpg"), synthetic_image(0, 7, 40, rng))
     cv2.imwrite(str(faces / "a" / "two.png"), synthetic_image(3, 7, 30, rng, gray=True))
     (faces / "a" / "broken.jpg").write_bytes(b"not really a jpeg")
+    huge_png(faces / "a" / "huge.png", 40_000)  # a valid PNG above OpenCV's pixel limit: its row, not a traceback
+    from PIL import Image
+
+    Image.fromarray(synthetic_image(1, 7, 30, rng)).save(faces / "moving.gif")
+    (faces / "notes.txt").write_text("the photos of the 3rd")
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     args = [
@@ -139,7 +144,12 @@ def test_predict_from_a_checkpoint_alone(trained_run, tmp_path, capsys):
     ]
     main(args)
     rows = list(csv.DictReader(open(run / "predict" / "predictions.csv")))
-    assert [r["path"].split("faces/")[1] for r in rows] == ["a/broken.jpg", "a/two.png", "one.jpg"]
+    names = ["a/broken.jpg", "a/huge.png", "a/two.png", "moving.gif", "notes.txt", "one.jpg"]
+    assert [r["path"].split("faces/")[1] for r in rows] == names
+    errors = {name: row["error"] for name, row in zip(names, rows)}
+    assert "has more pixels than OpenCV decodes" in errors["a/huge.png"] and rows[1]["prediction"] == ""
+    assert errors["notes.txt"].startswith("not an image or a video file nla reads") and rows[4]["prediction"] == ""
+    rows = [row for name, row in zip(names, rows) if name in ("a/broken.jpg", "a/two.png", "moving.gif", "one.jpg")]
     assert list(rows[0]) == [
         "path",
         "prediction",
@@ -155,11 +165,11 @@ def test_predict_from_a_checkpoint_alone(trained_run, tmp_path, capsys):
     assert (run / "predict-1" / "predictions.csv").is_file() and (
         run / "predict" / "predictions.csv"
     ).read_bytes() == first
-    assert "predictions for 3 images written to" in capsys.readouterr().out
+    assert "predictions for 6 images written to" in capsys.readouterr().out
     main([*args[:4], str(faces / "one.jpg"), *args[5:]])  # one image file
     (single,) = csv.DictReader(open(run / "predict-2" / "predictions.csv"))
-    assert single["path"] == str(faces / "one.jpg") and single["prediction"] == rows[2]["prediction"]
-    assert all(float(single[k]) == pytest.approx(float(v), abs=1e-5) for k, v in rows[2].items() if "prob_" in k)
+    assert single["path"] == str(faces / "one.jpg") and single["prediction"] == rows[3]["prediction"]
+    assert all(float(single[k]) == pytest.approx(float(v), abs=1e-5) for k, v in rows[3].items() if "prob_" in k)
     assert "predictions for 1 image written to" in capsys.readouterr().out
 
 
@@ -460,3 +470,17 @@ def test_a_lightning_commands_help_is_rendered_once_then_printed_without_loading
     assert nla_in_a_process("fit", "--help", env=env).stdout.endswith("edited")  # printed from the file
     env["COLUMNS"] = "140"  # another width is another rendering
     assert "torch loaded" in nla_in_a_process("fit", "--help", env=env).stderr
+
+
+def huge_png(path, side: int) -> None:
+    """A valid grey PNG of ``side`` x ``side`` pixels in a few hundred bytes (rows of zeros compress to nothing)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    packer = zlib.compressobj(9)
+    rows = b"".join(packer.compress(b"\x00" * (side + 1)) for _ in range(4)) + packer.flush()
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
