@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -12,6 +14,9 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from nla.errors import UserError
+
+#: Below this much free space, a failed write is taken for a full disk.
+FULL_DISK_BYTES = 64 * 1024 * 1024
 
 
 class NonFiniteCheckpointError(UserError, FloatingPointError):
@@ -65,6 +70,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except OSError as error:
             Path(temporary).unlink(missing_ok=True)
             raise OSError(error.errno, error.strerror, str(path)) from None  # name the checkpoint, not the temporary
+        except RuntimeError:  # torch's writer wraps the OS's refusal ("file write failed"): a full disk, most often
+            Path(temporary).unlink(missing_ok=True)
+            if shutil.disk_usage(path.parent).free < FULL_DISK_BYTES:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+            raise
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise

@@ -39,6 +39,7 @@ from torchmetrics.functional.classification import binary_auroc
 from nla import losses
 from nla.data.files import load_image
 from nla.data.protocols import write_label_file
+from nla.errors import UserError
 from nla.rundir import free_path
 
 CleanHow = Literal["drop", "relabel"]
@@ -199,6 +200,9 @@ def run(
     ``write_labels``, also ``cleaned_labels.txt``: the training labels with the ``suspects`` (:func:`choose_suspects`)
     dropped or relabelled, in the dataset's own label file format."""
     loader = datamodule.eval_dataloader("train")
+    images = len(datamodule.splits["train"])
+    if write_labels == "drop" and isinstance(suspects, int) and suspects >= images:
+        raise UserError(f"--suspects {suspects} would drop every one of the {images} training images; give fewer")
     # A trainer of its own, on the same device and precision, without the command's callbacks (no predictions.csv).
     applier = Trainer(
         accelerator=trainer.accelerator,
@@ -270,6 +274,8 @@ def run(
     if write_labels is not None:
         chosen = choose_suspects(ranking, probabilities, labels.numpy(), suspects)
         kept, cleaned = cleaned_labels(labels.numpy(), ranking.suggested, chosen, write_labels)
+        if not len(kept):
+            raise UserError(f"--suspects {suspects} chose every training image: no label file with nothing to train on")
         names_kept = [samples.names[int(index[i])] for i in kept]
         path = write_label_file(
             free_path(folder / "cleaned_labels.txt"), names_kept, cleaned, getattr(datamodule, "label_code_offset", 0)

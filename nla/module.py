@@ -410,6 +410,12 @@ class NLAModule(LightningModule):
         names = checkpoint.get("class_names") or checkpoint.get("hyper_parameters", {}).get("class_names")
         if names and self.model is None:
             self.build(names)
+        elif names and list(names) != self.class_names:  # a fit resuming another dataset's run
+            raise DataError(
+                f"the checkpoint's model has the classes {list(names)}, this run's data {self.class_names}; a "
+                "checkpoint goes on with its own classes: start a new run from its weights with "
+                "--model.pretrained_weights"
+            )
         self.validation_history = [Evaluation.from_dict(r) for r in checkpoint.get("validation_history", [])]
         if checkpoint.get("start"):
             self.start = Start(**checkpoint["start"])

@@ -161,10 +161,11 @@ def facts(message: str) -> list[str]:
     return [part for part in re.split(FACT_BOUNDARIES, message) if part]
 
 
-def says(err: str, message: str) -> None:
-    """``err`` carries every fact of ``message`` (see :func:`facts`), in that order."""
+def says(err: str, message: str, *more: str) -> None:
+    """``err`` carries every fact of ``message`` (see :func:`facts`), or each of ``message`` and ``more``, in that
+    order."""
     at = 0
-    for fact in facts(message):
+    for fact in [message, *more] if more else facts(message):
         found = err.find(fact, at)
         assert found >= 0, f"{fact!r} missing from (or out of order in) {err!r}"
         at = found + len(fact)

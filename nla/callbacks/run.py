@@ -130,6 +130,7 @@ class AccuracySummary(Callback):
         datamodule = getattr(trainer, "datamodule", None)
         history = list(getattr(pl_module, "validation_history", []))
         validation = {
+            "data": type(datamodule).__name__ if datamodule is not None else None,
             "split": getattr(datamodule, "val_split", None),
             "images": history[-1].num_samples if history else None,
             "limit_val_batches": trainer.limit_val_batches,

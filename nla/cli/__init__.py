@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import errno
 import importlib
+import os
 import signal
 import sys
 import warnings
@@ -95,6 +96,19 @@ def run_cli(args: Optional[Sequence[str]] = None, **kwargs: Any) -> Any:
 
 
 def main(args: Optional[Sequence[str]] = None) -> None:
+    """``nla <command> ...``: a user's mistake is one line; output cut short by its reader (``nla --help | head -1``)
+    ends the command quietly, as a closed pipe ends any command line tool."""
+    try:
+        try:
+            run_command(args)
+        finally:
+            sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away: no traceback, and no second one when Python flushes at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(141) from None  # 128 + SIGPIPE, as a shell reports it
+
+
+def run_command(args: Optional[Sequence[str]] = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
     quiet_known_warnings()
     warnings.formatwarning = format_warning

@@ -1,7 +1,9 @@
 """``nla compare RUN_DIR ...``: the runs' last epoch, best epoch and mean of the last k side by side.
 
 Each run directory's ``summary.json`` gives overall, mean and per-class accuracy; the table is printed as
-markdown, or as CSV with ``--csv``. A class with no image in a run's validation split is blank.
+markdown, or as CSV with ``--csv``. Classes are matched by name across datasets (``Surprise`` and ``surprise``,
+``happy`` and ``happiness``); a class with no image in a run's validation split is blank. Epochs count from 1, as
+``nla fit`` prints them. Runs validated on different data are said to be so.
 
     nla compare runs/rafdb-ce runs/rafdb
 """
@@ -18,6 +20,7 @@ from typing import Any, Optional
 
 from jsonargparse import ArgumentParser, Namespace
 
+from nla.class_names import canonical
 from nla.experiment.tables import EVALUATIONS, SummaryEvaluation, evaluation_title, summary_rows
 from nla.records import RunSummary
 
@@ -35,7 +38,7 @@ def rows_of(run_dirs: list[str]) -> list[dict[str, Any]]:
             raise ValueError(f"{summary_file}:{error.lineno}: not valid JSON ({error.msg})") from None
         if not summary.epochs:
             raise FileNotFoundError(f"{summary_file}: records no validated epoch")
-        rows += summary_rows(summary, run=str(path), images=summary.validation.get("images"))
+        rows += summary_rows(summary, run=str(path), validated_on=validated_on(summary))
     return rows
 
 
@@ -44,14 +47,17 @@ def percent(value: Optional[float]) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    class_names: list[str] = []
+    """One column per class, matched by name across the runs (shown as the first run spells it)."""
+    columns: dict[str, str] = {}
     for row in rows:
-        class_names += [name for name in row["class_acc"] if name not in class_names]
-    header = ["run", "evaluation", "epoch", "acc", "mean_acc", *class_names]
+        for name in row["class_acc"]:
+            columns.setdefault(canonical(name), name)
+    header = ["run", "evaluation", "epoch", "acc", "mean_acc", *columns.values()]
     body = []
     for row in rows:
-        epoch = row["epoch"]
-        epoch_text = f"{epoch[0]}-{epoch[-1]}" if isinstance(epoch, list) else str(epoch)
+        epoch = row["epoch"]  # nla fit counts epochs from 1; the summary from 0
+        epoch_text = f"{epoch[0] + 1}-{epoch[-1] + 1}" if isinstance(epoch, list) else str(epoch + 1)
+        by_class = {canonical(name): value for name, value in row["class_acc"].items()}
         body.append(
             [
                 row["run"],
@@ -59,10 +65,16 @@ def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
                 epoch_text,
                 percent(row["acc"]),
                 percent(row["mean_acc"]),
-                *[percent(row["class_acc"].get(name)) for name in class_names],
+                *[percent(by_class.get(key)) for key in columns],
             ]
         )
     return header, body
+
+
+def validated_on(summary: RunSummary) -> tuple[Any, ...]:
+    """What a run's accuracies were measured on: the data, its split and its number of images."""
+    validation = summary.validation
+    return (validation.get("data"), validation.get("split"), validation.get("images"))
 
 
 def markdown(header: list[str], body: list[list[str]]) -> str:
@@ -90,6 +102,12 @@ def run(config: Namespace) -> None:
     except (FileNotFoundError, ValueError, KeyError) as error:
         print(f"nla compare: error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
+    seen: dict[tuple[Any, ...], str] = {}
+    for row in rows:
+        seen.setdefault(row["validated_on"], row["run"])
+    if len(seen) > 1:
+        shown = "; ".join(f"{run}: {' '.join(str(v) for v in on if v is not None)}" for on, run in seen.items())
+        print(f"nla compare: warning: these runs were validated on different data ({shown})", file=sys.stderr)
     header, body = table(rows)
     if config.csv:
         buffer = io.StringIO()

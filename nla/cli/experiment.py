@@ -15,6 +15,7 @@ from jsonargparse import ArgumentParser, Namespace
 from nla.cli.messages import Terminated
 from nla.errors import UserError, check_seed
 from nla.experiment import Experiment, ExperimentError, collect, run_grid, write_tables
+from nla.experiment.launchers import LauncherName
 
 
 def build_parser() -> ArgumentParser:
@@ -35,12 +36,38 @@ def add_options(parser: Any) -> None:
     parser.add_argument("--methods", type=Optional[list[str]], default=None, help="run only these methods")
     parser.add_argument("--protocols", type=Optional[list[str]], default=None, help="run only these protocols")
     parser.add_argument("--output_dir", type=Optional[str], default=None, help="override the experiment's output_dir")
-    parser.add_argument("--jobs", type=int, default=1, help="cells run at once, each in its own process")
+    parser.add_argument(
+        "--jobs", type=Optional[int], default=None, help="cells run at once (default: 1 here, every cell on a cluster)"
+    )
+    parser.add_argument(
+        "--launcher",
+        type=LauncherName,
+        default="local",
+        help="where cells run: local processes, or jobs of a SLURM cluster through submitit (slurm; submitit_local "
+        "runs the same path on this machine)",
+    )
+    parser.add_argument(
+        "--cluster",
+        type=Optional[dict[str, Any]],
+        default=None,
+        help="the cluster jobs' settings, in submitit's names, e.g. '{slurm_partition: gpu, timeout_min: 240, "
+        "gpus_per_node: 1, cpus_per_task: 8, mem_gb: 32}'",
+    )
     parser.add_argument("--dry_run", action="store_true", help="print what would run")
     parser.add_argument("--tables_only", action="store_true", help="only rebuild the tables from finished runs")
 
 
-OPTIONS = ("--seeds", "--methods", "--protocols", "--output_dir", "--jobs", "--dry_run", "--tables_only")
+OPTIONS = (
+    "--seeds",
+    "--methods",
+    "--protocols",
+    "--output_dir",
+    "--jobs",
+    "--launcher",
+    "--cluster",
+    "--dry_run",
+    "--tables_only",
+)
 
 
 FLAGS = ("--dry_run", "--tables_only")
@@ -65,8 +92,11 @@ def split_options(config: Namespace) -> tuple[Namespace, list[str]]:
     for key in ("seeds", "methods", "protocols", "output_dir", "dry_run", "tables_only"):
         if config.get(key) not in (None, False):
             parsed[key] = config[key]
-    if config.jobs != 1:
-        parsed.jobs = config.jobs
+    for key in ("jobs", "cluster"):
+        if config.get(key) is not None:
+            parsed[key] = config[key]
+    if config.get("launcher", "local") != "local":
+        parsed.launcher = config.launcher
     return parsed, remaining
 
 
@@ -82,7 +112,7 @@ def run(config: Namespace) -> None:
                 if unknown:
                     raise ExperimentError(f"{options.config}: no {name} {unknown}; it has {list(grid)}")
                 setattr(experiment, name, {c: grid[c] for c in chosen})
-        if options.jobs < 1:
+        if options.jobs is not None and options.jobs < 1:
             raise ExperimentError(f"--jobs {options.jobs} must be at least 1")
         if options.seeds is not None:
             experiment.seeds = list(options.seeds)
@@ -97,7 +127,11 @@ def run(config: Namespace) -> None:
     if options.output_dir:
         experiment.output_dir = options.output_dir
     try:
-        failed = [] if options.tables_only else run_grid(experiment, extra, options.dry_run, options.jobs)
+        failed = (
+            []
+            if options.tables_only
+            else run_grid(experiment, extra, options.dry_run, options.jobs, options.launcher, options.cluster)
+        )
     except ExperimentError as error:
         print(f"nla experiment: error: {error}", file=sys.stderr)
         raise SystemExit(1) from None

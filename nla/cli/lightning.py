@@ -278,7 +278,9 @@ class NLACLI(LightningCLI):
             if config.ckpt_path:
                 path = resolve_checkpoint(config.ckpt_path, root)
                 config.ckpt_path = str(path)
-                self._load_checkpoint(path)  # a file that is no nla checkpoint stops here, in one line
+                own_run = run_of_checkpoint(path) == root.resolve()
+                summarised = own_run and (root / "summary.json").is_file()
+                check_resumable(self._load_checkpoint(path), path, trainer.max_epochs, own_run and not summarised)
             if not launched_process():
                 self._lock = RunLock(root).acquire()
                 own = config.ckpt_path and run_of_checkpoint(Path(config.ckpt_path)) == root.resolve()
@@ -350,6 +352,23 @@ class NLACLI(LightningCLI):
             config.data.init_args.preprocessing = Namespace(
                 {k: tuple(v) if isinstance(v, list) else v for k, v in saved["preprocessing"].items()}
             )
+
+
+def check_resumable(
+    checkpoint: dict[str, Any], path: Path, max_epochs: Optional[int], unfinished_run: bool = False
+) -> None:
+    """A fit goes on from a checkpoint that holds the whole training state and leaves epochs to train; a best-epoch
+    checkpoint (weights only) or a finished run's starts nothing, and says what to do instead. A run killed after its
+    last checkpoint and before its summary (``unfinished_run``) resumes to write it."""
+    instead = f"to start a new run from its weights, give --model.pretrained_weights {path}"
+    if not checkpoint.get("optimizer_states"):
+        raise UserError(f"{path} holds a model's weights only (a best-epoch checkpoint); a fit goes on from a run's "
+                        f"last.ckpt; {instead}")  # fmt: skip
+    progress = (checkpoint.get("loops") or {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    finished = progress.get("processed", 0)
+    if max_epochs is not None and max_epochs >= 0 and finished >= max_epochs and not unfinished_run:
+        raise UserError(f"{path} has trained {finished} epochs and --trainer.max_epochs is {max_epochs}: nothing would "
+                        f"train; give more epochs, or {instead}")  # fmt: skip
 
 
 def record_protocol_files(config: Namespace) -> None:

@@ -17,7 +17,7 @@ from typing import Literal, Optional
 
 import numpy as np
 
-from nla.classes import canonical
+from nla.class_names import canonical
 from nla.data.samples import DataError, Samples, check_unique_names, read_text_lines
 
 NoiseSource = Literal["auto", "standard_file", "generate"]
@@ -110,15 +110,19 @@ def _read_matrix(path: Optional[Path], class_names: Sequence[str]) -> np.ndarray
     if sorted(header) != sorted(class_names):
         raise DataError(f"{lines[0][0]}: classes {header}; expected the data's {list(class_names)}")
     rows: dict[str, list[float]] = {}
+    given: dict[str, str] = {}
     for origin, line in lines[1:]:
         cells = [cell.strip() for cell in line.split(",")]
         try:
             values = [float(v) for v in cells[1:]]
         except ValueError:
             values = []
-        if cells[0] not in class_names or len(values) != len(header) or min(values, default=-1) < 0:
-            raise DataError(f"{origin}: expected a class name and {len(header)} shares >= 0, got {line!r}")
-        rows[cells[0]] = values
+        fits = len(values) == len(header) and all(math.isfinite(v) and v >= 0 for v in values)
+        if cells[0] not in class_names or not fits:
+            raise DataError(f"{origin}: expected a class name and {len(header)} finite shares >= 0, got {line!r}")
+        if cells[0] in given:
+            raise DataError(f"{origin}: a second row for {cells[0]!r} ({given[cells[0]]} has the first); one per class")
+        rows[cells[0]], given[cells[0]] = values, origin
     if sorted(rows) != sorted(class_names):
         raise DataError(f"{path}: rows for {sorted(rows)}; expected one for each of {list(class_names)}")
     columns = [header.index(name) for name in class_names]
@@ -265,6 +269,18 @@ class LabelProtocol:
         if not (isinstance(self.noise_rate, (int, float)) and 0.0 <= self.noise_rate < 1.0):
             raise DataError(
                 f"noise_rate {self.noise_rate} is outside [0, 1); give the share of training labels to flip, e.g. 0.3"
+            )
+        # Where labels go (a kind, a matrix) is refused without a rate that flips any, rather than ignored in silence;
+        # how they are drawn (noise_source, a seed) may be set for a whole grid, clean cells included.
+        if self.noise_matrix and self.noise_kind != "matrix":
+            raise DataError(
+                f"noise_matrix {self.noise_matrix!r} is read with noise_kind matrix only (noise_kind is "
+                f"{self.noise_kind}); set --data.protocol.noise_kind matrix"
+            )
+        if self.noise_kind != "symmetric" and self.noise_rate == 0:
+            raise DataError(
+                f"noise_kind {self.noise_kind} flips no label with noise_rate 0; give --data.protocol.noise_rate, "
+                "e.g. 0.3"
             )
         if self.imbalance_factor is not None and not (
             math.isfinite(self.imbalance_factor) and self.imbalance_factor >= 1

@@ -11,8 +11,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Optional
+from typing import Any, Optional
 
+from nla.experiment.launchers import Handle, LauncherName
+from nla.experiment.launchers import launcher as make_launcher
 from nla.experiment.spec import Experiment, ExperimentError
 from nla.records import RunSummary
 from nla.rundir import LOCK_FILE, RunDirectoryError, RunLock, free_path
@@ -50,14 +52,21 @@ class Cell:
     label: str
     run_dir: Path
     command: list[str]
-    process: Optional[subprocess.Popen] = None
-    log: Optional[IO[str]] = None
+    handle: Optional[Handle] = None  # a process, or a cluster job, once started
     started: float = 0.0
 
 
-def run_grid(experiment: Experiment, extra: Sequence[str], dry_run: bool = False, jobs: int = 1) -> list[str]:
-    """Run every unfinished cell, ``jobs`` at a time, each in its own process; returns the cells that failed. One
-    runner at a time holds the grid's folder: a second one on it stops before touching a cell."""
+def run_grid(
+    experiment: Experiment,
+    extra: Sequence[str],
+    dry_run: bool = False,
+    jobs: Optional[int] = None,
+    launcher: LauncherName = "local",
+    cluster: Optional[dict[str, Any]] = None,
+) -> list[str]:
+    """Run every unfinished cell, ``jobs`` at a time (one on this machine, every cell on a cluster, unless given),
+    each an ``nla fit`` of its own (:mod:`nla.experiment.launchers`); returns the cells that failed. One runner at
+    a time holds the grid's folder: a second one on it stops before touching a cell."""
     if dry_run:
         plan(experiment, extra, dry_run=True)  # prints what would run
         return []
@@ -67,7 +76,9 @@ def run_grid(experiment: Experiment, extra: Sequence[str], dry_run: bool = False
     except RunDirectoryError as error:
         raise ExperimentError(str(error)) from None
     try:
-        return run_cells(plan(experiment, extra), jobs)
+        where = make_launcher(launcher, experiment.root / "cluster", cluster)
+        pending = plan(experiment, extra)
+        return run_cells(pending, jobs or (1 if launcher == "local" else max(1, len(pending))), where)
     finally:
         lock.release()
 
@@ -107,8 +118,8 @@ def in_use(run_dir: Path) -> bool:
     return False
 
 
-def run_cells(pending: list[Cell], jobs: int) -> list[str]:
-    """Run ``pending``, ``jobs`` at a time; returns the cells that failed."""
+def run_cells(pending: list[Cell], jobs: int, where: Any) -> list[str]:
+    """Run ``pending``, ``jobs`` at a time, each started by the launcher ``where``; returns the cells that failed."""
     failed: list[str] = []
     running: list[Cell] = []
     succeeded, start_errors = False, []  # the errors of the runs that failed before their first checkpoint
@@ -116,9 +127,9 @@ def run_cells(pending: list[Cell], jobs: int) -> list[str]:
     try:
         while pending or running:
             while pending and len(running) < jobs:
-                running.append(start(pending.pop(0)))
+                running.append(start(pending.pop(0), where))
             time.sleep(0.2)
-            for cell in [c for c in running if c.process is not None and c.process.poll() is not None]:
+            for cell in [c for c in running if c.handle is not None and c.handle.poll() is not None]:
                 running.remove(cell)
                 error = finish(cell, failed)
                 succeeded = succeeded or cell.label not in failed
@@ -181,14 +192,21 @@ def carry_attempts(aside: Path, run_dir: Path) -> None:
         write_runner_record(run_dir, record)
 
 
-def start(cell: Cell) -> Cell:
+def start(cell: Cell, where: Any) -> Cell:
     """Start a cell's ``nla fit`` and record the attempt at once, before anything can kill the runner."""
     cell.run_dir.mkdir(parents=True, exist_ok=True)
     record = runner_record(cell.run_dir)
-    cell.log = open(cell.run_dir / "fit.log", "a")  # noqa: SIM115  (closed when the cell ends)
     cell.started = time.time()
-    cell.process = subprocess.Popen(cell.command, stdout=cell.log, stderr=subprocess.STDOUT)
-    record["attempts"].append({"command": cell.command[2:], "started": cell.started, "wall_s": None, "exit_code": None})
+    cell.handle = where.start(cell.command, cell.run_dir)
+    record["attempts"].append(
+        {
+            "command": cell.command[2:],
+            "started": cell.started,
+            "wall_s": None,
+            "exit_code": None,
+            **cell.handle.describe(),
+        }
+    )
     write_runner_record(cell.run_dir, record)
     return cell
 
@@ -196,24 +214,24 @@ def start(cell: Cell) -> Cell:
 def stop(cells: Sequence[Cell], grace_s: float = 60.0) -> None:
     """Stop running cells as a scheduler would: SIGTERM to all (nla fit keeps its checkpoints), then SIGKILL to
     those still running after ``grace_s``."""
-    processes = [cell.process for cell in cells if cell.process is not None]
-    for process in processes:
-        process.terminate()
+    handles = [cell.handle for cell in cells if cell.handle is not None]
+    for handle in handles:
+        handle.terminate()
     deadline = time.time() + grace_s
-    for process in processes:
+    for handle in handles:
         try:
-            process.wait(max(0.0, deadline - time.time()))
+            handle.wait(max(0.0, deadline - time.time()))
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            handle.kill()
+            handle.wait()
 
 
 def finish(cell: Cell, failed: list[str], interrupted: bool = False) -> Optional[str]:
     """Close a cell's attempt in its ``runner.json`` with its wall time and exit code; a failed run's one-line
     error, if its log ends with one."""
-    assert cell.process is not None and cell.log is not None
-    cell.log.close()
-    code, wall = cell.process.returncode, time.time() - cell.started
+    assert cell.handle is not None
+    cell.handle.close()
+    code, wall = cell.handle.poll(), time.time() - cell.started
     record = runner_record(cell.run_dir)
     attempt = next(a for a in reversed(record["attempts"]) if a.get("started") == cell.started)
     attempt.update(wall_s=wall, exit_code=code, interrupted=interrupted)

@@ -321,7 +321,7 @@ def test_a_wrong_data_root_stops_before_the_logger_or_an_output_folder_is_made(t
     empty = tmp_path / "no-images"
     empty.mkdir()
     predict = ["predict", "--ckpt_path", ckpt, "--data.prediction.root", str(empty), "--trainer.logger", "false"]
-    assert "holds no image or video files" in fails(predict, capsys)
+    assert "holds no files" in fails(predict, capsys)
     assert not (evaluated / "test").exists() and not (evaluated / "predict").exists()
     csv = ["--data", "nla.data.CSVDataModule", "--data.root", str(tmp_path), "--trainer.logger", "false"]
     assert "needs the classes in label order" in fails(["fit", *csv], capsys)  # was a wall of jsonargparse
@@ -557,3 +557,67 @@ def test_a_config_of_nla_0_2_names_the_file_line_and_the_new_key(rafdb_root, tmp
 def test_a_callback_named_by_its_nla_0_2_class_path_says_where_it_is_now(rafdb_root, tmp_path, capsys):
     args = fit_args(rafdb_root, tmp_path / "run", "--trainer.callbacks+=nla.diagnostics.SampleRecord")
     assert "--trainer.callbacks: nla.diagnostics.SampleRecord is now nla.callbacks.SampleRecord" in fails(args, capsys)
+
+
+# --- the second fault pass: checkpoints a fit cannot go on from, full disks, closed pipes, cleaned-out labels ----
+
+
+def test_a_checkpoint_that_leaves_nothing_to_train_says_what_to_do_instead(trained_run, rafdb_root, tmp_path, capsys):
+    """Another run's finished checkpoint trained nothing and said nothing; ``best`` failed on a KeyError."""
+    last = trained_run / "checkpoints" / "last.ckpt"
+    err = fails(fit_args(rafdb_root, tmp_path / "new", "--ckpt_path", str(last), epochs=2), capsys)
+    says(err, f"{last} has trained 2 epochs", "--trainer.max_epochs is 2", "nothing would train", "pretrained_weights")
+    run_dir = tmp_path / "own"
+    shutil.copytree(trained_run, run_dir)
+    err = fails(fit_args(rafdb_root, run_dir, "--ckpt_path", "best", epochs=3), capsys)
+    says(err, "holds a model's weights only", "a fit goes on from a run's last.ckpt", "--model.pretrained_weights")
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_other_classes_is_refused_in_one_line(trained_run, ferplus_root, tmp_path, capsys):
+    """A RAF-DB run's checkpoint given to a FER+ fit: a size-mismatch traceback."""
+    last = str(trained_run / "checkpoints" / "last.ckpt")
+    args = fit_args(ferplus_root, tmp_path / "run", "--ckpt_path", last, config="ferplus.yaml", epochs=3)
+    says(fails(args, capsys), "the checkpoint's model has the classes", "this run's data", "--model.pretrained_weights")
+
+
+def test_a_full_disk_while_saving_is_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    """torch wraps the OS's refusal in a RuntimeError: a traceback, and the partial file left behind."""
+    import errno
+
+    from nla import checkpoint_io
+
+    path = tmp_path / "last.ckpt"
+    path.write_bytes(b"the previous checkpoint")
+
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:858] . PytorchStreamWriter failed writing file data/0")
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", full)
+    monkeypatch.setattr(checkpoint_io.shutil, "disk_usage", lambda folder: shutil._ntuple_diskusage(100, 100, 0))
+    with pytest.raises(OSError) as error:
+        checkpoint_io.AtomicCheckpointIO().save_checkpoint({"state_dict": {}}, path)
+    assert error.value.errno == errno.ENOSPC and error.value.filename == str(path)
+    assert path.read_bytes() == b"the previous checkpoint" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "last.ckpt"
+    ]
+
+
+def test_suspects_that_would_drop_every_image_write_no_label_file(trained_run, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    command = ["label-issues", "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"), "--trainer.logger", "false"]
+    err = fails([*command, "--write_labels", "drop", "--suspects", "500"], capsys)
+    says(err, "--suspects 500 would drop every one of the 42 training images")
+    assert not list(run_dir.glob("label-issues*/cleaned_labels*.txt"))
+
+
+def test_output_cut_short_by_its_reader_ends_quietly():
+    """``nla --help | head -1`` ended in a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    for command in (["--help"], ["compare", "--help"]):
+        shell = f"{sys.executable} -m nla {' '.join(command)} | head -1"
+        done = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=120)
+        assert done.stdout.startswith("usage: nla") and done.stderr == "", (command, done.stderr)

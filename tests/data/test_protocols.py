@@ -206,10 +206,30 @@ def test_pair_flip_and_a_matrix_file_and_their_mistakes(tmp_path):
     with pytest.raises(DataError, match=r"gives no other class for \['b'\]"):
         noise_transition("matrix", ["a", "b", "c"], matrix)
     matrix.write_text("class,a,b,c\na,0,1,x\n")
-    with pytest.raises(DataError, match=r"m.csv:2: expected a class name and 3 shares >= 0"):
+    with pytest.raises(DataError, match=r"m.csv:2: expected a class name and 3 finite shares >= 0"):
         noise_transition("matrix", ["a", "b", "c"], matrix)
     with pytest.raises(DataError, match=r"FER\+'s annotators have no class \['tired'\]"):
         noise_transition("annotator", ["happy", "tired"])
+    matrix.write_text("class,a,b,c\na,0,1,nan\n")  # a NaN passed every check and made every flip NaN
+    with pytest.raises(DataError, match=r"m.csv:2: expected a class name and 3 finite shares"):
+        noise_transition("matrix", ["a", "b", "c"], matrix)
+    matrix.write_text("class,a,b,c\na,0,1,1\nb,1,0,1\na,0,2,1\nc,1,1,0\n")  # the second row of a won silently
+    with pytest.raises(DataError, match=r"m.csv:4: a second row for 'a' \(.*m.csv:2 has the first\)"):
+        noise_transition("matrix", ["a", "b", "c"], matrix)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"noise_rate": 0.3, "noise_matrix": "m.csv"}, "is read with noise_kind matrix only"),
+        ({"noise_kind": "pair_flip"}, "noise_kind pair_flip flips no label with noise_rate 0"),
+        ({"noise_kind": "matrix", "noise_matrix": "m.csv"}, "noise_kind matrix flips no label with noise_rate 0"),
+    ],
+)
+def test_a_protocol_setting_without_what_makes_it_act_is_refused(settings, message):
+    """They were ignored in silence: a run thought to be noisy trained on clean labels."""
+    with pytest.raises(DataError, match=message):
+        LabelProtocol(**settings)
 
 
 def test_annotator_noise_through_the_datamodule_round_trips_through_its_label_file(rafdb_root, tmp_path):

@@ -253,3 +253,25 @@ def test_the_tables_read_any_last_k(tmp_path):
     assert rows["mean_last"]["acc"] == pytest.approx((0.2 + 0.4 + 0.6) / 3) and rows["mean_last"]["epoch"] == [1, 2, 3]
     markdown, _ = write_tables(experiment, list(rows.values()))
     assert "mean of the last 3 epochs" in markdown.read_text()
+
+
+@pytest.mark.slow
+def test_a_grid_runs_as_cluster_jobs_through_submitit(tmp_path, rafdb_root, capsys):
+    """--launcher slurm's path, on submitit's local executor (no cluster here): the same cells, records and tables."""
+    config = write_experiment(tmp_path, rafdb_root)
+    main(["experiment", config, "--launcher", "submitit_local", "--methods", "[CE]", "--protocols", "[clean]"])
+    experiment = Experiment.load(config)
+    run_dir = experiment.run_dir("clean", "CE", 0)
+    (attempt,) = attempts(run_dir)
+    assert attempt["exit_code"] == 0 and attempt["job_id"] and (run_dir / "summary.json").is_file()
+    assert "epoch 2/2" in (run_dir / "fit.log").read_text()  # the job's output, where a local run's goes
+    assert list((experiment.root / "cluster").glob("*_log.out"))  # submitit's own logs, apart
+    assert "1 of the 1 cells finished" in (experiment.root / "results.md").read_text()  # the cells asked for
+    assert "[done]    CE / clean / seed 0" in capsys.readouterr().out
+
+
+def test_cluster_settings_without_a_cluster_launcher_are_refused(tmp_path, rafdb_root, capsys):
+    config = write_experiment(tmp_path, rafdb_root)
+    with pytest.raises(SystemExit):
+        main(["experiment", config, "--cluster", "{slurm_partition: gpu}"])
+    assert "sets a cluster's jobs; give --launcher slurm too" in capsys.readouterr().err
