@@ -111,7 +111,8 @@ class CriterionOutput(NamedTuple):
     weights: Optional[Tensor]  # w per sample; None without NAW or during the warm-up
     prediction_true: Tensor  # argmax == label per sample: the branch of eq. 4
     probs: Tensor  # softmax of the view's logits, detached
-    schedule: float  # CS(e, E) of eq. 6
+    schedule: Any  # CS(e, E) of eq. 6: a float, or the graph step's device tensor
+    logits: Optional[Tensor] = None  # the view's logits it was computed from (with their graph)
 
 
 class Criterion(nn.Module):
@@ -150,11 +151,15 @@ class Criterion(nn.Module):
         """CS(e, E) of eq. 6, with ``E`` from the config when it sets one."""
         return losses.covariance_schedule(epoch, self.config.schedule_epochs or max_epochs, self.config.schedule_slope)
 
-    def naw(self, probs: Tensor, targets: Tensor, epoch: int, max_epochs: int) -> Optional[Tensor]:
-        """The NAW weight of eq. 4 per sample, or ``None`` where NAW is off (or still warming up)."""
+    def naw(
+        self, probs: Tensor, targets: Tensor, epoch: int, max_epochs: int, schedule: Optional[Any] = None
+    ) -> Optional[Tensor]:
+        """The NAW weight of eq. 4 per sample, or ``None`` where NAW is off (or still warming up); ``schedule``, the
+        scheduler's value if given (a device tensor in a compiled step), else computed from the epoch."""
         if not self.config.naw or epoch < self.config.naw_warmup_epochs:
             return None
-        return losses.naw_weight(probs, targets, self.schedule(epoch, max_epochs), self.config.kernels)
+        value = self.schedule(epoch, max_epochs) if schedule is None else schedule
+        return losses.naw_weight(probs, targets, value, self.config.kernels)
 
     def forward(
         self,
@@ -166,12 +171,14 @@ class Criterion(nn.Module):
         features: Optional[Tensor] = None,
         features_mirror: Optional[Tensor] = None,
         classifier_weight: Optional[Tensor] = None,
+        schedule: Optional[Any] = None,
     ) -> CriterionOutput:
         """Eq. 8 for a batch: ``logits`` of the images and, for a consistency term, ``logits_mirror`` of
-        their mirrors (``cam`` needs the backbone's feature maps of both and the classifier's weight)."""
+        their mirrors (``cam`` needs the backbone's feature maps of both and the classifier's weight). ``schedule``
+        is the scheduler's value where the caller holds it (the graph step's device tensor)."""
         config = self.config
         probs = logits.softmax(dim=1)
-        weights = self.naw(probs, targets, epoch, max_epochs)
+        weights = self.naw(probs, targets, epoch, max_epochs, schedule)
         per_sample = self.per_sample_loss(logits, targets)
         classification = losses.weighted_loss(per_sample, weights, config.lam, config.detach_weight)
         consistency = self.consistency(logits, logits_mirror, features, features_mirror, classifier_weight)
@@ -183,7 +190,8 @@ class Criterion(nn.Module):
             weights,
             losses.prediction_true(probs, targets),
             probs.detach(),
-            self.schedule(epoch, max_epochs),
+            self.schedule(epoch, max_epochs) if schedule is None else schedule,
+            logits,
         )
 
     def per_sample_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
@@ -239,26 +247,80 @@ class Criterion(nn.Module):
         (gradient,) = torch.autograd.grad(through_weight, logits, retain_graph=True)
         return gradient.norm()
 
-    def mechanism(self, logits: Tensor, output: CriterionOutput, labels: Tensor) -> dict[str, Tensor]:
-        """Per-epoch means of what the loss does: its parts, the NAW weight per branch of eq. 4, the share of
-        samples in the false branch, the gradient that reaches the logits through ``w``, and the entropy of
-        the predictions. ``logits`` are those the output was computed from."""
-        false_branch = (~output.prediction_true).float()
+
+class MechanismMeter(nn.Module):
+    """Per-epoch means of what the loss does, summed on the device as training goes (a handful of kernels a step and
+    no host wait) and read once per epoch: the loss and its parts, the share of samples in eq. 4's false branch, the
+    entropy of the predictions, the NAW weight (over all samples, and per branch), and the norm of the gradient that
+    reaches the logits through ``w`` on the steps where it is measured.
+
+    Means are per sample over the epoch (a branch's weight: over that branch's samples of the whole epoch).
+    """
+
+    sums: Tensor
+
+    #: What each slot of :attr:`sums` holds.
+    SLOTS = (
+        "loss",
+        "classification",
+        "consistency",
+        "false",
+        "entropy",
+        "weight",
+        "weight_true",
+        "weight_false",
+        "samples",
+        "gradient_norm",
+        "gradient_steps",
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("sums", torch.zeros(len(self.SLOTS)), persistent=False)
+
+    def reset(self) -> None:
+        self.sums.zero_()
+
+    def update(self, output: CriterionOutput) -> None:
+        """Add one step's samples (the ``output`` of :class:`Criterion`; its weights detached)."""
+        false = (~output.prediction_true).to(output.probs.dtype)
+        n = false.new_full((), float(len(false)))
+        weights = output.weights.detach() if output.weights is not None else torch.zeros_like(false)
+        stats = torch.stack(
+            [
+                output.total.detach() * n,
+                output.classification.detach() * n,
+                output.consistency.detach() * n,
+                false.sum(),
+                losses.prediction_entropy(output.probs).sum(),
+                weights.sum(),
+                (weights * (1 - false)).sum(),
+                (weights * false).sum(),
+                n,
+            ]
+        )
+        self.sums[:9].add_(stats)
+
+    def add_gradient_norm(self, norm: Tensor) -> None:
+        """One measured step's :meth:`Criterion.weight_gradient_norm`."""
+        self.sums[9:].add_(torch.stack([norm.detach().to(self.sums.dtype), norm.new_ones((), dtype=self.sums.dtype)]))
+
+    def means(self, naw: bool) -> dict[str, Tensor]:
+        """The epoch's means, by the names ``train/...`` the loggers show (NAW's only with ``naw``)."""
+        slot = {name: self.sums[i] for i, name in enumerate(self.SLOTS)}
+        samples = slot["samples"].clamp_min(1)
         logged = {
-            "train/classification": output.classification,
-            "train/consistency": output.consistency,
-            "train/false_branch_share": false_branch.mean(),
-            "train/prediction_entropy": losses.prediction_entropy(output.probs).mean(),
+            "train/loss_epoch": slot["loss"] / samples,
+            "train/classification": slot["classification"] / samples,
+            "train/consistency": slot["consistency"] / samples,
+            "train/false_branch_share": slot["false"] / samples,
+            "train/prediction_entropy": slot["entropy"] / samples,
         }
-        if output.weights is not None:
-            w = output.weights.detach()
-            logged["train/naw_weight"] = w.mean()
-            # Means over the branch's samples of this batch (0 when the batch has none of them).
-            logged["train/naw_weight_true_branch"] = (w * (1 - false_branch)).sum() / (
-                1 - false_branch
-            ).sum().clamp_min(1)
-            logged["train/naw_weight_false_branch"] = (w * false_branch).sum() / false_branch.sum().clamp_min(1)
-            gradient = self.weight_gradient_norm(logits, output, labels)
-            if gradient is not None:
-                logged["train/weight_gradient_norm"] = gradient
-        return logged
+        if naw:
+            logged["train/naw_weight"] = slot["weight"] / samples
+            logged["train/naw_weight_true_branch"] = slot["weight_true"] / (slot["samples"] - slot["false"]).clamp_min(
+                1
+            )
+            logged["train/naw_weight_false_branch"] = slot["weight_false"] / slot["false"].clamp_min(1)
+            logged["train/weight_gradient_norm"] = slot["gradient_norm"] / slot["gradient_steps"].clamp_min(1)
+        return {name: value.float() for name, value in logged.items()}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -62,15 +62,18 @@ def covariance_schedule(epoch: float, max_epochs: float, slope: float = 15.0) ->
     return 1.0 - math.exp(-slope * epoch / max_epochs)
 
 
-Covariance = tuple[tuple[float, float], tuple[float, float]]
+Covariance = tuple[tuple[Any, Any], tuple[Any, Any]]  # floats, or 0-d tensors where the scheduler is one
 
 
-def kernel_covariance(major_std: float, axis_ratio: float, orientation: int, coupling: float = 1.0) -> Covariance:
+def kernel_covariance(
+    major_std: float, axis_ratio: float, orientation: int, coupling: float | Tensor = 1.0
+) -> Covariance:
     """The 2x2 covariance of an ellipse with major std ``s`` and axis ratio ``r``.
 
     Diagonal ``s^2 + (s/r)^2``; off-diagonal ``orientation * (s^2 - (s/r)^2) * coupling``, where
     orientation +1 lays the major axis along y = x and -1 along y = -x. ``coupling`` is the
-    covariance scheduler for the true-prediction kernel.
+    covariance scheduler for the true-prediction kernel (a float, or a 0-d tensor on the device: then the
+    covariance holds tensors, and a compiled step reads the scheduler's value rather than baking it in).
     """
     if major_std <= 0 or axis_ratio < 1:
         raise ValueError(f"need major_std > 0 and axis_ratio >= 1, got {major_std} and {axis_ratio}")
@@ -86,7 +89,7 @@ def gaussian_kernel(p_gt: Tensor, p_nn: Tensor, mean: Sequence[float], covarianc
     dx, dy = p_gt - mean[0], p_nn - mean[1]
     # (q - mu)^T Sigma^-1 (q - mu), with Sigma^-1 = [[s22, -s12], [-s21, s11]] / det.
     mahalanobis = (s22 * dx * dx - (s12 + s21) * dx * dy + s11 * dy * dy) / det
-    return torch.exp(-0.5 * mahalanobis) / (2.0 * math.pi * math.sqrt(det))
+    return torch.exp(-0.5 * mahalanobis) / (2.0 * math.pi * det**0.5)
 
 
 def nearest_negative(probs: Tensor, targets: Tensor) -> Tensor:
@@ -95,8 +98,9 @@ def nearest_negative(probs: Tensor, targets: Tensor) -> Tensor:
     return probs.masked_fill(given, float("-inf")).amax(dim=1)
 
 
-def naw_weight(probs: Tensor, targets: Tensor, schedule: float, kernels: NAWKernels = NAWKernels()) -> Tensor:
-    """Noise-aware adaptive weight w* of eq. 4, one per sample, differentiable in ``probs``.
+def naw_weight(probs: Tensor, targets: Tensor, schedule: float | Tensor, kernels: NAWKernels = NAWKernels()) -> Tensor:
+    """Noise-aware adaptive weight w* of eq. 4, one per sample, differentiable in ``probs`` (``schedule``: a float, or
+    a 0-d tensor).
 
     Each sample is placed at q = (p_GT, p_NN). A sample whose prediction is true is weighted by the
     kernel centred on the decision boundary, whose covariance the scheduler value ``schedule`` (eq. 6)

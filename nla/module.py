@@ -29,11 +29,12 @@ from nla.backbones.starts import (
 )
 from nla.batch import FaceBatch, StepOutput, unpack
 from nla.classes import LabelMap, match_classes
-from nla.criterion import Criterion, CriterionConfig
+from nla.criterion import Criterion, CriterionConfig, CriterionOutput, MechanismMeter
 from nla.data.samples import DataError
 from nla.errors import ConfigError, check_positive_finite
 from nla.nonfinite import LossWatch, check_finite_weights
 from nla.records import Evaluation
+from nla.step_graph import GraphStep
 
 EVALUATION_STAGES = ("val", "test")
 
@@ -69,6 +70,10 @@ class NLAModule(LightningModule):
         lr_gamma: ExponentialLR decay, stepped once per epoch.
         channels_last: Run the backbone in channels-last memory format (faster convolutions on GPUs).
         compile: ``torch.compile`` the backbone.
+        step_graph: Run each training step (forward, eq. 8, backward, Adam) as one compiled graph, replayed as a
+            CUDA graph on a GPU (:mod:`nla.step_graph`); off by default until measured on a GPU.
+        compile_backend: The ``torch.compile`` backend of ``compile`` and ``step_graph`` (``inductor``; ``aot_eager``
+            traces the same graph without generating code, for a quick check on a CPU).
         class_counts: Training class counts for the class-imbalance losses (``None``: the DataModule's).
     """
 
@@ -88,6 +93,8 @@ class NLAModule(LightningModule):
         lr_gamma: float = 0.9,
         channels_last: bool = True,
         compile: bool = False,
+        step_graph: bool = False,
+        compile_backend: str = "inductor",
         class_counts: Optional[list[int]] = None,
     ) -> None:
         super().__init__()
@@ -116,6 +123,8 @@ class NLAModule(LightningModule):
         self.start = Start("random")  # what the backbone's weights started from, once built; in the checkpoint
         self.confusion = nn.ModuleDict()  # of the "val" and "test" stages, once the classes are known
         self.loss_watch = LossWatch()  # a non-finite loss, noted on the device
+        self.mechanism = MechanismMeter()  # what the loss does, summed on the device and logged per epoch
+        self.graph_step: Optional[GraphStep] = None  # the compiled training step, with --model.step_graph
         if num_classes is not None or class_names is not None:
             self.build(list(class_names) if class_names else [str(k) for k in range(num_classes or 0)])
 
@@ -147,7 +156,12 @@ class NLAModule(LightningModule):
                 f"consistency 'cam' needs a linear classifier; {hp['backbone']} has {model.get_classifier()}"
             )
         self.model = model.to(memory_format=torch.channels_last) if hp["channels_last"] else model
-        self._forward = torch.compile(self.features_and_logits) if hp["compile"] else self.features_and_logits
+        compiled = hp["compile"] and not hp["step_graph"]  # the step graph compiles the forward pass with the rest
+        self._forward = (
+            torch.compile(self.features_and_logits, backend=hp["compile_backend"])
+            if compiled
+            else self.features_and_logits
+        )
         # labels and logits are checked by nla; torchmetrics' checks would wait for the device
         self.confusion = nn.ModuleDict(
             {
@@ -206,6 +220,8 @@ class NLAModule(LightningModule):
             if not match.identity:
                 rank_zero_info(f"classes: {match.describe()}")
             self.label_map = LabelMap(match).to(self.device)
+        if stage == "fit" and self.hparams["step_graph"]:
+            self.automatic_optimization = False  # the graph step does the backward pass and Adam's update itself
         if stage == "fit" and self.criterion.needs_class_counts and self.hparams["class_counts"] is None:
             counts = getattr(datamodule, "train_class_counts", None)
             if counts is None:
@@ -230,37 +246,65 @@ class NLAModule(LightningModule):
 
     # --- training ------------------------------------------------------------------------------
 
-    def training_step(self, batch: Any, batch_idx: int) -> StepOutput:
-        views, labels = self.training_views(batch)
+    def criterion_output(
+        self, views: Tensor, labels: Tensor, schedule: Optional[Any] = None, epoch: Optional[int] = None
+    ) -> CriterionOutput:
+        """One forward pass over the images and, after them in ``views``, their mirrors; eq. 8 of the result.
+        ``schedule`` and ``epoch`` are the scheduler's value and the epoch where the caller holds them (the graph step:
+        a device tensor, and an epoch that changes only where NAW's warm-up ends)."""
         n = len(labels)
-        features, logits = self._forward(views)  # one forward pass over the images and their mirrors
+        features, logits = self._forward(views)
         logits = logits.float()
         mirrored = len(logits) == 2 * n
-        z = logits[:n]
-        output = self.criterion(
-            z,
+        return self.criterion(
+            logits[:n],
             labels,
-            self.current_epoch,
-            self.schedule_epochs,
+            self.current_epoch if epoch is None else epoch,
+            self.schedule_epochs if schedule is None else 1,
             logits_mirror=logits[n:] if mirrored else None,
             features=features[:n] if mirrored else None,
             features_mirror=features[n:] if mirrored else None,
             classifier_weight=getattr(self.model.get_classifier(), "weight", None) if mirrored else None,
+            schedule=schedule,
         )
-        optimizers = self.trainer.optimizers if self._trainer is not None else []
-        parts = (output.classification, output.consistency)
-        self.loss_watch.observe(output.total, parts, self.current_epoch, self.global_step, optimizers)
-        # Not a progress-bar metric: Lightning reads those from the device after every step; nla's bar reads
-        # last_loss when it redraws.
-        self.log("train/loss", output.total, on_step=True, on_epoch=True, batch_size=n)
+
+    def training_step(self, batch: Any, batch_idx: int) -> StepOutput:
+        views, labels = self.training_views(batch)
+        graph = self.graph_step
+        if graph is not None:  # forward, loss, backward and Adam in one graph (nla.step_graph)
+            stepped: list[Any] = []
+            optimizer: Any = self.optimizers()
+            # Through the optimiser's step, as Lightning counts steps; Adam itself finds no gradient and does nothing.
+            optimizer.step(closure=lambda: stepped.append(graph(views, labels)))
+            output = stepped[0].output
+            self.loss_watch.note(output.total, (output.classification, output.consistency), self.current_epoch,
+                                 self.global_step)  # fmt: skip
+        else:
+            output = self.criterion_output(views, labels)
+            parts = (output.classification, output.consistency)
+            optimizers = self.trainer.optimizers if self._trainer is not None else []
+            self.loss_watch.observe(output.total, parts, self.current_epoch, self.global_step, optimizers)
+            self.mechanism.update(output)
+            if self._measure_gradient_norm():
+                assert output.logits is not None
+                norm = self.criterion.weight_gradient_norm(output.logits, output, labels)
+                if norm is not None:
+                    self.mechanism.add_gradient_norm(norm)
+        # The loss is logged every log_every_n_steps and per epoch (on_train_batch_end, on_train_epoch_end): a
+        # self.log per step costs the host more than the step's loss itself.
         self.last_loss = output.total.detach()
-        self.log_dict(self.criterion.mechanism(z, output, labels), on_step=False, on_epoch=True, batch_size=n)
         result = StepOutput(loss=output.total, probs=output.probs, labels=labels)
         if output.weights is not None:
             result["weights"] = output.weights.detach()
         if isinstance(batch, FaceBatch) and batch.index is not None:
             result["index"] = batch.index
         return result
+
+    def _measure_gradient_norm(self) -> bool:
+        """Whether this step measures the gradient through ``w`` (a second backward pass): every
+        ``log_every_n_steps``-th step, not every step."""
+        every = max(1, self.trainer.log_every_n_steps) if self._trainer is not None else 1  # type: ignore[attr-defined]
+        return self.global_step % every == 0
 
     # --- a non-finite loss or weights (nla.nonfinite) ------------------------------------------------
 
@@ -275,10 +319,15 @@ class NLAModule(LightningModule):
     def on_train_start(self) -> None:
         self.loss_watch.reset()
         self._resume_optimiser_settings()
+        if self.hparams["step_graph"]:
+            mode = "reduce-overhead" if self.device.type == "cuda" else None  # replayed as a CUDA graph
+            self.graph_step = GraphStep(self, self.trainer.optimizers[0], self.hparams["compile_backend"], mode)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if (batch_idx + 1) % max(1, self.trainer.log_every_n_steps) == 0:  # type: ignore[attr-defined]
             self.check_finite()
+            if self.last_loss is not None:
+                self.log("train/loss_step", self.last_loss, on_step=True, on_epoch=False)
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
@@ -319,15 +368,26 @@ class NLAModule(LightningModule):
     def on_train_epoch_end(self) -> None:
         self.check_finite()
         self.check_finite_weights()  # before an epoch-end checkpoint, when this epoch is not validated
-        # Constant over an epoch (the scheduler and the LR step per epoch): logged once, not per step.
-        epoch_values = {"train/covariance_schedule": self.criterion.schedule(self.current_epoch, self.schedule_epochs)}
+        # The epoch's means, summed on the device (MechanismMeter), and what is constant over an epoch (the
+        # scheduler and the LR step per epoch): logged once, not per step.
+        epoch_values: dict[str, Any] = self.mechanism.means(naw=self.criterion.config.naw)
+        if not self.mechanism.sums[-1]:  # no step measured the gradient through w (the graph step measures none)
+            epoch_values.pop("train/weight_gradient_norm", None)
+        epoch_values["train/covariance_schedule"] = self.criterion.schedule(self.current_epoch, self.schedule_epochs)
         if self._epoch_lr is not None:
             epoch_values["train/lr"] = self._epoch_lr
         self.log_dict(epoch_values, on_step=False, on_epoch=True)
+        if not self.automatic_optimization:  # Lightning steps the schedulers only for automatic optimisation
+            for config in self.trainer.lr_scheduler_configs:
+                config.scheduler.step()  # type: ignore[call-arg]  # nla's is an ExponentialLR
 
     def on_train_epoch_start(self) -> None:
         # The rate this epoch trains at: Lightning steps the scheduler after the last batch, before the end hooks.
         self._epoch_lr = float(self.trainer.optimizers[0].param_groups[0]["lr"]) if self.trainer.optimizers else None
+        self.mechanism.reset()
+        if self.graph_step is not None and self._epoch_lr is not None:
+            schedule = self.criterion.schedule(self.current_epoch, self.schedule_epochs)
+            self.graph_step.set_epoch(schedule, self._epoch_lr, self.current_epoch)
 
     # --- evaluation ----------------------------------------------------------------------------
 

@@ -40,15 +40,19 @@ class LossWatch(nn.Module):
     def reset(self) -> None:
         self.flag.zero_()
 
-    def observe(self, total: Tensor, parts: Sequence[Tensor], epoch: int, step: int, optimizers: Sequence[Any]) -> None:
-        """Note this step's ``total`` loss (and its two ``parts``) without a host wait; hand the flag to fused
-        optimisers, and check on the host at once where an optimiser cannot skip a step on the device."""
+    def note(self, total: Tensor, parts: Sequence[Tensor], epoch: int, step: int) -> None:
+        """Note this step's ``total`` loss (and its two ``parts``) without a host wait."""
         bad = ~torch.isfinite(total.detach())
         first = bad & (self.flag == 0)
         values = [*(part.detach().float() for part in parts), self.flag.new_full((), float(epoch))]
         values.append(self.flag.new_full((), float(step)))
         self.record = torch.where(first, torch.stack(values), self.record)
         self.flag = torch.maximum(self.flag, bad.float())
+
+    def observe(self, total: Tensor, parts: Sequence[Tensor], epoch: int, step: int, optimizers: Sequence[Any]) -> None:
+        """:meth:`note` this step's loss; hand the flag to fused optimisers, and check on the host at once where an
+        optimiser cannot skip a step on the device."""
+        self.note(total, parts, epoch, step)
         fused = [optimizer for optimizer in optimizers if optimizer.defaults.get("fused")]
         for optimizer in fused:
             optimizer.found_inf = self.flag

@@ -54,3 +54,28 @@ def test_sample_record_keeps_every_training_image_per_epoch(rafdb_root, tmp_path
     assert ((p_gt >= 0) & (p_gt <= 1) & (p_nn >= 0) & (p_nn <= 1) & (p_gt + p_nn <= 1 + 1e-5)).all()
     assert (label[0] == label[1]).all() and sorted(set(label[0].tolist())) == list(range(7))
     assert ((predicted >= 0) & (predicted < 7)).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("graph", [False, True])
+def test_the_epoch_means_are_the_samples_own(rafdb_root, tmp_path, graph):
+    """The mechanism is summed on the device and logged once an epoch: its means are those of every training image's
+    own NAW weight and branch (per_sample.npz), eager or in the graph step."""
+    import csv
+
+    run_dir = tmp_path / "run"
+    record = ["--trainer.callbacks+=nla.callbacks.SampleRecord", "--config", str(CONFIGS / "methods" / "nla.yaml")]
+    csv_logger = ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(run_dir)]
+    stepped = ["--model.step_graph", "true", "--model.compile_backend", "aot_eager"] if graph else []
+    run_cli(fit_args(rafdb_root, run_dir, *record, *csv_logger, *stepped, epochs=2))
+    (metrics,) = run_dir.glob("**/metrics.csv")
+    rows = [r for r in csv.DictReader(metrics.open()) if r.get("train/naw_weight")]
+    with np.load(run_dir / "per_sample.npz") as saved:
+        weight, label, predicted = saved["weight"], saved["label"], saved["predicted"]
+    for row, epoch in zip(rows, (0, 1)):
+        assert float(row["train/naw_weight"]) == pytest.approx(weight[epoch].mean(), rel=1e-4)
+        false = predicted[epoch] != label[epoch]
+        assert float(row["train/false_branch_share"]) == pytest.approx(false.mean(), abs=1e-6)
+        if false.any():
+            assert float(row["train/naw_weight_false_branch"]) == pytest.approx(weight[epoch][false].mean(), rel=1e-4)
+    assert (len(rows) == 2 and ("train/weight_gradient_norm" in rows[0]) != graph) or graph

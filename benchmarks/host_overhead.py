@@ -1,0 +1,268 @@
+"""What the host spends on one training step: nla's real loop against a bare loop of the same work, in one process.
+
+On a GPU at batch 32 the Python that issues each step, not the device, sets the pace (docs/results.md), so the
+figures that matter are measured on the CPU without the device's work:
+
+- **host ms per step**: the thread time of the training process per step (``time.thread_time``: the CPU time of
+  its main thread, which a busy machine inflates far less than wall time), with a stub backbone whose compute is
+  negligible, over several interleaved rounds, median. Loops:
+  - ``nla``: ``Trainer.fit`` of ``NLAModule`` on the cached pipeline, with every callback of ``nla/defaults.yaml``
+    (the progress bar redrawing every 25 steps, as on a GPU), the official NLA criterion and fused Adam;
+  - ``nla, graph step``: the same with ``--model.step_graph true`` (forward, loss, backward and Adam as one
+    compiled function);
+  - ``bare``: a plain loop of the same work: gather the batch from the same uint8 cache, nla's batch augmentation,
+    the model, ``Criterion``, backward, fused Adam;
+  - ``bare, model and CE``: the model and plain cross-entropy only.
+- **kernels per step**: every ATen operation a step runs (each a kernel launch on a GPU; counted by a
+  ``TorchDispatchMode``), with ResNet-18 in bf16 autocast, for nla's loop; and what each part contributes.
+
+    python -m benchmarks.host_overhead --rounds 3 --json benchmarks/results/host-overhead-2core.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import statistics
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from lightning.pytorch import Callback, Trainer
+from timm.models import register_model
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from nla import NLAModule
+from nla.callbacks import AccuracySummary, NAWDiagnostics, PredictionWriter, ProgressBar, RunReport
+from nla.criterion import Criterion, CriterionConfig
+from nla.data import RAFDBDataModule
+from nla.data.batch_augment import batch_train_augment
+from nla.preprocessing import Preprocessing
+from tests.fakes import write_rafdb
+
+
+class StubNet(nn.Module):
+    """A backbone whose compute is negligible: average-pooled pixels through one linear layer."""
+
+    def __init__(self, num_classes: int = 7, **kwargs: Any) -> None:
+        super().__init__()
+        self.num_features = 3
+        self.fc = nn.Linear(3, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3), keepdim=True)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.flatten(1)
+        return x if pre_logits else self.fc(x)
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+@register_model
+def benchmark_stub(pretrained: bool = False, **kwargs: Any) -> StubNet:
+    return StubNet(**{k: v for k, v in kwargs.items() if k == "num_classes"})
+
+
+class HostClock(Callback):
+    """The thread time between successive training steps' starts: everything the host does for one step."""
+
+    def __init__(self, skip: int) -> None:
+        self.skip, self.times, self.marks = skip, [], []
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self.marks.append(time.thread_time())
+
+    def steps_ms(self) -> list[float]:
+        return [1000 * (b - a) for a, b in zip(self.marks[self.skip : -1], self.marks[self.skip + 1 :])]
+
+
+#: Operations that launch no kernel: they only make another view of a tensor's memory.
+NO_KERNEL = {"detach", "alias", "lift_fresh", "_to_copy_noop"}
+
+
+#: Which part of a step an operation belongs to, by the first source file on its Python stack that names one.
+PARTS = (
+    ("nla/losses.py", "criterion"),
+    ("nla/criterion.py", "criterion"),
+    ("nla/data/", "batch augmentation"),
+    ("nla/nonfinite.py", "loss watch"),
+    ("nla/callbacks/", "callbacks"),
+    ("nla/step_graph.py", "graph step"),
+    ("nla/module.py", "module"),
+    ("torch/optim/", "optimizer"),
+    ("timm/", "model"),
+    ("torch/nn/", "model"),
+    ("lightning/", "logging and the loop"),
+    ("torchmetrics/", "logging and the loop"),
+)
+
+
+def part_of_step() -> str:
+    if torch._C._current_autograd_node() is not None:
+        return "backward"
+    frame = inspect.currentframe()
+    while frame is not None:
+        name = frame.f_code.co_filename
+        for pattern, part in PARTS:
+            if pattern in name:
+                return part
+        frame = frame.f_back
+    return "other"
+
+
+class KernelCount(TorchDispatchMode):
+    """Counts the ATen operations run while it is active that launch a kernel (views and aliases do not), by the
+    part of the step that ran them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+        self.parts: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        name = str(func.overloadpacket.__name__)
+        if not func.is_view and name not in NO_KERNEL:
+            self.ops[name] += 1
+            self.parts[part_of_step()] += 1
+        return func(*args, **(kwargs or {}))
+
+
+class CountOneStep(Callback):
+    """Counts the ATen operations of training step ``at`` (from its start to the next step's start)."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.mode, self.total = at, None, None
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if self.mode is not None:
+            self.mode.__exit__(None, None, None)
+            self.total = {"total": sum(self.mode.ops.values()), "by_part": dict(self.mode.parts.most_common())}
+            self.mode = None
+        if trainer.global_step == self.at:
+            self.mode = KernelCount()
+            self.mode.__enter__()
+
+
+def data(root: Path, batch_size: int, image_size: int) -> RAFDBDataModule:
+    return RAFDBDataModule(
+        str(root),
+        batch_size=batch_size,
+        num_workers=0,
+        pipeline="cached",
+        preprocessing=Preprocessing(image_size=image_size),
+    )
+
+
+def nla_loop(root: Path, backbone: str, steps: int, args: Any, step_graph: bool = False, callbacks=()) -> Trainer:
+    """nla's training loop as ``nla fit`` configures it for a GPU, on this CPU."""
+    model = NLAModule(backbone=backbone, channels_last=False, **({"step_graph": True} if step_graph else {}))
+    everything = [AccuracySummary(), RunReport(), NAWDiagnostics(), PredictionWriter(), ProgressBar(refresh_rate=25)]
+    trainer = Trainer(
+        max_steps=steps,
+        max_epochs=60,  # the paper's, for NAW's covariance scheduler; max_steps ends the run
+        accelerator="cpu",
+        precision=args.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[*everything, *callbacks],
+        default_root_dir=tempfile.mkdtemp(),
+    )
+    trainer.fit(model, datamodule=data(root, args.batch_size, args.image_size))
+    return trainer
+
+
+def bare_loop(root: Path, backbone: str, steps: int, args: Any, plain_ce: bool = False) -> list[float]:
+    """The same work without Lightning or nla's extras: thread ms per step."""
+    datamodule = data(root, args.batch_size, args.image_size)
+    datamodule.setup("fit")
+    cache = torch.from_numpy(datamodule.preparation.caches["train"])
+    labels = torch.as_tensor(datamodule.splits["train"].labels)
+    size, mean, std = datamodule.preprocessing.require()
+    model = NLAModule(backbone=backbone, num_classes=7, channels_last=False).model
+    criterion = Criterion(CriterionConfig(loss="ce", naw=False, consistency="none") if plain_ce else CriterionConfig())
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-4, fused=True)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16-mixed")
+    times = []
+    generator = torch.Generator().manual_seed(0)
+    for step in range(steps):
+        start = time.thread_time()
+        index = torch.randint(0, len(cache), (args.batch_size,), generator=generator)
+        images, targets = cache[index], labels[index]
+        views = batch_train_augment(images, datamodule.augmentation, size, mean, std)
+        with autocast:
+            logits = model(views[: len(targets)] if plain_ce else views).float()
+        n = len(targets)
+        output = criterion(logits[:n], targets, 0, 60, logits_mirror=None if plain_ce else logits[n:])
+        output.total.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(1000 * (time.thread_time() - start))
+    return times[args.warmup :]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=60, help="timed steps per loop and round")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--precision", default="bf16-mixed")
+    parser.add_argument("--kernel-backbone", default="resnet18")
+    parser.add_argument("--no-graph", action="store_true", help="leave out the graph step (its compile takes long)")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    root = write_rafdb(Path(tempfile.mkdtemp()) / "rafdb", train_per_class=150, test_per_class=1, size=32)
+    loops: dict[str, list[float]] = {"nla": [], "bare": [], "bare, model and CE": []}
+    if not args.no_graph:
+        loops["nla, graph step"] = []
+    steps = args.warmup + args.steps
+    for _ in range(args.rounds):  # interleaved, so that a slower minute of the machine falls on every loop
+        for name in loops:
+            if name.startswith("nla"):
+                clock = HostClock(args.warmup)
+                nla_loop(root, "benchmark_stub", steps + 1, args, step_graph="graph" in name, callbacks=[clock])
+                loops[name].append(median(clock.steps_ms()))
+            else:
+                loops[name].append(median(bare_loop(root, "benchmark_stub", steps, args, plain_ce="CE" in name)))
+    host = {name: {"median_ms": median(v), "rounds_ms": [round(x, 3) for x in v]} for name, v in loops.items()}
+    counted: dict[str, Any] = {}
+    for name, graph in (("nla", False), *((() if args.no_graph else (("nla, graph step", True),)))):
+        counter = CountOneStep(at=args.warmup)
+        nla_loop(root, args.kernel_backbone, args.warmup + 2, args, step_graph=graph, callbacks=[counter])
+        counted[name] = counter.total
+    result = {
+        "host_ms_per_step": host,
+        "nla_over_bare": round(host["nla"]["median_ms"] / host["bare"]["median_ms"], 2),
+        "kernels_per_step": counted,
+        "settings": vars(args),
+        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads()},
+    }
+    if not args.no_graph:
+        result["graph_over_bare"] = round(host["nla, graph step"]["median_ms"] / host["bare"]["median_ms"], 2)
+    print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

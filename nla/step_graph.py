@@ -1,0 +1,121 @@
+"""One training step as one compiled graph: the forward pass over the images and their mirrors, eq. 8, the backward
+pass and Adam's update, replayed every step (``--model.step_graph true``).
+
+At batch 32 on a GPU the Python that issues a step's hundreds of kernels sets the pace, not the device. Compiled with
+``fullgraph=True`` the step is one graph (on a GPU, ``mode="reduce-overhead"`` replays it as a CUDA graph):
+
+- the covariance scheduler's value and the learning rate are device tensors the graph reads, written once per epoch
+  (a host float would be baked into the graph, and recompile it every epoch);
+- Adam's update is written here over ``torch.optim.Adam``'s own state tensors (torch's optimisers break a graph on
+  purpose), with its formula, so checkpoints stay Adam's and a run may resume with or without the graph;
+- a step whose loss is not finite changes no weight and no moment (``LossWatch``'s promise), inside the graph;
+- the epoch's mechanism sums (:class:`nla.criterion.MechanismMeter`) are added inside the graph too;
+- what callbacks read (probabilities, weights) is copied out of the graph's buffers, which the next replay reuses;
+- a batch of another size (the last, short one) runs the same function eagerly: no second graph, no lost sample.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+from nla.criterion import CriterionOutput
+
+
+class StepResult(NamedTuple):
+    """What a step gives the loop: the criterion's output (copied out of the graph) and whether it updated."""
+
+    output: CriterionOutput
+    finite: Tensor
+
+
+class GraphStep:
+    """The training step of ``module`` (an :class:`nla.module.NLAModule`) with ``optimizer`` (its Adam), compiled
+    once with ``backend`` and ``mode`` for batches of ``batch_size`` images."""
+
+    def __init__(self, module: Any, optimizer: torch.optim.Optimizer, backend: str, mode: Optional[str]) -> None:
+        if not isinstance(optimizer, torch.optim.Adam) or len(optimizer.param_groups) != 1:
+            raise ValueError("the graph step writes Adam's update itself: it needs one torch.optim.Adam param group")
+        self.module, self.optimizer = module, optimizer
+        group = optimizer.param_groups[0]
+        if group.get("amsgrad") or group.get("maximize"):
+            raise ValueError("the graph step writes plain Adam's update: amsgrad and maximize are off")
+        self.params = [p for p in group["params"] if p.requires_grad]
+        device = self.params[0].device
+        self.lr = torch.zeros((), device=device)
+        self.schedule = torch.zeros((), device=device)
+        for p in self.params:  # Adam's own state, as its fused kernel keeps it (step on the device)
+            state = optimizer.state[p]
+            if not state:
+                state["step"] = torch.zeros((), dtype=torch.float32, device=device)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["step"] = state["step"].to(device=device, dtype=torch.float32)
+        self.batch_size: Optional[int] = None
+        self.epoch = 0  # as the criterion sees it: changes only where NAW's warm-up ends (a second graph, then)
+        self.compiled = torch.compile(self.step, fullgraph=True, backend=backend, mode=mode)
+
+    def set_epoch(self, schedule: float, lr: float, epoch: int = 0) -> None:
+        """The scheduler's value and the learning rate for this epoch's steps (device writes, no host wait)."""
+        self.schedule.fill_(schedule)
+        self.lr.fill_(lr)
+        warmup = self.module.criterion.config.naw_warmup_epochs
+        self.epoch = epoch if epoch < warmup else warmup
+
+    def __call__(self, views: Tensor, labels: Tensor) -> StepResult:
+        if self.batch_size is None:
+            self.batch_size = len(labels)
+        if len(labels) != self.batch_size:  # the epoch's last, short batch: the same step, eagerly
+            total, probs, weights, finite, parts = self.step(views, labels)
+        else:
+            with torch._dynamo.config.patch(trace_autograd_ops=True):  # the backward pass inside the graph
+                total, probs, weights, finite, parts = self.compiled(views, labels)
+        # Copied out: a CUDA graph's outputs live in buffers its next replay overwrites.
+        output = CriterionOutput(
+            total.clone(),
+            parts[0].clone(),
+            parts[1].clone(),
+            None if weights is None else weights.clone(),
+            probs.argmax(dim=1) == labels,
+            probs.clone(),
+            self.schedule,
+        )
+        return StepResult(output, finite.clone())
+
+    def step(self, views: Tensor, labels: Tensor) -> tuple[Any, ...]:
+        """Forward, eq. 8, backward, Adam: the function the graph holds."""
+        module = self.module
+        output = module.criterion_output(views, labels, schedule=self.schedule, epoch=self.epoch)
+        grads = torch.autograd.grad(output.total, self.params, allow_unused=True)
+        finite = torch.isfinite(output.total) & (module.loss_watch.flag == 0)
+        with torch.no_grad():
+            self.adam(grads, finite)
+            module.mechanism.update(output)
+        weights = None if output.weights is None else output.weights.detach()
+        parts = (output.classification.detach(), output.consistency.detach())
+        return output.total.detach(), output.probs, weights, finite, parts
+
+    def adam(self, grads: tuple[Optional[Tensor], ...], finite: Tensor) -> None:
+        """torch.optim.Adam's update (L2 weight decay added to the gradient, bias-corrected moments), on its state;
+        where ``finite`` is false, nothing changes."""
+        group = self.optimizer.param_groups[0]
+        beta1, beta2 = group["betas"]
+        eps, decay = group["eps"], group["weight_decay"]
+        for p, grad in zip(self.params, grads):
+            if grad is None:
+                continue
+            state = self.optimizer.state[p]
+            step = state["step"] + 1
+            if decay:
+                grad = grad + decay * p
+            exp_avg = state["exp_avg"] * beta1 + grad * (1 - beta1)
+            exp_avg_sq = state["exp_avg_sq"] * beta2 + grad * grad * (1 - beta2)
+            correction1 = 1 - beta1**step
+            correction2 = (1 - beta2**step) ** 0.5
+            update = self.lr / correction1 * exp_avg / (exp_avg_sq.sqrt() / correction2 + eps)
+            p.copy_(torch.where(finite, p - update, p))
+            state["exp_avg"].copy_(torch.where(finite, exp_avg, state["exp_avg"]))
+            state["exp_avg_sq"].copy_(torch.where(finite, exp_avg_sq, state["exp_avg_sq"]))
+            state["step"].copy_(torch.where(finite, step, state["step"]))

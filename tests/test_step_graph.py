@@ -1,0 +1,139 @@
+"""The training step as one compiled graph (nla/step_graph.py), checked on the CPU as its CUDA twin: it compiles with
+fullgraph=True, does not recompile across epochs, matches the eager step, keeps the non-finite promise, runs the short
+last batch without a second graph, and trains through nla fit. (The GPU's CUDA graph is the same function under
+``mode="reduce-overhead"``; aot_eager traces it here without generating code, in seconds.)"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+import torch._dynamo.utils
+
+from nla import NLAModule
+from nla.batch import FaceBatch
+from nla.cli import main
+from nla.nonfinite import NonFiniteError
+from nla.step_graph import GraphStep
+from tests.conftest import fit_args
+
+pytestmark = pytest.mark.slow  # each test compiles a step (aot_eager: seconds)
+
+
+def module(**settings) -> NLAModule:
+    torch.manual_seed(0)
+    return NLAModule(backbone="test_resnet", num_classes=7, channels_last=False, **settings)
+
+
+def adam(model: NLAModule) -> torch.optim.Adam:
+    return torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
+
+
+def batches(count: int, size: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(1)
+    out = []
+    for _ in range(count):
+        images = torch.randn(size, 3, 32, 32, generator=generator)
+        out.append((torch.cat([images, images.flip(-1)]), torch.randint(0, 7, (size,), generator=generator)))
+    return out
+
+
+def eager_steps(model: NLAModule, optimizer: torch.optim.Optimizer, data, schedule: float) -> list[float]:
+    losses = []
+    for views, labels in data:
+        output = model.criterion_output(views, labels, schedule=torch.tensor(schedule))
+        output.total.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(output.total.item())
+    return losses
+
+
+def test_the_graph_step_compiles_whole_and_matches_eager_after_five_steps():
+    eager = module()
+    graph_model = copy.deepcopy(eager)
+    data = batches(5)
+    expected = eager_steps(eager, adam(eager), data, schedule=0.4)
+    optimizer = adam(graph_model)
+    step = GraphStep(graph_model, optimizer, backend="aot_eager", mode=None)  # fullgraph=True: a break is an error
+    step.set_epoch(0.4, 1e-3)
+    got = [step(views, labels).output.total.item() for views, labels in data]
+    assert got == pytest.approx(expected, rel=1e-5)
+    for (name, a), b in zip(eager.named_parameters(), graph_model.parameters()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), name  # Adam moves each weight by about 1e-3 a step
+    state = optimizer.state[next(graph_model.parameters())]  # Adam's own state: a checkpoint is Adam's
+    assert state["step"].item() == 5 and set(state) == {"step", "exp_avg", "exp_avg_sq"}
+
+
+def test_a_new_epoch_and_the_short_last_batch_compile_nothing_more():
+    model = module()
+    step = GraphStep(model, adam(model), backend="aot_eager", mode=None)
+    before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for epoch, (views, labels) in enumerate(batches(3)):
+        step.set_epoch(1 - 0.5**epoch, 1e-3 * 0.9**epoch)  # the scheduler and the learning rate change each epoch
+        step(views, labels)
+    short_views, short_labels = batches(1, size=3)[0]
+    result = step(short_views, short_labels)  # the epoch's last batch, 3 images: run eagerly, every sample trained
+    assert len(result.output.probs) == 3
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - before == 1
+
+
+def test_a_non_finite_step_changes_no_weight_and_stops_the_run():
+    model = module()
+    optimizer = adam(model)
+    step = GraphStep(model, optimizer, backend="aot_eager", mode=None)
+    step.set_epoch(0.0, 1e-3)
+    views, labels = batches(1)[0]
+    step(views, labels)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    result = step(views * float("nan"), labels)
+    assert not result.finite
+    model.loss_watch.note(result.output.total, (result.output.classification, result.output.consistency), 0, 1)
+    assert all(torch.equal(before[name], p) for name, p in model.named_parameters())
+    assert step(views, labels).finite.item() is False  # every later step is skipped too
+    with pytest.raises(NonFiniteError, match="non-finite loss at epoch 0, step 1"):
+        model.loss_watch.check()
+
+
+def test_outputs_are_copies_the_next_step_does_not_overwrite():
+    model = module()
+    step = GraphStep(model, adam(model), backend="aot_eager", mode=None)
+    step.set_epoch(0.0, 1e-3)
+    data = batches(2)
+    first = step(*data[0]).output.probs
+    kept = first.clone()
+    step(*data[1])
+    assert torch.equal(first, kept)
+
+
+@pytest.mark.slow
+def test_nla_fit_trains_and_resumes_with_the_graph_step(rafdb_root, tmp_path):
+    run_dir = tmp_path / "run"
+    graph = ["--model.step_graph", "true", "--model.compile_backend", "aot_eager"]
+    main(fit_args(rafdb_root, run_dir, *graph, "--model.lr_gamma", "0.5", epochs=2))
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 12  # 42 images in batches of 8: 6 a epoch, the short one included
+    assert checkpoint["lr_schedulers"][0]["last_epoch"] == 2  # stepped once per epoch
+    assert checkpoint["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-4 * 0.5**2)
+    main(fit_args(rafdb_root, run_dir, *graph, "--ckpt_path", "last", epochs=3))  # Adam's state carries on
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [e["epoch"] for e in summary["epochs"]] == [0, 1, 2]
+
+
+def test_a_face_batch_trains_through_the_graph_step_as_nla_fit_calls_it():
+    model = module(step_graph=True, compile_backend="aot_eager")
+    optimizer = adam(model)
+    model.graph_step = GraphStep(model, optimizer, backend="aot_eager", mode=None)
+    model.graph_step.set_epoch(0.0, 1e-3)
+
+    class Optimizer:  # what Lightning's LightningOptimizer does with the closure
+        def step(self, closure):
+            return optimizer.step(closure)
+
+    model.optimizers = lambda: Optimizer()
+    views, labels = batches(1)[0]
+    out = model.training_step(FaceBatch(views[:8], labels, index=torch.arange(8), views=views), 0)
+    assert out["probs"].shape == (8, 7) and torch.equal(out["index"], torch.arange(8)) and "weights" in out
+    assert optimizer.state[next(model.parameters())]["step"].item() == 1
