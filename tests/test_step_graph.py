@@ -80,6 +80,16 @@ def test_a_new_epoch_and_the_short_last_batch_compile_nothing_more():
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - before == 1
 
 
+def test_a_process_fits_any_number_of_times_with_the_graph_step():
+    """torch.compile keeps at most 8 graphs per code object: each GraphStep compiles a code object of its own."""
+    views, labels = batches(1, size=2)[0]
+    for _ in range(10):
+        model = module()
+        step = GraphStep(model, adam(model), backend="aot_eager", mode=None)
+        step.set_epoch(0.5, 1e-3)
+        assert torch.isfinite(step(views, labels).output.total)
+
+
 def test_a_non_finite_step_changes_no_weight_and_stops_the_run():
     model = module()
     optimizer = adam(model)

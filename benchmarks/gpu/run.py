@@ -3,14 +3,18 @@
     benchmarks/gpu/run            on the GPU machine (after benchmarks/gpu/pack here; carry .gpu)
     benchmarks/gpu/run --tiny     the same code path at tiny sizes on the CPU (benchmarks/gpu/twin)
 
+By default (issue 35's order):
+
 1. the environment: Python, torch and its CUDA, the GPU, the libraries, the commit;
-2. a smoke fit: 20 training steps at 224 px in bf16, a short validation, and the host waits of 20 steps counted with
-   ``torch.cuda.set_sync_debug_mode`` (benchmarks/gpu/syncs.py);
-3. ``benchmarks/throughput.py``: fast path, official-style reference and model-only roof at batch 32, the roof at 256;
-4. the main job, ``nla fit --config configs/rafdb.yaml``, timed end to end (its epochs are timed as they end, so a fit
-   cut short by the deadline still gives its time per epoch);
-5. side by side on the one GPU, as many cells of CE / ``official`` / ``from_scratch`` on clean and 30%-noise RAF-DB
-   (configs/experiments/gpu_rafdb.yaml; the main job is its official/clean cell) as the time left allows.
+2. ``benchmarks/throughput.py``: the eager fast path and the graph step (``--model.step_graph true``) at batch 32 and
+   256, the official-style reference at 32, the model-alone roof at 32 and 256;
+3. the main job, ``nla fit --config configs/rafdb.yaml --model.step_graph true``, timed end to end (its epochs are
+   timed as they end, so a fit cut short by the deadline still gives its time per epoch; a graph step that fails
+   before its first epoch is noted and the job runs eagerly instead);
+4. side by side (benchmarks/gpu/parallel.py): ``nla experiment --jobs 4`` against one run, as aggregate samples/s.
+
+``--phases`` picks others: ``smoke`` (a short fit with its host waits counted by benchmarks/gpu/syncs.py),
+``main_job_eager``, ``cells`` (configs/experiments/gpu_rafdb.yaml's cells side by side), ``profile``, ``compiled``.
 
 It keeps a deadline (``--deadline``, default 530 s from its start): no phase or cell is started that the time left
 cannot hold, and a phase still running at the deadline is stopped, keeping what it finished. Everything it writes
@@ -22,6 +26,7 @@ fits the 8 files a call returns:
     throughput.json  benchmarks/throughput.py's results (throughput-compiled.json: with --compile)
     profile.txt      one epoch of the main job under Lightning's SimpleProfiler (``--phases ... profile``)
     fit.json         the main job: wall time, epochs and their times, its summary
+    side_by_side.json  one run alone and four at once: each run's epoch time and samples/s, the aggregate ratio
     cells.json       every cell: command, status, wall time, accuracies
     runs.tar.gz      configs, summaries, metrics and figures of every run (no checkpoints)
 """
@@ -40,6 +45,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from benchmarks.gpu.call import REPO, Call, GPUSampler, Process, environment, run_one
+from benchmarks.gpu.parallel import side_by_side
 
 EXPERIMENT = REPO / "configs" / "experiments" / "gpu_rafdb.yaml"
 MAIN_CELL = ("clean", "NLA official")  # the main job is this cell of the grid
@@ -51,6 +57,9 @@ CELL_ORDER = [  # which cells go first when not all fit
     ("noise 30%", "NLA official"),
 ]
 # Tiny sizes for the twin: the same commands, on the CPU, in seconds, with the GPU's pixel pipeline and precision.
+# The graph step beside the eager fast path, at batch 32 and 256 (on the CPU twin: traced with aot_eager, no codegen).
+GRAPH = ["--step-graph", "--fast-batch-sizes", "256"]
+GRAPH_TINY = ["--step-graph", "--graph-backend", "aot_eager", "--graph-warmup", "2", "--fast-batch-sizes", "16"]
 TINY_FIT = [
     "--data.pipeline",
     "cached",
@@ -134,20 +143,22 @@ def throughput(call: Call, work: Path, data: Path, tiny: bool, compiled: bool = 
     if tiny:
         sizes = ["--device", "cpu", "--steps", "3", "--warmup", "1", "--batch-size", "8", "--image-size", "32"]
         sizes += ["--workers", "2", "--pipeline-steps", "3", "--rounds", "1"]
-        sizes += ["--compile"] if compiled else ["--roof-batch-sizes", "16"]
+        sizes += ["--compile"] if compiled else ["--roof-batch-sizes", "16", *GRAPH_TINY]
     elif compiled:
         sizes = ["--device", "cuda", "--steps", "100", "--warmup", "20", "--batch-size", "32", "--image-size", "224"]
         sizes += ["--workers", "8", "--pipeline-steps", "10", "--rounds", "1", "--compile"]
     else:
         sizes = ["--device", "cuda", "--steps", "100", "--warmup", "20", "--batch-size", "32", "--image-size", "224"]
-        sizes += ["--workers", "8", "--pipeline-steps", "50", "--rounds", "5", "--roof-batch-sizes", "256"]
+        sizes += ["--workers", "8", "--pipeline-steps", "20", "--rounds", "3", "--roof-batch-sizes", "256", *GRAPH]
     command = [sys.executable, "benchmarks/throughput.py", *sizes, "--data-root", str(data), "--json", str(result)]
-    process, code = run_one(call, name, command, limit_s=min(200.0, call.left() - 10))
+    process, code = run_one(call, name, command, limit_s=min(300.0, call.left() - 10))
     record: dict[str, Any] = {"status": "ok" if code == 0 else f"failed (exit {code})", "wall_s": process.wall_s()}
     if result.exists():
         measured = json.loads(result.read_text())
         call.write(f"{name}.json", measured)
-        record.update({k: v for k, v in measured.items() if k.endswith(("_per_s", "over_reference", "over_roof"))})
+        record.update(
+            {k: v for k, v in measured.items() if k.endswith(("_per_s", "_over_reference", "_over_roof", "_over_fast"))}
+        )
     call.phase(name, **record)
 
 
@@ -188,20 +199,30 @@ def run_record(run_dir: Path) -> dict[str, Any]:
     return {key: saved.get(key) for key in ("last", "best", "best_by_mean_acc", "mean_last", "environment")}
 
 
-def main_job(call: Call, data: Path, tiny: bool, cells: dict) -> Optional[float]:
-    """The main job, timed; returns its (measured or extrapolated) wall time for a whole run."""
+def main_job(
+    call: Call, data: Path, tiny: bool, cells: dict, graph: bool = True, reserve_s: float = 0.0
+) -> Optional[float]:
+    """The main job with the graph step (``graph``; eagerly if the graph step fails at its start), timed; returns
+    its (measured or extrapolated) wall time for a whole run. ``reserve_s`` is left for the phases after it."""
     run_dir, _ = cells[MAIN_CELL]
     command = nla("fit", "--config", "configs/rafdb.yaml", "--data.root", str(data))
     command += ["--trainer.default_root_dir", str(run_dir), *(TINY_FIT if tiny else [])]
+    if graph:
+        command += ["--model.step_graph", "true", *(["--model.compile_backend", "aot_eager"] if tiny else [])]
     sampler = GPUSampler()
     sampler.start()
-    process, code = run_one(call, "main-job", command, limit_s=call.left() - 15)
+    process, code = run_one(call, "main-job", command, limit_s=call.left() - 15 - reserve_s)
     gpu = sampler.stop()
+    if graph and code not in (0, None) and not process.epochs:  # the graph step failed: the job as it runs today
+        call.phase("main_job_graph", status=f"failed (exit {code}) before its first epoch", tail=process.tail(12))
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return main_job(call, data, tiny, cells, graph=False, reserve_s=reserve_s)
     ends = {epoch: seconds for epoch, _, seconds in process.epochs}  # the last line of each epoch
     epochs = sorted(ends.items())
     total = process.epochs[-1][1] if process.epochs else None
     record: dict[str, Any] = {
         "command": " ".join(["nla", *command[3:]]),
+        "step_graph": graph,
         "status": "ok" if code == 0 else ("stopped at the deadline" if process.killed else f"failed (exit {code})"),
         "wall_s": round(process.wall_s(), 1),
         "epochs_done": len(epochs),
@@ -220,7 +241,7 @@ def main_job(call: Call, data: Path, tiny: bool, cells: dict) -> Optional[float]
     return estimate if code == 0 else None
 
 
-def side_by_side(call: Call, cells: dict, alone_s: Optional[float], utilisation: Optional[float]) -> None:
+def grid_cells(call: Call, cells: dict, alone_s: Optional[float], utilisation: Optional[float]) -> None:
     """As many cells as the time left holds, started together; each is stopped at the deadline if still running."""
     if alone_s is None:
         call.phase("cells", status="not started: the main job did not finish, so a cell's time is unknown")
@@ -313,10 +334,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument(
         "--phases",
         nargs="*",
-        default=["smoke", "throughput", "main_job", "cells"],
-        choices=["smoke", "throughput", "main_job", "cells", "profile", "compiled"],
-        help="what to run, in this order (profile: one epoch of the main job under Lightning's SimpleProfiler; "
-        "compiled: throughput.py with --compile)",
+        default=["throughput", "main_job", "side_by_side"],
+        choices=["smoke", "throughput", "main_job", "main_job_eager", "side_by_side", "cells", "profile", "compiled"],
+        help="what to run, in this order (smoke: a short fit with its host waits counted; main_job: with the graph "
+        "step, main_job_eager: without; side_by_side: nla experiment --jobs 4 against one run; cells: the grid "
+        "gpu_rafdb side by side; profile: one epoch under Lightning's SimpleProfiler; compiled: throughput.py "
+        "with --compile)",
     )
     args = parser.parse_args(argv)
     out = Path(os.environ.get("OUT") or REPO / ("twin-results" if args.tiny else "gpu-results"))
@@ -338,11 +361,19 @@ def main(argv: Optional[list[str]] = None) -> None:
                 smoke(call, work, data, args.tiny)
             elif phase in ("throughput", "compiled"):
                 throughput(call, work, data, args.tiny, compiled=phase == "compiled")
-            elif phase == "main_job":
-                alone = main_job(call, data, args.tiny, cells)
+            elif phase in ("main_job", "main_job_eager"):
+                reserve = 150.0 if "side_by_side" in args.phases else 0.0
+                alone = main_job(call, data, args.tiny, cells, graph=phase == "main_job", reserve_s=reserve)
+            elif phase == "side_by_side":
+                graph = call.summary["phases"].get("main_job", {}).get("step_graph", False)
+                fit_args = ["--data.root", str(data), *(TINY_FIT if args.tiny else [])]
+                if graph:
+                    fit_args += ["--model.step_graph", "true"]
+                    fit_args += ["--model.compile_backend", "aot_eager"] if args.tiny else []
+                side_by_side(call, work, fit_args, jobs=4, epochs=3 if args.tiny else 4)
             elif phase == "cells":
                 utilisation = call.summary["phases"].get("main_job", {}).get("gpu_utilisation_mean_pct")
-                side_by_side(call, cells, alone, utilisation)
+                grid_cells(call, cells, alone, utilisation)
             elif phase == "profile":
                 profile(call, work, data, args.tiny)
     finally:

@@ -48,10 +48,12 @@ class Start:
     sha256: Optional[str] = None
     tensors: Optional[int] = None
 
-    def describe(self, num_classes: int, head: str) -> str:
-        """One line for the log: where the weights came from, and that the head starts fresh."""
+    def describe(self, model: nn.Module) -> str:
+        """One line for the log: where the weights of ``model`` came from, and that its head starts fresh."""
         if self.kind == "random":
             return "random initialisation"
+        head = ", ".join(prefix.rstrip(".") for prefix in classifier_prefixes(model))
+        num_classes = getattr(model, "num_classes", "?")
         what = {"face": "dlib's face-recognition network", "imagenet": "timm's ImageNet weights"}.get(self.kind)
         count = f"{self.tensors} backbone tensors" if self.tensors is not None else what
         return f"pre-trained weights: {count} from {self.source}; the {num_classes}-class head ({head}) starts fresh"
@@ -119,11 +121,15 @@ def start_backbone(
     ignore_keys: tuple[str, ...] | list[str] = DEFAULT_IGNORED_KEYS,
     trust: bool = False,
     model_args: Optional[dict[str, Any]] = None,
+    read: bool = True,
 ) -> tuple[nn.Module, Start]:
     """The backbone with a fresh ``num_classes``-way head, its weights from the start asked for, and a record of it;
-    ``model_args`` go to ``timm.create_model``."""
-    check_start(backbone, pretrained, weights)
+    ``model_args`` go to ``timm.create_model``. With ``read=False`` (a model restored from a checkpoint, which holds
+    its weights) the start is not read: the backbone is random until the checkpoint's weights are loaded."""
     model_args = dict(model_args or {})
+    if not read:
+        return create_backbone(backbone, num_classes, **model_args), Start("random")
+    check_start(backbone, pretrained, weights)
     if pretrained == "none":
         model = create_backbone(backbone, num_classes, **model_args)
         if not weights:

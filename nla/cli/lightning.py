@@ -32,26 +32,15 @@ from nla.callbacks import RunConfigSaver
 from nla.cli import COMMANDS
 from nla.cli import args as command_line
 from nla.cli.args import config_files, names_data, names_logger, nested_nulls, yaml_number
+from nla.cli.fit_run import prepare_fit, record_protocol_files
 from nla.cli.messages import EVALUATION_COMMANDS, needs_model_and_data
 from nla.cli.trainer import NLATrainer
-from nla.data.base import FERDataModule, dataset_arguments
+from nla.data.base import FERDataModule
 from nla.data.upgrade import upgrade_settings
 from nla.errors import UserError, check_seed, read_yaml
 from nla.loggers import without_wandb
 from nla.module import NLAModule
-from nla.rundir import (
-    CHECKPOINTS,
-    RunDirectoryError,
-    RunLock,
-    check_resume,
-    default_run_dir,
-    fresh_folder,
-    holds_run,
-    name_loggers,
-    resolve_checkpoint,
-    run_of_checkpoint,
-    set_aside_unstarted,
-)
+from nla.rundir import RunLock, default_run_dir, fresh_folder, name_loggers, resolve_checkpoint
 from nla.settings import import_class, plain, same
 
 DEFAULTS = Path(__file__).resolve().parents[1] / "defaults.yaml"
@@ -267,51 +256,7 @@ class NLACLI(LightningCLI):
             if trainer.get(setting) is False and trainer.callbacks:
                 trainer.callbacks = [c for c in trainer.callbacks if not is_callback(c, kind)]
         if subcommand == "fit":
-            for limit, more in (
-                ("max_epochs", "1 or more (-1: no limit)"),
-                ("max_steps", "1 or more (-1: no limit)"),
-                ("limit_train_batches", "a count of batches or a fraction above 0"),
-            ):
-                if trainer.get(limit) == 0:
-                    raise UserError(f"trainer.{limit}={trainer.get(limit)} trains nothing; give {more}")
-            trainer.default_root_dir = str(root)
-            if config.ckpt_path:
-                path = resolve_checkpoint(config.ckpt_path, root)
-                config.ckpt_path = str(path)
-                own_run = run_of_checkpoint(path) == root.resolve()
-                summarised = own_run and (root / "summary.json").is_file()
-                check_resumable(self._load_checkpoint(path), path, trainer.max_epochs, own_run and not summarised)
-            if not launched_process():
-                self._lock = RunLock(root).acquire()
-                own = config.ckpt_path and run_of_checkpoint(Path(config.ckpt_path)) == root.resolve()
-                if own:
-                    for stale in (root / CHECKPOINTS).glob(".*.partial"):  # a save the last attempt was killed in
-                        stale.unlink()
-                    data_class = (
-                        import_class(config.data.class_path) if config.data.get("class_path") else FERDataModule
-                    )
-                    self._resume_note = check_resume(
-                        self._load_checkpoint(Path(config.ckpt_path)), config, dataset_arguments(data_class)
-                    )
-                elif holds_run(root):
-                    how = "resume it with --ckpt_path last, or " if not config.ckpt_path else ""
-                    raise RunDirectoryError(
-                        f"run directory {str(root)!r} already holds a run; {how}start this one in another "
-                        "--trainer.default_root_dir"
-                        + (
-                            " (a checkpoint of another run starts a new run, which needs a directory of its own)"
-                            if config.ckpt_path
-                            else ""
-                        )
-                    )
-                else:
-                    moved = set_aside_unstarted(root)
-                    if moved:
-                        print(
-                            f"nla: {root} held the files of an attempt that never finished an epoch; this run starts "
-                            f"anew, and they are kept as {', '.join(moved)}",
-                            file=sys.stderr,
-                        )
+            self._lock, self._resume_note = prepare_fit(config, root, self._load_checkpoint, not launched_process())
             self._checkpoint = self._checkpoint_path = None  # checked; Lightning reads it again to resume
         else:
             if launched_process():
@@ -352,37 +297,6 @@ class NLACLI(LightningCLI):
             config.data.init_args.preprocessing = Namespace(
                 {k: tuple(v) if isinstance(v, list) else v for k, v in saved["preprocessing"].items()}
             )
-
-
-def check_resumable(
-    checkpoint: dict[str, Any], path: Path, max_epochs: Optional[int], unfinished_run: bool = False
-) -> None:
-    """A fit goes on from a checkpoint that holds the whole training state and leaves epochs to train; a best-epoch
-    checkpoint (weights only) or a finished run's starts nothing, and says what to do instead. A run killed after its
-    last checkpoint and before its summary (``unfinished_run``) resumes to write it."""
-    instead = f"to start a new run from its weights, give --model.pretrained_weights {path}"
-    if not checkpoint.get("optimizer_states"):
-        raise UserError(f"{path} holds a model's weights only (a best-epoch checkpoint); a fit goes on from a run's "
-                        f"last.ckpt; {instead}")  # fmt: skip
-    progress = (checkpoint.get("loops") or {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
-    finished = progress.get("processed", 0)
-    if max_epochs is not None and max_epochs >= 0 and finished >= max_epochs and not unfinished_run:
-        raise UserError(f"{path} has trained {finished} epochs and --trainer.max_epochs is {max_epochs}: nothing would "
-                        f"train; give more epochs, or {instead}")  # fmt: skip
-
-
-def record_protocol_files(config: Namespace) -> None:
-    """A relative label or matrix file as the absolute path it was found at (the working directory, else the data
-    root), so the run's config and checkpoint name the file the user meant wherever they are read from."""
-    init_args = (config.get("data") or Namespace()).get("init_args") or Namespace()
-    protocol = init_args.get("protocol")
-    if not isinstance(protocol, Namespace):
-        return
-    for key in ("train_label_file", "noise_matrix"):
-        given = protocol.get(key)
-        if given and not Path(given).is_absolute():
-            found = Path(given) if Path(given).exists() or not init_args.get("root") else Path(init_args.root) / given
-            protocol[key] = str(found.resolve())
 
 
 def default_precision(accelerator: Any) -> str:

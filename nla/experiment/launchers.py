@@ -32,9 +32,9 @@ class Handle(Protocol):
 class ProcessHandle:
     """A cell's ``nla fit`` as a process of this machine, its output appended to the cell's ``fit.log``."""
 
-    def __init__(self, command: list[str], log: Path) -> None:
+    def __init__(self, command: list[str], log: Path, environment: Optional[dict[str, str]] = None) -> None:
         self.log: IO[str] = open(log, "a")  # noqa: SIM115  (closed by close(), when the cell ends)
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=environment)
 
     def poll(self) -> Optional[int]:
         return self.process.poll()
@@ -92,10 +92,17 @@ class JobHandle:
 
 
 class LocalLauncher:
-    """Each cell a process of this machine."""
+    """Each cell a process of this machine; with ``jobs`` at once, each gets its share of the CPU cores as torch's
+    threads (``OMP_NUM_THREADS``, unless set already), so that runs side by side do not fight over them."""
+
+    def __init__(self, jobs: int = 1) -> None:
+        self.environment: Optional[dict[str, str]] = None
+        if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+            share = max(1, (os.cpu_count() or 1) // jobs)
+            self.environment = {**os.environ, "OMP_NUM_THREADS": str(share)}
 
     def start(self, command: list[str], run_dir: Path) -> Handle:
-        return ProcessHandle(command, run_dir / "fit.log")
+        return ProcessHandle(command, run_dir / "fit.log", self.environment)
 
 
 class SubmititLauncher:
@@ -121,10 +128,10 @@ class SubmititLauncher:
         return JobHandle(self.executor.submit(run_logged, command, self.cwd, str(run_dir / "fit.log")))
 
 
-def launcher(name: LauncherName, folder: Path, parameters: Optional[dict[str, Any]] = None) -> Any:
-    """The launcher ``name`` (for a cluster, its jobs' files in ``folder``)."""
+def launcher(name: LauncherName, folder: Path, parameters: Optional[dict[str, Any]] = None, jobs: int = 1) -> Any:
+    """The launcher ``name`` (for a cluster, its jobs' files in ``folder``; here, ``jobs`` cells at once)."""
     if name == "local":
         if parameters:
             raise UserError(f"--cluster {parameters} sets a cluster's jobs; give --launcher slurm too")
-        return LocalLauncher()
+        return LocalLauncher(jobs)
     return SubmititLauncher(folder, "slurm" if name == "slurm" else "local", dict(parameters or {}))

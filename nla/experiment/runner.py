@@ -76,9 +76,10 @@ def run_grid(
     except RunDirectoryError as error:
         raise ExperimentError(str(error)) from None
     try:
-        where = make_launcher(launcher, experiment.root / "cluster", cluster)
         pending = plan(experiment, extra)
-        return run_cells(pending, jobs or (1 if launcher == "local" else max(1, len(pending))), where)
+        jobs = jobs or (1 if launcher == "local" else max(1, len(pending)))
+        where = make_launcher(launcher, experiment.root / "cluster", cluster, jobs=min(jobs, max(1, len(pending))))
+        return run_cells(pending, jobs, where)
     finally:
         lock.release()
 

@@ -39,14 +39,17 @@ def attempts(run_dir) -> list:
 
 
 @pytest.mark.slow
-def test_grid_runs_writes_tables_and_resumes(tmp_path, rafdb_root, capsys):
+def test_grid_runs_writes_tables_and_resumes(tmp_path, rafdb_root, capsys, monkeypatch):
     config = write_experiment(tmp_path, rafdb_root)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
     main(["experiment", "--jobs", "2", config])
     experiment = Experiment.load(config)
     cells = experiment.cells()
     assert len(cells) == 4
     for cell in cells:
-        assert (experiment.run_dir(*cell) / "summary.json").is_file()
+        summary = json.loads((experiment.run_dir(*cell) / "summary.json").read_text())
+        assert summary["environment"]["threads"] == 1  # two runs at once share the 2 cores
     rows = list(csv.DictReader(open(tmp_path / "grid" / "results.csv")))
     assert len(rows) == 4 * 3  # cells x (last, best, mean of last 5)
     assert {r["evaluation"] for r in rows} == {"last", "best", "mean_last"}
