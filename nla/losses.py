@@ -93,9 +93,9 @@ def gaussian_kernel(p_gt: Tensor, p_nn: Tensor, mean: Sequence[float], covarianc
 
 
 def nearest_negative(probs: Tensor, targets: Tensor) -> Tensor:
-    """p_NN = max over k != y of p[k]: the most probable wrong class."""
-    given = F.one_hot(targets, probs.shape[1]).bool()
-    return probs.masked_fill(given, float("-inf")).amax(dim=1)
+    """p_NN = max over k != y of p[k]: the most probable wrong class (the given class's entry set to -inf by one
+    scatter; ``F.one_hot`` and a mask took six operations, two of them host reads of the labels' range on a CPU)."""
+    return probs.scatter(1, targets[:, None], float("-inf")).amax(dim=1)
 
 
 def naw_weight(probs: Tensor, targets: Tensor, schedule: float | Tensor, kernels: NAWKernels = NAWKernels()) -> Tensor:
