@@ -48,7 +48,7 @@ def test_throughput_benchmark_measures_every_path_on_the_cpu(tmp_path):
             "70",
             "--step-graph",
             "--graph-backend",
-            "aot_eager",
+            "eager",
             "--graph-warmup",
             "1",
             "--json",
