@@ -158,6 +158,7 @@ def test_a_face_batch_trains_through_the_graph_step_as_nla_fit_calls_it():
     model = module(step_graph=True, compile_backend=TRACE)
     optimizer = adam(model)
     model.graph_step = GraphStep(model, optimizer, backend=TRACE, mode=None)
+    model.graph_step.compiled = model.graph_step.step  # the wiring, uncompiled: nla fit's tests compile it
     model.graph_step.set_epoch(0.0, 1e-3)
 
     class Optimizer:  # what Lightning's LightningOptimizer does with the closure
