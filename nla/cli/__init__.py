@@ -21,7 +21,7 @@ import sys
 import warnings
 from argparse import ArgumentError
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, NoReturn, Optional
 
 from nla.cli.help_cache import cached, print_help
 from nla.cli.messages import (
@@ -141,16 +141,16 @@ def run_command(args: Optional[Sequence[str]] = None) -> None:
     except ArgumentError as error:
         fail(parse_error_line(str(error), argv), code=2)
     except Terminated:
-        fail(SIGTERM_MESSAGE, code=143)
+        stop_on_sigterm()
     except SystemExit as error:
         if is_lightning_sigterm(error):
-            fail(SIGTERM_MESSAGE, code=143)
+            stop_on_sigterm()
         raise
     except Exception as error:
         if isinstance(error, user_errors()):
             fail(error)
         if isinstance(error, RuntimeError) and terminated and "DataLoader worker" in str(error):
-            fail(SIGTERM_MESSAGE, code=143)  # the workers got the same SIGTERM first
+            stop_on_sigterm()  # the workers got the same SIGTERM first
         if isinstance(error, (RuntimeError, ValueError)):  # jsonargparse wraps what a class raised while it was made
             fail_if_users(error)
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
@@ -159,6 +159,14 @@ def run_command(args: Optional[Sequence[str]] = None) -> None:
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def stop_on_sigterm() -> NoReturn:
+    """Exit with SIGTERM's one line and status. The DataLoader workers got the same SIGTERM: torch's SIGCHLD handler
+    would raise on their deaths while the process exits (a traceback printed from an exit finalizer), so it goes."""
+    if hasattr(signal, "SIGCHLD"):
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    fail(SIGTERM_MESSAGE, code=143)
 
 
 __all__ = ["COMMANDS", "format_warning", "main", "run_cli", "usage"]

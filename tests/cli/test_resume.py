@@ -130,3 +130,28 @@ def test_a_checkpoint_of_nla_0_2_tests_exports_and_resumes(trained_run, rafdb_ro
     assert exported["image_size"] == 32 and exported["mean"] == pytest.approx(grouped["preprocessing"]["mean"])
     main(fit_args(rafdb_root, run, "--ckpt_path", "last", epochs=3))
     assert [e["epoch"] for e in json.loads((run / "summary.json").read_text())["epochs"]] == [0, 1, 2]
+
+
+def test_a_sigterm_exit_leaves_no_handler_to_raise_on_the_workers_deaths(monkeypatch, capsys):
+    """The DataLoader workers die of the same SIGTERM while nla exits; torch's SIGCHLD handler would raise from an exit
+    finalizer (a traceback after the one line). A handler that raises as torch's does must be gone by then."""
+    import nla.cli
+
+    def raise_as_torch_does(number, frame):
+        raise RuntimeError("DataLoader worker (pid 1) is killed by signal: Terminated.")
+
+    class Command:
+        @staticmethod
+        def main(argv):
+            os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler sends it, while the command runs
+
+    monkeypatch.setattr(nla.cli.importlib, "import_module", lambda name: Command)
+    previous = signal.signal(signal.SIGCHLD, raise_as_torch_does)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            nla.cli.run_command(["compare", "a", "b"])
+        assert signal.getsignal(signal.SIGCHLD) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+    assert stopped.value.code == 143
+    assert "nla: error: stopped by SIGTERM" in capsys.readouterr().err
