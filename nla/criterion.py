@@ -164,7 +164,7 @@ class Criterion(nn.Module):
 
     def schedule(self, epoch: float, max_epochs: int) -> float:
         """CS(e, E) of eq. 6, with ``E`` from the config when it sets one."""
-        return losses.covariance_schedule(epoch, self.config.schedule_epochs or max_epochs, self.config.schedule_slope)
+        return losses.covariance_schedule(epoch, self.schedule_epochs(max_epochs), self.config.schedule_slope)
 
     def naw(
         self, probs: Tensor, targets: Tensor, epoch: int, max_epochs: int, schedule: Optional[Any] = None
