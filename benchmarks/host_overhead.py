@@ -12,7 +12,10 @@ figures that matter are measured on the CPU without the device's work:
     compiled function);
   - ``bare``: a plain loop of the same work: gather the batch from the same uint8 cache, nla's batch augmentation,
     the model, ``Criterion``, backward, fused Adam;
-  - ``bare, model and CE``: the model and plain cross-entropy only.
+  - ``bare, model and CE``: the model and plain cross-entropy only;
+  - ``Lightning floor``: ``Trainer.fit`` of the same module, data and Adam with none of nla's per-step extras (no
+    callbacks, no progress bar, a ``training_step`` that returns the loss alone, :class:`LightningFloor`): what
+    Lightning's automatic optimisation and DataLoader cost by themselves, so that ``nla / floor`` is what nla adds.
 - **kernels per step**: every ATen operation an eager step runs (each a kernel launch on a GPU; counted by a
   ``TorchDispatchMode``), with ResNet-18 in bf16 autocast, for nla's loop; and what each part contributes. (A
   compiled step runs generated kernels past the dispatcher, where no mode sees them; on a GPU the graph step is one
@@ -88,8 +91,19 @@ class HostClock(Callback):
         return [1000 * (b - a) for a, b in zip(self.marks[self.skip : -1], self.marks[self.skip + 1 :])]
 
 
-#: Operations that launch no kernel: they only make another view of a tensor's memory.
-NO_KERNEL = {"detach", "alias", "lift_fresh", "_to_copy_noop"}
+#: Operations that launch no kernel: another view of a tensor's memory, an allocation, a profiler's marker.
+NO_KERNEL = {
+    "detach",
+    "alias",
+    "lift_fresh",
+    "_to_copy_noop",
+    "empty",
+    "empty_strided",
+    "new_empty",
+    "new_empty_strided",
+    "_record_function_enter_new",
+    "_record_function_exit",
+}
 
 
 #: Which part of a step an operation belongs to, by the first source file on its Python stack that names one.
@@ -103,7 +117,7 @@ PARTS = (
     ("nla/module.py", "module"),
     ("torch/optim/", "optimizer"),
     ("timm/", "model"),
-    ("torch/nn/", "model"),
+    ("torch/nn/modules/", "model"),  # not torch/nn/functional.py: the criterion calls it too
     ("lightning/", "logging and the loop"),
     ("torchmetrics/", "logging and the loop"),
 )
@@ -165,10 +179,24 @@ def data(root: Path, batch_size: int, image_size: int) -> RAFDBDataModule:
     )
 
 
-def nla_loop(root: Path, backbone: str, steps: int, args: Any, step_graph: bool = False, callbacks=()) -> Trainer:
-    """nla's training loop as ``nla fit`` configures it for a GPU, on this CPU."""
-    model = NLAModule(backbone=backbone, channels_last=False, **({"step_graph": True} if step_graph else {}))
+class LightningFloor(NLAModule):
+    """:class:`NLAModule` with a ``training_step`` that returns eq. 8's loss and nothing else (no loss watch, no
+    mechanism meter, no outputs for callbacks)."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        views, labels = self.training_views(batch)
+        return self.criterion_output(views, labels).total
+
+
+def nla_loop(
+    root: Path, backbone: str, steps: int, args: Any, step_graph: bool = False, callbacks=(), floor: bool = False
+) -> Trainer:
+    """nla's training loop as ``nla fit`` configures it for a GPU, on this CPU (``floor``: :class:`LightningFloor`
+    with no callbacks)."""
+    model = (LightningFloor if floor else NLAModule)(backbone=backbone, **({"step_graph": True} if step_graph else {}))
     everything = [AccuracySummary(), RunReport(), NAWDiagnostics(), PredictionWriter(), ProgressBar(refresh_rate=25)]
+    if floor:
+        everything = []
     trainer = Trainer(
         max_steps=steps,
         max_epochs=60,  # the paper's, for NAW's covariance scheduler; max_steps ends the run
@@ -180,6 +208,7 @@ def nla_loop(root: Path, backbone: str, steps: int, args: Any, step_graph: bool 
         limit_val_batches=0,
         num_sanity_val_steps=0,
         callbacks=[*everything, *callbacks],
+        enable_progress_bar=not floor,
         default_root_dir=tempfile.mkdtemp(),
     )
     trainer.fit(model, datamodule=data(root, args.batch_size, args.image_size))
@@ -193,7 +222,7 @@ def bare_loop(root: Path, backbone: str, steps: int, args: Any, plain_ce: bool =
     cache = torch.from_numpy(datamodule.preparation.caches["train"])
     labels = torch.as_tensor(datamodule.splits["train"].labels)
     size, mean, std = datamodule.preprocessing.require()
-    model = NLAModule(backbone=backbone, num_classes=7, channels_last=False).model
+    model = NLAModule(backbone=backbone, num_classes=7).model
     criterion = Criterion(CriterionConfig(loss="ce", naw=False, consistency="none") if plain_ce else CriterionConfig())
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-4, fused=True)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16-mixed")
@@ -219,6 +248,12 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def ratio(loops: dict[str, list[float]], loop: str, reference: str) -> float:
+    """The median over rounds of ``loop``'s time over ``reference``'s in the same round: the rounds interleave the
+    loops, so a slower minute of the machine cancels out."""
+    return round(median([a / b for a, b in zip(loops[loop], loops[reference])]), 2)
+
+
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -233,27 +268,30 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     root = write_rafdb(Path(tempfile.mkdtemp()) / "rafdb", train_per_class=150, test_per_class=1, size=32)
-    loops: dict[str, list[float]] = {"nla": [], "bare": [], "bare, model and CE": []}
+    loops: dict[str, list[float]] = {"nla": [], "Lightning floor": [], "bare": [], "bare, model and CE": []}
     if not args.no_graph:
         loops["nla, graph step"] = []
     steps = args.warmup + args.steps
     for _ in range(args.rounds):  # interleaved, so that a slower minute of the machine falls on every loop
         for name in loops:
-            if name.startswith("nla"):
+            if not name.startswith("bare"):
                 clock = HostClock(args.warmup)
-                nla_loop(root, "benchmark_stub", steps + 1, args, step_graph="graph" in name, callbacks=[clock])
+                graph, floor = "graph" in name, name == "Lightning floor"
+                nla_loop(root, "benchmark_stub", steps + 1, args, step_graph=graph, callbacks=[clock], floor=floor)
                 loops[name].append(median(clock.steps_ms()))
             else:
                 loops[name].append(median(bare_loop(root, "benchmark_stub", steps, args, plain_ce="CE" in name)))
     host = {name: {"median_ms": median(v), "rounds_ms": [round(x, 3) for x in v]} for name, v in loops.items()}
     result: dict[str, Any] = {
         "host_ms_per_step": host,
-        "nla_over_bare": round(host["nla"]["median_ms"] / host["bare"]["median_ms"], 2),
+        "nla_over_bare": ratio(loops, "nla", "bare"),
+        "floor_over_bare": ratio(loops, "Lightning floor", "bare"),
+        "nla_over_floor": ratio(loops, "nla", "Lightning floor"),
         "settings": vars(args),
         "environment": {"torch": torch.__version__, "threads": torch.get_num_threads()},
     }
     if not args.no_graph:
-        result["graph_over_bare"] = round(host["nla, graph step"]["median_ms"] / host["bare"]["median_ms"], 2)
+        result["graph_over_bare"] = ratio(loops, "nla, graph step", "bare")
     write(args.json, result)  # the timings, before the slower count
     # Kernels of the eager step only: a compiled step runs its generated kernels without the dispatcher, so a
     # TorchDispatchMode cannot count them (on a GPU the graph step is one CUDA graph replay).

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nla import losses
@@ -113,6 +114,7 @@ class CriterionOutput(NamedTuple):
     probs: Tensor  # softmax of the view's logits, detached
     schedule: Any  # CS(e, E) of eq. 6: a float, or the graph step's device tensor
     logits: Optional[Tensor] = None  # the view's logits it was computed from (with their graph)
+    log_probs: Optional[Tensor] = None  # log-softmax of the view's logits, detached
 
 
 class Criterion(nn.Module):
@@ -167,14 +169,20 @@ class Criterion(nn.Module):
         return losses.covariance_schedule(epoch, self.schedule_epochs(max_epochs), self.config.schedule_slope)
 
     def naw(
-        self, probs: Tensor, targets: Tensor, epoch: int, max_epochs: int, schedule: Optional[Any] = None
+        self,
+        probs: Tensor,
+        targets: Tensor,
+        epoch: int,
+        max_epochs: int,
+        schedule: Optional[Any] = None,
+        prediction: Optional[Tensor] = None,
     ) -> Optional[Tensor]:
         """The NAW weight of eq. 4 per sample, or ``None`` where NAW is off (or still warming up); ``schedule``, the
         scheduler's value if given (a device tensor in a compiled step), else computed from the epoch."""
         if not self.config.naw or epoch < self.config.naw_warmup_epochs:
             return None
         value = self.schedule(epoch, max_epochs) if schedule is None else schedule
-        return losses.naw_weight(probs, targets, value, self.config.kernels)
+        return losses.naw_weight(probs, targets, value, self.config.kernels, prediction)
 
     def forward(
         self,
@@ -192,25 +200,31 @@ class Criterion(nn.Module):
         their mirrors (``cam`` needs the backbone's feature maps of both and the classifier's weight). ``schedule``
         is the scheduler's value where the caller holds it (the graph step's device tensor)."""
         config = self.config
-        probs = logits.softmax(dim=1)
-        weights = self.naw(probs, targets, epoch, max_epochs, schedule)
-        per_sample = self.per_sample_loss(logits, targets)
+        # One log-softmax serves the loss, the consistency term, the probabilities and the entropy the meter sums:
+        # each operation is a kernel launch and a step's host time on a GPU (benchmarks/host_overhead.py).
+        log_probs = F.log_softmax(logits, dim=1)
+        probs = log_probs.exp()
+        prediction = losses.prediction_true(probs, targets)
+        weights = self.naw(probs, targets, epoch, max_epochs, schedule, prediction)
+        per_sample = self.per_sample_loss(logits, targets, log_probs)
         classification = losses.weighted_loss(per_sample, weights, config.lam, config.detach_weight)
-        consistency = self.consistency(logits, logits_mirror, features, features_mirror, classifier_weight)
-        total = classification + config.consistency_weight * consistency
+        consistency = self.consistency(logits, logits_mirror, features, features_mirror, classifier_weight, log_probs)
+        total = torch.add(classification, consistency, alpha=config.consistency_weight)
         return CriterionOutput(
             total,
             classification,
             consistency,
             weights,
-            losses.prediction_true(probs, targets),
+            prediction,
             probs.detach(),
             self.schedule(epoch, max_epochs) if schedule is None else schedule,
             logits,
+            log_probs.detach(),
         )
 
-    def per_sample_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
-        """The classification loss ``l`` of each sample, before the NAW weight."""
+    def per_sample_loss(self, logits: Tensor, targets: Tensor, log_probs: Optional[Tensor] = None) -> Tensor:
+        """The classification loss ``l`` of each sample, before the NAW weight (``log_probs``: ``log_softmax(logits)``
+        where the caller has it)."""
         config = self.config
         return losses.classification_loss(
             logits,
@@ -220,6 +234,7 @@ class Criterion(nn.Module):
             focal_gamma=config.focal_gamma,
             label_smoothing=config.label_smoothing,
             class_balanced_beta=config.class_balanced_beta,
+            log_probs=log_probs,
         )
 
     def consistency(
@@ -229,6 +244,7 @@ class Criterion(nn.Module):
         features: Optional[Tensor],
         features_mirror: Optional[Tensor],
         classifier_weight: Optional[Tensor],
+        log_probs: Optional[Tensor] = None,
     ) -> Tensor:
         kind, config = self.config.consistency, self.config
         if kind == "none":
@@ -243,7 +259,9 @@ class Criterion(nn.Module):
         if logits_mirror is None:
             raise ValueError(f"consistency {kind!r} needs the logits of the mirrored images")
         if kind == "jsd":
-            return losses.jsd_consistency(logits, logits_mirror, config.consistency_reduction, config.jsd_direction)
+            return losses.jsd_consistency(
+                logits, logits_mirror, config.consistency_reduction, config.jsd_direction, log_probs
+            )
         if kind == "l1":
             return losses.l1_consistency(logits, logits_mirror, config.consistency_reduction)
         raise ValueError(f"unknown consistency {kind!r}; expected one of none, jsd, l1, cam")
@@ -274,14 +292,15 @@ class MechanismMeter(nn.Module):
 
     sums: Tensor
 
-    #: What each slot of :attr:`sums` holds.
+    #: What each slot of :attr:`sums` holds: the loss and its parts times the batch size, then sums over samples
+    #: (of the true-branch indicator, of sum_k p log p, and of the weight in each branch), the samples, and the
+    #: measured gradient norms.
     SLOTS = (
         "loss",
         "classification",
         "consistency",
-        "false",
-        "entropy",
-        "weight",
+        "true",
+        "p_log_p",
         "weight_true",
         "weight_false",
         "samples",
@@ -297,28 +316,24 @@ class MechanismMeter(nn.Module):
         self.sums.zero_()
 
     def update(self, output: CriterionOutput) -> None:
-        """Add one step's samples (the ``output`` of :class:`Criterion`; its weights detached)."""
-        false = (~output.prediction_true).to(output.probs.dtype)
-        n = false.new_full((), float(len(false)))
-        weights = output.weights.detach() if output.weights is not None else torch.zeros_like(false)
-        stats = torch.stack(
-            [
-                output.total.detach() * n,
-                output.classification.detach() * n,
-                output.consistency.detach() * n,
-                false.sum(),
-                losses.prediction_entropy(output.probs).sum(),
-                weights.sum(),
-                (weights * (1 - false)).sum(),
-                (weights * false).sum(),
-                n,
-            ]
-        )
-        self.sums[:9].add_(stats)
+        """Add one step's samples (the ``output`` of :class:`Criterion`): about ten operations, each a kernel launch
+        on a GPU, so the per-sample figures are stacked and summed at once."""
+        prediction = output.prediction_true
+        n = len(prediction)
+        log_probs = output.log_probs if output.log_probs is not None else output.probs.clamp_min(1e-12).log()
+        true = prediction.to(self.sums.dtype)
+        per_sample = [true, (output.probs * log_probs).sum(dim=1)]
+        if output.weights is not None:
+            weight_true = output.weights.detach() * true
+            per_sample += [weight_true, output.weights.detach() - weight_true]  # exact: w - w or w - 0
+        parts = torch.stack([output.total.detach(), output.classification.detach(), output.consistency.detach()])
+        self.sums[:3].add_(parts, alpha=n)
+        self.sums[3 : 3 + len(per_sample)].add_(torch.stack(per_sample).sum(dim=1))
+        self.sums[7].add_(n)
 
     def add_gradient_norm(self, norm: Tensor) -> None:
         """One measured step's :meth:`Criterion.weight_gradient_norm`."""
-        self.sums[9:].add_(torch.stack([norm.detach().to(self.sums.dtype), norm.new_ones((), dtype=self.sums.dtype)]))
+        self.sums[8:].add_(torch.stack([norm.detach().to(self.sums.dtype), norm.new_ones((), dtype=self.sums.dtype)]))
 
     def observe(self, criterion: Criterion, output: CriterionOutput, labels: Tensor, gradient_norm: bool) -> None:
         """Add one eager step; with ``gradient_norm``, also the norm of the gradient through ``w`` (a second
@@ -333,19 +348,18 @@ class MechanismMeter(nn.Module):
         """The epoch's means, by the names ``train/...`` the loggers show (NAW's only with ``naw``)."""
         slot = {name: self.sums[i] for i, name in enumerate(self.SLOTS)}
         samples = slot["samples"].clamp_min(1)
+        false = slot["samples"] - slot["true"]
         logged = {
             "train/loss_epoch": slot["loss"] / samples,
             "train/classification": slot["classification"] / samples,
             "train/consistency": slot["consistency"] / samples,
-            "train/false_branch_share": slot["false"] / samples,
-            "train/prediction_entropy": slot["entropy"] / samples,
+            "train/false_branch_share": false / samples,
+            "train/prediction_entropy": -slot["p_log_p"] / samples,
         }
         if naw:
-            logged["train/naw_weight"] = slot["weight"] / samples
-            logged["train/naw_weight_true_branch"] = slot["weight_true"] / (slot["samples"] - slot["false"]).clamp_min(
-                1
-            )
-            logged["train/naw_weight_false_branch"] = slot["weight_false"] / slot["false"].clamp_min(1)
+            logged["train/naw_weight"] = (slot["weight_true"] + slot["weight_false"]) / samples
+            logged["train/naw_weight_true_branch"] = slot["weight_true"] / slot["true"].clamp_min(1)
+            logged["train/naw_weight_false_branch"] = slot["weight_false"] / false.clamp_min(1)
             if slot["gradient_steps"]:  # one host read an epoch; no step measured it in the graph step
                 logged["train/weight_gradient_norm"] = slot["gradient_norm"] / slot["gradient_steps"]
         return {name: value.float() for name, value in logged.items()}

@@ -9,6 +9,7 @@ numbers). :mod:`nla.criterion` assembles eq. 8 from these pieces and holds the t
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -98,21 +99,83 @@ def nearest_negative(probs: Tensor, targets: Tensor) -> Tensor:
     return probs.scatter(1, targets[:, None], float("-inf")).amax(dim=1)
 
 
-def naw_weight(probs: Tensor, targets: Tensor, schedule: float | Tensor, kernels: NAWKernels = NAWKernels()) -> Tensor:
+def naw_weight(
+    probs: Tensor,
+    targets: Tensor,
+    schedule: float | Tensor,
+    kernels: NAWKernels = NAWKernels(),
+    prediction: Optional[Tensor] = None,
+) -> Tensor:
     """Noise-aware adaptive weight w* of eq. 4, one per sample, differentiable in ``probs`` (``schedule``: a float, or
-    a 0-d tensor).
+    a 0-d tensor; ``prediction``: :func:`prediction_true` where the caller has it).
 
     Each sample is placed at q = (p_GT, p_NN). A sample whose prediction is true is weighted by the
     kernel centred on the decision boundary, whose covariance the scheduler value ``schedule`` (eq. 6)
     stretches along y = -x; a false prediction is weighted by the kernel along y = x.
+
+    Both kernels' covariances have equal diagonals, so their axes lie along y = x and y = -x: in the coordinates
+    p_GT + p_NN and p_GT - p_NN each density is a product of two 1-D Gaussians, and both are evaluated with a handful
+    of operations on an N x 2 x 2 tensor (:func:`gaussian_kernel` is the same density written out; a test compares
+    them). p_NN is read at the most probable wrong class: where two wrong classes tie exactly, the gradient goes to
+    one of them, not half to each as ``amax``'s would.
     """
-    p_gt = probs.gather(1, targets[:, None]).squeeze(1)
-    p_nn = nearest_negative(probs, targets)
-    true_cov = kernel_covariance(kernels.true_major_std, kernels.true_axis_ratio, -1, schedule)
-    false_cov = kernel_covariance(kernels.false_major_std, kernels.false_axis_ratio, +1)
-    w_true = kernels.true_scale * gaussian_kernel(p_gt, p_nn, kernels.true_mean, true_cov)
-    w_false = gaussian_kernel(p_gt, p_nn, kernels.false_mean, false_cov)
-    return torch.where(prediction_true(probs, targets), w_true, w_false)
+    if prediction is None:
+        prediction = prediction_true(probs, targets)
+    nearest = probs.detach().scatter(1, targets[:, None], float("-inf")).argmax(dim=1)
+    q = probs.gather(1, torch.stack([targets, nearest], dim=1))  # N x 2: (p_GT, p_NN)
+    along, across, centre, norm = _kernel_coefficients(kernels, schedule, probs)
+    # y[n, k, j]: the j-th rotated, whitened coordinate of sample n under kernel k (0: false, 1: true).
+    y = torch.addcmul(torch.addcmul(centre, q[:, :1, None], along), q[:, 1:, None], across)
+    densities = torch.exp(-y.square().sum(dim=2)) * norm  # N x 2
+    return torch.where(prediction, densities[:, 1], densities[:, 0])
+
+
+def _kernel_coefficients(kernels: NAWKernels, schedule: float | Tensor, like: Tensor) -> tuple[Tensor, ...]:
+    """``(along, across, centre, norm)`` with y = p_GT * along + p_NN * across + centre (2 x 2: kernel x axis) and
+    each density norm * exp(-|y|^2); made once per device, dtype and scheduler value where that is a float (a tensor
+    made from host numbers every step would make a GPU's host wait for the copy)."""
+    if isinstance(schedule, Tensor):
+        return tuple(_stacked(values, like) for values in _coefficient_values(kernels, schedule))
+    return _cached_coefficients(kernels, float(schedule), like.dtype, like.device)
+
+
+def _stacked(values: Any, like: Tensor) -> Tensor:
+    """Nested lists of floats and 0-d tensors as one tensor of ``like``'s dtype and device."""
+    if isinstance(values, list):
+        return torch.stack([_stacked(value, like) for value in values])
+    return torch.as_tensor(values, dtype=like.dtype, device=like.device)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_coefficients(
+    kernels: NAWKernels, schedule: float, dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor, ...]:
+    values = _coefficient_values(kernels, schedule)
+    return tuple(torch.tensor(row, dtype=dtype).to(device) for row in values)
+
+
+def _coefficient_values(kernels: NAWKernels, schedule: Any) -> tuple[list[Any], ...]:
+    """The coefficients of :func:`_kernel_coefficients` as numbers (floats, or 0-d tensors for a tensor ``schedule``).
+
+    With Sigma = [[d, o], [o, d]], the exponent -0.5 (q - mu)^T Sigma^-1 (q - mu) is
+    -(u^2 / (4 (d + o)) + v^2 / (4 (d - o))) with u = dx + dy and v = dx - dy, and det Sigma = (d + o)(d - o).
+    """
+    along, across, centre, norm = [], [], [], []
+    branches = (
+        (kernels.false_mean, kernel_covariance(kernels.false_major_std, kernels.false_axis_ratio, +1), 1.0),
+        (
+            kernels.true_mean,
+            kernel_covariance(kernels.true_major_std, kernels.true_axis_ratio, -1, schedule),
+            kernels.true_scale,
+        ),
+    )
+    for mean, ((d, o), _), scale in branches:
+        k_sum, k_diff = 0.5 / (d + o) ** 0.5, 0.5 / (d - o) ** 0.5
+        along.append([k_sum, k_diff])
+        across.append([k_sum, -k_diff])
+        centre.append([-(mean[0] + mean[1]) * k_sum, -(mean[0] - mean[1]) * k_diff])
+        norm.append(scale / (2.0 * math.pi * ((d + o) * (d - o)) ** 0.5))
+    return along, across, centre, norm
 
 
 def prediction_true(probs: Tensor, targets: Tensor) -> Tensor:
@@ -128,9 +191,9 @@ def prediction_entropy(probs: Tensor) -> Tensor:
 # --- per-sample classification losses -------------------------------------------------------
 
 
-def focal_loss(logits: Tensor, targets: Tensor, gamma: float = 2.0) -> Tensor:
+def focal_loss(logits: Tensor, targets: Tensor, gamma: float = 2.0, log_probs: Optional[Tensor] = None) -> Tensor:
     """Per-sample focal loss (Lin et al. 2017): -(1 - p_y)^gamma log p_y."""
-    log_p = F.log_softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1)
+    log_p = (F.log_softmax(logits, dim=1) if log_probs is None else log_probs).gather(1, targets[:, None]).squeeze(1)
     return -((1.0 - log_p.exp()) ** gamma) * log_p
 
 
@@ -161,12 +224,16 @@ def classification_loss(
     focal_gamma: float = 2.0,
     label_smoothing: float = 0.1,
     class_balanced_beta: float = 0.9999,
+    log_probs: Optional[Tensor] = None,
 ) -> Tensor:
-    """One per-sample loss from the menu; ``class_counts`` is needed by the class-imbalance losses."""
+    """One per-sample loss from the menu; ``class_counts`` is needed by the class-imbalance losses, ``log_probs``
+    (``log_softmax(logits)``, where the caller has it) saves computing it again."""
     if kind == "ce":
+        if log_probs is not None:
+            return F.nll_loss(log_probs, targets, reduction="none")
         return F.cross_entropy(logits, targets, reduction="none")
     if kind == "focal":
-        return focal_loss(logits, targets, focal_gamma)
+        return focal_loss(logits, targets, focal_gamma, log_probs)
     if kind == "label_smoothing":
         return F.cross_entropy(logits, targets, reduction="none", label_smoothing=label_smoothing)
     if class_counts is None:
@@ -182,11 +249,12 @@ def classification_loss(
 # --- consistency between an image and its mirror --------------------------------------------
 
 
-def _reduce(per_sample: Tensor, reduction: Reduction) -> Tensor:
+def _reduce(per_sample: Tensor, reduction: Reduction, factor: float = 1.0) -> Tensor:
+    """``factor`` times the sum or the batch mean of ``per_sample`` (N, or N x K summed over classes too)."""
     if reduction == "sum":
-        return per_sample.sum()
+        return per_sample.sum() if factor == 1.0 else per_sample.sum() * factor
     if reduction == "mean":
-        return per_sample.mean()
+        return per_sample.sum() * (factor / len(per_sample))
     raise ValueError(f"unknown reduction {reduction!r}; expected 'sum' or 'mean'")
 
 
@@ -195,27 +263,26 @@ def jsd_consistency(
     logits_flipped: Tensor,
     reduction: Reduction = "sum",
     direction: JSDDirection = "mixture_to_view",
+    log_probs: Optional[Tensor] = None,
 ) -> Tensor:
     """Eq. 7: 0.5 * [KL(a || b) + KL(a' || b')] between each view and the logit mixture m = (z + z') / 2.
 
     ``"mixture_to_view"`` is the authors' code, KL(softmax(m) || softmax(z)); ``"view_to_mixture"`` is
     the paper's D_KL(z || m). ``"sum"`` sums over batch and classes (the code); ``"mean"`` averages
-    over the batch, so the two differ by the batch size.
+    over the batch, so the two differ by the batch size. ``log_probs``: ``log_softmax(logits)`` where the caller
+    has it.
     """
-    log_p = F.log_softmax(logits, dim=1)
+    log_p = F.log_softmax(logits, dim=1) if log_probs is None else log_probs
     log_q = F.log_softmax(logits_flipped, dim=1)
-    log_m = F.log_softmax((logits + logits_flipped) / 2.0, dim=1)
-
-    def kl(log_a: Tensor, log_b: Tensor) -> Tensor:  # per-sample KL(a || b)
-        return (log_a.exp() * (log_a - log_b)).sum(dim=1)
-
+    log_m = F.log_softmax((logits + logits_flipped) * 0.5, dim=1)
     if direction == "mixture_to_view":
-        per_sample = 0.5 * (kl(log_m, log_p) + kl(log_m, log_q))
-    elif direction == "view_to_mixture":
-        per_sample = 0.5 * (kl(log_p, log_m) + kl(log_q, log_m))
-    else:
-        raise ValueError(f"unknown JSD direction {direction!r}")
-    return _reduce(per_sample, reduction)
+        # KL(m || p) + KL(m || q) = sum m (2 log m - log p - log q): one product for both views.
+        per_element = log_m.exp() * torch.add(log_p + log_q, log_m, alpha=-2.0)
+        return _reduce(per_element, reduction, -0.5)
+    if direction == "view_to_mixture":
+        per_element = log_p.exp() * (log_p - log_m) + log_q.exp() * (log_q - log_m)
+        return _reduce(per_element, reduction, 0.5)
+    raise ValueError(f"unknown JSD direction {direction!r}")
 
 
 def l1_consistency(logits: Tensor, logits_flipped: Tensor, reduction: Reduction = "sum") -> Tensor:
@@ -250,4 +317,4 @@ def weighted_loss(
         return lam * per_sample_loss.mean()
     if detach_weight:
         weights = weights.detach()
-    return lam * (per_sample_loss.mean() + (weights * per_sample_loss).mean())
+    return torch.addcmul(per_sample_loss, weights, per_sample_loss).mean() * lam

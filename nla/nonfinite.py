@@ -42,12 +42,13 @@ class LossWatch(nn.Module):
 
     def note(self, total: Tensor, parts: Sequence[Tensor], epoch: int, step: int) -> None:
         """Note this step's ``total`` loss (and its two ``parts``) without a host wait."""
-        bad = ~torch.isfinite(total.detach())
-        first = bad & (self.flag == 0)
+        total = total.detach()
+        bad = (total - total) != 0  # NaN for NaN and +-inf: two kernels where torch.isfinite and a not take five
+        first = torch.gt(bad, self.flag)  # bad, and no earlier step was
         values = [*(part.detach().float() for part in parts), self.flag.new_full((), float(epoch))]
         values.append(self.flag.new_full((), float(step)))
         self.record = torch.where(first, torch.stack(values), self.record)
-        self.flag = torch.maximum(self.flag, bad.float())
+        self.flag = torch.maximum(self.flag, bad)
 
     def observe(self, total: Tensor, parts: Sequence[Tensor], epoch: int, step: int, optimizers: Sequence[Any]) -> None:
         """:meth:`note` this step's loss; hand the flag to fused optimisers, and check on the host at once where an

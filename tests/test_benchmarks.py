@@ -1,5 +1,6 @@
-"""A CPU smoke run of benchmarks/throughput.py with tiny settings: it measures every path it reports; and how the GPU
-kit's side-by-side phase turns the runs' logs into samples per second."""
+"""A CPU smoke run of benchmarks/throughput.py with tiny settings: it measures every path it reports; how the GPU
+kit's side-by-side phase turns the runs' logs into samples per second; and what host_overhead.py's kernel count
+counts."""
 
 import importlib.util
 import json
@@ -84,3 +85,24 @@ def test_side_by_side_paces_come_from_the_epoch_lines_after_the_first(tmp_path, 
     paces = {p["run"]: p for p in watch.paces()}
     assert paces["seed1"]["epoch_s"] == 10 and paces["seed1"]["samples_per_s"] == 120
     assert paces["seed2"]["epoch_s"] == 20 and paces["seed2"]["samples_per_s"] == 60
+
+
+def test_the_kernel_counter_names_the_part_that_called_each_operation():
+    """benchmarks/host_overhead.py's count: the criterion's calls into torch.nn.functional are the criterion's (not the
+    model's), allocations are not kernels, and the backward pass is counted apart."""
+    import torch
+
+    from benchmarks.host_overhead import KernelCount
+    from nla.criterion import Criterion
+
+    torch.manual_seed(0)
+    z, z_mirror, y = torch.randn(8, 7, requires_grad=True), torch.randn(8, 7), torch.randint(0, 7, (8,))
+    with KernelCount() as forward:
+        total = Criterion()(z, y, 0, 10, logits_mirror=z_mirror).total
+    with KernelCount() as backward:
+        total.backward()
+        torch.empty(3)
+    assert set(forward.parts) == {"criterion"} and forward.ops["_log_softmax"] == 3  # the image, the mirror, the mix
+    assert "empty" not in backward.ops  # torch.empty: an allocation only
+    assert backward.parts["other"] == backward.ops["ones_like"] == 1  # .backward()'s seed, before any autograd node
+    assert backward.ops["_log_softmax_backward_data"] >= 1

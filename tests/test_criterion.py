@@ -72,12 +72,70 @@ def test_official_total_loss_is_the_authors_formula():
     w = losses.naw_weight(z.softmax(1), y, losses.covariance_schedule(5, 60))
     expected = 0.5 * ce.mean() + 0.5 * (w * ce).mean() + 0.5 * losses.jsd_consistency(z, z_mirror, "sum")
     assert output.total.item() == pytest.approx(expected.item(), rel=1e-6)
-    assert torch.equal(output.weights, w) and output.schedule == pytest.approx(losses.covariance_schedule(5, 60))
+    assert torch.allclose(output.weights, w, rtol=1e-6) and output.schedule == pytest.approx(
+        losses.covariance_schedule(5, 60)
+    )
     # The paper preset averages the JSD over the batch instead: a factor of the batch size.
     paper = Criterion(preset("paper"))(z, y, 5, 60, logits_mirror=z_mirror)
     assert paper.consistency.item() == pytest.approx(
         losses.jsd_consistency(z, z_mirror, "mean", "view_to_mixture").item()
     )
+
+
+def eq8_written_out(z, z_mirror, y, schedule, config):
+    """Eq. 8 as the method's equations read (docs/method.md), with no piece of nla.losses: the reference the compact
+    criterion's value and gradients are checked against."""
+    p = z.softmax(1)
+    p_gt = p.gather(1, y[:, None]).squeeze(1)
+    p_nn = p.masked_fill(F.one_hot(y, p.shape[1]).bool(), float("-inf")).amax(1)
+    q = torch.stack([p_gt, p_nn], 1)
+
+    def density(mean, major_std, ratio, off_sign, scale):
+        major, minor = major_std**2, (major_std / ratio) ** 2
+        cov = torch.tensor(
+            [[major + minor, off_sign * (major - minor)], [off_sign * (major - minor), major + minor]], dtype=q.dtype
+        )
+        d = q - torch.tensor(mean, dtype=q.dtype)
+        mahalanobis = ((d @ torch.linalg.inv(cov)) * d).sum(1)
+        return scale * torch.exp(-0.5 * mahalanobis) / (2 * math.pi * torch.linalg.det(cov) ** 0.5)
+
+    k = config.kernels
+    w_true = density(k.true_mean, k.true_major_std, k.true_axis_ratio, -schedule, k.true_scale)
+    w_false = density(k.false_mean, k.false_major_std, k.false_axis_ratio, 1.0, 1.0)
+    w = torch.where(p.argmax(1) == y, w_true, w_false)
+    w = w.detach() if config.detach_weight else w
+    classification = config.lam * ((1 + w) * F.cross_entropy(z, y, reduction="none")).mean()
+    m = ((z + z_mirror) / 2).softmax(1)
+
+    def kl(a, b):
+        return (a * (a.log() - b.log())).sum(1)
+
+    views = (p, z_mirror.softmax(1))
+    if config.jsd_direction == "mixture_to_view":
+        per_sample = 0.5 * sum(kl(m, view) for view in views)
+    else:
+        per_sample = 0.5 * sum(kl(view, m) for view in views)
+    jsd = per_sample.sum() if config.consistency_reduction == "sum" else per_sample.mean()
+    return classification + config.consistency_weight * jsd
+
+
+@pytest.mark.parametrize("name", ["official", "paper", "from_scratch"])
+@pytest.mark.parametrize("epoch", [0, 5, 59])
+def test_value_and_gradients_are_eq8_written_out(name, epoch):
+    """The criterion computes eq. 8 with few operations (one log-softmax reused, NAW in rotated coordinates): its
+    value and its gradients for both views equal the equations written out, in float64."""
+    config = preset(name)
+    torch.manual_seed(epoch)
+    z, z_mirror = torch.randn(32, 7, dtype=torch.float64) * 3, torch.randn(32, 7, dtype=torch.float64) * 3
+    z.requires_grad_(True), z_mirror.requires_grad_(True)
+    y = torch.randint(0, 7, (32,))
+    y[:8] = z[:8].argmax(1)  # both branches of eq. 4 present
+    criterion = Criterion(config)
+    ours = criterion(z, y, epoch, 60, logits_mirror=z_mirror).total
+    reference = eq8_written_out(z, z_mirror, y, criterion.schedule(epoch, 60), config)
+    assert ours.item() == pytest.approx(reference.item(), rel=1e-10)
+    for got, expected in zip(torch.autograd.grad(ours, (z, z_mirror)), torch.autograd.grad(reference, (z, z_mirror))):
+        assert torch.allclose(got, expected, rtol=1e-9, atol=1e-12)
 
 
 def test_the_preset_files_are_the_defaults_and_the_papers_text():
