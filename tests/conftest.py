@@ -18,6 +18,22 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="nla-test-cache-")  # the help cache, not the user's
 os.environ.setdefault("WANDB_SILENT", "true")
 
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (pyproject's ``-n auto``) the workers share the cores: each worker, and every process a test
+    starts from it, gets its share of intra-op threads rather than all of them (oversubscribed OpenMP threads spin)."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        import torch
+
+        from nla.data.pipelines import available_cores
+
+        threads = max(1, available_cores() // int(workers))
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 CONFIGS = REPO / "configs"
