@@ -19,7 +19,6 @@ os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="nla-test-cache-")  # the
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
-
 def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist (pyproject's ``-n auto``) the workers share the cores: each worker, and every process a test
     starts from it, gets its share of intra-op threads rather than all of them (oversubscribed OpenMP threads spin)."""
