@@ -165,3 +165,27 @@ def test_l1_and_cam_consistency_on_hand_computed_values():
     # CAMs (1, 2) and (2, 4); the mirror's (3, 4) and (6, 8), flipped back (4, 3) and (8, 6).
     assert losses.cam_consistency(features, features_mirror, weight).item() == pytest.approx((9 + 1 + 36 + 4) / 4)
     assert losses.cam_consistency(features, features.flip(-1), weight).item() == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("schedule", [0.0, 0.63, torch.tensor(0.63, dtype=torch.float64)])
+def test_naw_weight_is_the_two_gaussian_kernels_written_out(schedule):
+    """naw_weight evaluates both kernels in rotated coordinates; gaussian_kernel is the density as eq. 4 writes it.
+    Values and gradients agree, with the scheduler as a float or as the graph step's 0-d tensor."""
+    torch.manual_seed(3)
+    logits = (torch.randn(64, 7, dtype=torch.float64) * 2).requires_grad_(True)
+    targets = torch.randint(0, 7, (64,))
+    kernels = losses.NAWKernels(true_scale=1.5)
+    probs = logits.softmax(1)
+    p_gt, p_nn = probs.gather(1, targets[:, None]).squeeze(1), losses.nearest_negative(probs, targets)
+    true_cov = losses.kernel_covariance(kernels.true_major_std, kernels.true_axis_ratio, -1, schedule)
+    false_cov = losses.kernel_covariance(kernels.false_major_std, kernels.false_axis_ratio, +1)
+    expected = torch.where(
+        losses.prediction_true(probs, targets),
+        kernels.true_scale * losses.gaussian_kernel(p_gt, p_nn, kernels.true_mean, true_cov),
+        losses.gaussian_kernel(p_gt, p_nn, kernels.false_mean, false_cov),
+    )
+    got = losses.naw_weight(probs, targets, schedule, kernels)
+    assert torch.allclose(got, expected, rtol=1e-12)
+    (grad_got,) = torch.autograd.grad(got.sum(), logits, retain_graph=True)
+    (grad_expected,) = torch.autograd.grad(expected.sum(), logits)
+    assert torch.allclose(grad_got, grad_expected, rtol=1e-9, atol=1e-14)
