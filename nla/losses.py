@@ -116,8 +116,8 @@ def naw_weight(
     Both kernels' covariances have equal diagonals, so their axes lie along y = x and y = -x: in the coordinates
     p_GT + p_NN and p_GT - p_NN each density is a product of two 1-D Gaussians, and both are evaluated with a handful
     of operations on an N x 2 x 2 tensor (:func:`gaussian_kernel` is the density written out; tests check the two
-    agree, values and gradients). p_NN is read at the most probable wrong class: where two wrong classes tie exactly, the gradient goes to
-    one of them, not half to each as ``amax``'s would.
+    agree, values and gradients). p_NN is read at the most probable wrong class: where two wrong classes tie
+    exactly, the gradient goes to one of them, not half to each as ``amax``'s would.
     """
     if prediction is None:
         prediction = prediction_true(probs, targets)
