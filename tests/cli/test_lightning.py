@@ -1,8 +1,6 @@
 """The ``nla`` command as a researcher uses it day to day, on small synthetic datasets the tests write."""
 
-import csv
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -13,10 +11,10 @@ import pytest
 import yaml
 
 from nla.cli import main, run_cli
+from nla.data.sources import rafdb
 from tests.conftest import CONFIGS, NO_LOGGER, TINY, fit_args
 from tests.fakes import write_ferplus, write_image_folder
 
-RAFDB_CLASSES = {"Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"}
 NOISE = (
     "litlogger",
     "anonymous setting",
@@ -77,7 +75,7 @@ def test_fit_shows_progress_and_then_tests_from_the_checkpoint_alone(rafdb_root,
     assert f"run directory: {run_dir}" in printed and "test it: nla test --ckpt_path" in printed
     assert not [word for word in NOISE if word in printed], printed
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert [e["epoch"] for e in summary["epochs"]] == [0, 1] and set(summary["last"]["class_acc"]) == RAFDB_CLASSES
+    assert [e["epoch"] for e in summary["epochs"]] == [0, 1] and set(summary["last"]["class_acc"]) == set(rafdb.CLASSES)
     assert summary["validation"]["images"] == 21 and summary["validation"]["split"] == "test"
     assert summary["mean_last"]["k"] == 5 and "limit_val_batches" in summary["validation"]
     assert {p.name for p in (run_dir / "checkpoints").glob("*.ckpt")} >= {"last.ckpt"}
@@ -106,71 +104,11 @@ def test_fit_shows_progress_and_then_tests_from_the_checkpoint_alone(rafdb_root,
     main(["test", "--ckpt_path", str(best), *NO_LOGGER, "--trainer.enable_progress_bar", "false"])
     metrics = json.loads((run_dir / "test" / "metrics.json").read_text())
     assert metrics["data"] == {"class": "RAFDBDataModule", "root": str(rafdb_root), "split": "test"}
-    assert metrics["num_samples"] == 21 and set(metrics["class_acc"]) == RAFDB_CLASSES
+    assert metrics["num_samples"] == 21 and set(metrics["class_acc"]) == set(rafdb.CLASSES)
     assert (run_dir / "test" / "config.yaml").is_file() and (
         run_dir / "test" / "figures" / "confusion_matrix.png"
     ).is_file()
     assert "test: acc" in capsys.readouterr().out
-
-
-def test_predict_from_a_checkpoint_alone(trained_run, tmp_path, capsys):
-    import cv2
-    import numpy as np
-
-    from tests.fakes import synthetic_image
-
-    faces = tmp_path / "faces"
-    (faces / "a").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    cv2.imwrite(str(faces / "one.jpg"), synthetic_image(0, 7, 40, rng))
-    cv2.imwrite(str(faces / "a" / "two.png"), synthetic_image(3, 7, 30, rng, gray=True))
-    (faces / "a" / "broken.jpg").write_bytes(b"not really a jpeg")
-    huge_png(faces / "a" / "huge.png", 40_000)  # a valid PNG above OpenCV's pixel limit: its row, not a traceback
-    from PIL import Image
-
-    Image.fromarray(synthetic_image(1, 7, 30, rng)).save(faces / "moving.gif")
-    (faces / "notes.txt").write_text("the photos of the 3rd")
-    run = tmp_path / "run"
-    shutil.copytree(trained_run, run)
-    args = [
-        "predict",
-        "--ckpt_path",
-        str(run / "checkpoints" / "last.ckpt"),
-        "--data.prediction.root",
-        str(faces),
-        *NO_LOGGER,
-        "--trainer.enable_progress_bar",
-        "false",
-    ]
-    main(args)
-    rows = list(csv.DictReader(open(run / "predict" / "predictions.csv")))
-    names = ["a/broken.jpg", "a/huge.png", "a/two.png", "moving.gif", "notes.txt", "one.jpg"]
-    assert [r["path"].split("faces/")[1] for r in rows] == names
-    errors = {name: row["error"] for name, row in zip(names, rows)}
-    assert "has more pixels than OpenCV decodes" in errors["a/huge.png"] and rows[1]["prediction"] == ""
-    assert errors["notes.txt"].startswith("not an image or a video file nla reads") and rows[4]["prediction"] == ""
-    rows = [row for name, row in zip(names, rows) if name in ("a/broken.jpg", "a/two.png", "moving.gif", "one.jpg")]
-    assert list(rows[0]) == [
-        "path",
-        "prediction",
-        *[f"prob_{c}" for c in ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]],
-        "error",
-    ]
-    for row in rows[1:]:
-        assert row["prediction"] in RAFDB_CLASSES and row["error"] == ""
-        assert sum(float(v) for k, v in row.items() if k.startswith("prob_")) == pytest.approx(1.0, abs=1e-4)
-    assert rows[0]["prediction"] == "" and "cannot decode" in rows[0]["error"]
-    first = (run / "predict" / "predictions.csv").read_bytes()
-    main(args)  # a second prediction never overwrites the first
-    assert (run / "predict-1" / "predictions.csv").is_file() and (
-        run / "predict" / "predictions.csv"
-    ).read_bytes() == first
-    assert "predictions for 6 images written to" in capsys.readouterr().out
-    main([*args[:4], str(faces / "one.jpg"), *args[5:]])  # one image file
-    (single,) = csv.DictReader(open(run / "predict-2" / "predictions.csv"))
-    assert single["path"] == str(faces / "one.jpg") and single["prediction"] == rows[3]["prediction"]
-    assert all(float(single[k]) == pytest.approx(float(v), abs=1e-5) for k, v in rows[3].items() if "prob_" in k)
-    assert "predictions for 1 image written to" in capsys.readouterr().out
 
 
 def test_nlas_warnings_are_one_line_and_the_libraries_keep_their_source(tmp_path, monkeypatch):
@@ -211,7 +149,7 @@ def test_testing_on_another_dataset_matches_classes_by_name(trained_run, tmp_pat
     )
     metrics = json.loads((run / "test" / "metrics.json").read_text())
     assert metrics["excluded"] == {"contempt": 3} and metrics["num_samples"] == 21  # 24 test images less contempt's
-    assert set(metrics["class_acc"]) == RAFDB_CLASSES  # in the model's names
+    assert set(metrics["class_acc"]) == set(rafdb.CLASSES)  # in the model's names
     assert all(v == 3 for v in metrics["support"].values())
     printed = capsys.readouterr()
     assert "on 21 images; left out, the model has no such class: {'contempt': 3}" in printed.out
@@ -323,47 +261,9 @@ def test_a_runs_numbers_record_the_versions_device_and_threads_they_came_from(tr
     assert json.loads((run_dir / "validate" / "metrics.json").read_text())["environment"] == environment
 
 
-def test_compare_prints_last_best_and_mean_of_the_last_epochs(trained_run, tmp_path, capsys):
-    other = tmp_path / "other"
-    shutil.copytree(trained_run, other)
-    main(["compare", str(trained_run), str(other)])
-    table = capsys.readouterr().out.splitlines()
-    assert table[0].startswith("| run | evaluation | epoch | acc | mean_acc | Surprise |") and len(table) == 2 + 2 * 3
-    assert "mean of the last 5 epochs" in table[4] and "| 1-2 |" in table[4]  # epochs as nla fit counts them
-    assert not capsys.readouterr().err  # the same data: nothing to warn of
-    main(["compare", str(trained_run), "--csv", "--evaluations", "[best]"])
-    rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
-    summary = json.loads((trained_run / "summary.json").read_text())
-    assert len(rows) == 1 and float(rows[0]["acc"]) == pytest.approx(100 * summary["best"]["acc"], abs=0.01)
-    elsewhere = json.loads((other / "summary.json").read_text())  # validated on FER+, whose classes are lower case
-    elsewhere["validation"].update(data="FERPlusDataModule", split="valid", images=3199)
-    for record in [*elsewhere["epochs"], elsewhere["last"], elsewhere["best"]]:
-        record["class_acc"] = {name.lower(): value for name, value in record["class_acc"].items()}
-    (other / "summary.json").write_text(json.dumps(elsewhere))
-    main(["compare", str(trained_run), str(other)])
-    out, err = capsys.readouterr()
-    assert out.splitlines()[0].count("urprise") == 1  # Surprise and surprise are one column
-    assert "validated on different data" in err and "FERPlusDataModule valid 3199" in err
-    (tmp_path / "cut.json").write_text('{"epochs": [\n')
-    for wrong, message in (
-        ([str(tmp_path / "nowhere")], "no summary.json"),
-        ([str(tmp_path / "cut.json")], "cut.json:2: not valid JSON"),
-        (
-            [str(trained_run), "--evaluations", "[last, worst]"],
-            "expected one of 'last', 'best', 'mean_last'; got worst",
-        ),
-    ):
-        with pytest.raises(SystemExit):
-            main(["compare", *wrong])
-        err = capsys.readouterr().err
-        assert message in err and err.count("\n") == 1, err
-
-
 @pytest.mark.slow
 def test_the_commands_print_no_warning_that_tells_the_user_nothing(rafdb_root, tmp_path):
     """As a user runs them, in a process of their own, with every default (W&B offline, the progress bar)."""
-    import subprocess
-    import sys
 
     run_dir = tmp_path / "run"
     settings = ["--model.backbone", "test_resnet", "--data.preprocessing.image_size", "32", "--data.batch_size", "8"]
@@ -405,92 +305,3 @@ def test_the_commands_print_no_warning_that_tells_the_user_nothing(rafdb_root, t
         ]
         assert not noisy, noisy
     assert (run_dir / "test" / "metrics.json").is_file() and (run_dir / "label-issues" / "label_issues.csv").is_file()
-
-
-@pytest.mark.slow
-@pytest.mark.realdata
-def test_predict_finds_the_face_in_a_photo_and_says_when_there_is_none(trained_run, tmp_path):
-    import cv2
-    import numpy as np
-
-    from nla.data import read_rafdb
-    from tests.conftest import real_dataset
-    from tests.fakes import background, composites
-
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    made = composites(read_rafdb(real_dataset("rafdb"), "test").paths, 3, seed=5)
-    for k, (photo, _, _) in enumerate(made):
-        cv2.imwrite(str(photos / f"photo{k}.png"), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
-    cv2.imwrite(str(photos / "wall.png"), background(300, 300, np.random.default_rng(0)))
-    run = tmp_path / "run"
-    shutil.copytree(trained_run, run)
-    main(
-        [
-            "predict",
-            "--ckpt_path",
-            str(run / "checkpoints" / "last.ckpt"),
-            "--data.prediction.root",
-            str(photos),
-            "--data.faces.detect",
-            "true",
-            *NO_LOGGER,
-            "--trainer.enable_progress_bar",
-            "false",
-        ]
-    )
-    rows = {r["path"].rsplit("/", 1)[1]: r for r in csv.DictReader(open(run / "predict" / "predictions.csv"))}
-    assert rows["wall.png"]["prediction"] == "" and rows["wall.png"]["error"] == "no face found"
-    assert rows["wall.png"]["face_x"] == ""
-    found = [name for name in rows if name != "wall.png" and rows[name]["prediction"]]
-    assert found, rows  # the test faces are found (76% of 300 in benchmarks/results/face-detection.json)
-    for name in found:
-        k = int(name[len("photo") : -len(".png")])
-        box = tuple(int(rows[name][key]) for key in ("face_x", "face_y", "face_width", "face_height"))
-        from nla.faces import box_iou
-
-        assert box_iou(box, made[k][1]) > 0.5  # the crop covers the pasted face
-
-
-LOADED = (
-    "import sys\nfrom nla.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-    "print('torch loaded' if 'torch' in sys.modules else 'torch not loaded', file=sys.stderr)"
-)
-
-
-def nla_in_a_process(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", LOADED, *args], capture_output=True, text=True, env=env, timeout=300)
-
-
-def test_help_and_compare_answer_without_loading_pytorch(trained_run):
-    shown = nla_in_a_process("--help")
-    assert "torch not loaded" in shown.stderr and "    compare " in shown.stdout
-    compared = nla_in_a_process("compare", str(trained_run))
-    assert "torch not loaded" in compared.stderr and "| run | evaluation |" in compared.stdout
-
-
-@pytest.mark.slow
-def test_a_lightning_commands_help_is_rendered_once_then_printed_without_loading_pytorch(tmp_path):
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "COLUMNS": "100"}
-    first, second = nla_in_a_process("fit", "--help", env=env), nla_in_a_process("fit", "--help", env=env)
-    assert "torch loaded" in first.stderr and "torch not loaded" in second.stderr
-    assert second.stdout == first.stdout and "--trainer.precision" in first.stdout
-    (kept,) = (tmp_path / "nla" / "help").glob("fit-*.txt")
-    kept.write_text(kept.read_text() + "edited")
-    assert nla_in_a_process("fit", "--help", env=env).stdout.endswith("edited")  # printed from the file
-    env["COLUMNS"] = "140"  # another width is another rendering
-    assert "torch loaded" in nla_in_a_process("fit", "--help", env=env).stderr
-
-
-def huge_png(path, side: int) -> None:
-    """A valid grey PNG of ``side`` x ``side`` pixels in a few hundred bytes (rows of zeros compress to nothing)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    packer = zlib.compressobj(9)
-    rows = b"".join(packer.compress(b"\x00" * (side + 1)) for _ in range(4)) + packer.flush()
-    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
