@@ -16,12 +16,13 @@ figures that matter are measured on the CPU without the device's work:
   - ``Lightning floor``: ``Trainer.fit`` of the same module, data and Adam with none of nla's per-step extras (no
     callbacks, no progress bar, a ``training_step`` that returns the loss alone, :class:`LightningFloor`): what
     Lightning's automatic optimisation and DataLoader cost by themselves, so that ``nla / floor`` is what nla adds.
-- **kernels per step**: every ATen operation an eager step runs (each a kernel launch on a GPU; counted by a
-  ``TorchDispatchMode``), with ResNet-18 in bf16 autocast, for nla's loop; and what each part contributes. (A
+- **kernels per step**: every ATen operation of an eager step that launches a kernel on a GPU (counted by a
+  ``TorchDispatchMode``; views, allocations and profiler markers are not), with ResNet-18 in bf16 autocast and
+  channels-last as ``nla fit`` runs it, for nla's loop; and what each part contributes. (A
   compiled step runs generated kernels past the dispatcher, where no mode sees them; on a GPU the graph step is one
   CUDA graph replay.)
 
-    python -m benchmarks.host_overhead --rounds 3 --json benchmarks/results/host-overhead-2core.json
+    python -m benchmarks.host_overhead --rounds 5 --json benchmarks/results/host-overhead-2core.json
 """
 
 from __future__ import annotations
@@ -256,7 +257,7 @@ def ratio(loops: dict[str, list[float]], loop: str, reference: str) -> float:
 
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=60, help="timed steps per loop and round")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=32)
