@@ -103,14 +103,14 @@ def check_start(backbone: str, pretrained: str, weights: Optional[str]) -> None:
                 f"--model.pretrained face starts dlib's face-recognition network, not {backbone}: set --model.backbone "
                 f"{dlib_resnet.NAME} (configs/presets/face_start.yaml sets both)"
             )
-        if not weights:
-            dlib_resnet.installed_face_network()
     if weights:
         path = Path(weights)
         if not path.is_file():
             raise missing_file(path, "pre-trained weights file")
         if pretrained == "none":
             require_torch_file(path, "pre-trained weights file")
+    if pretrained == "face":  # read (and its tensors cached) now: a truncated or foreign file stops before the data
+        dlib_resnet.face_network(weights or dlib_resnet.installed_face_network())
 
 
 def start_backbone(

@@ -12,6 +12,7 @@ import yaml
 
 from nla import NLAModule
 from nla.backbones import dlib_resnet
+from nla.backbones.dlib_format import DlibFormatError
 from nla.backbones.starts import Start, backbone_input
 from nla.cli import main
 from nla.data.sources import rafdb
@@ -56,6 +57,10 @@ def test_a_start_that_cannot_work_is_one_line_before_any_data(tiny_dat, tmp_path
         NLAModule(backbone="resnet18", pretrained="face")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         NLAModule(backbone="dlib_resnet29", pretrained="face", pretrained_weights=str(tmp_path / "absent.dat"))
+    cut = tmp_path / "cut.dat"
+    cut.write_bytes(tiny_dat[0].read_bytes()[:300])  # read when the model is made, not after the data
+    with pytest.raises(DlibFormatError, match=f"{cut}.*truncated"):
+        NLAModule(backbone="dlib_resnet29", pretrained="face", pretrained_weights=str(cut))
     monkeypatch.setattr(dlib_resnet.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ConfigError, match=r'pip install "nla\[face\]"'):
         NLAModule(backbone="dlib_resnet29", pretrained="face")
