@@ -97,12 +97,11 @@ def check_start(backbone: str, pretrained: str, weights: Optional[str]) -> None:
     require_timm_model(backbone)
     if pretrained not in ("none", "face", "imagenet"):
         raise ConfigError(f"--model.pretrained {pretrained!r}: expected none, face or imagenet")
-    if pretrained == "face":
-        if backbone.split(".")[0] != dlib_resnet.NAME:
-            raise ConfigError(
-                f"--model.pretrained face starts dlib's face-recognition network, not {backbone}: set --model.backbone "
-                f"{dlib_resnet.NAME} (configs/presets/face_start.yaml sets both)"
-            )
+    if pretrained == "face" and backbone.split(".")[0] != dlib_resnet.NAME:
+        raise ConfigError(
+            f"--model.pretrained face starts dlib's face-recognition network, not {backbone}: set --model.backbone "
+            f"{dlib_resnet.NAME} (configs/presets/face_start.yaml sets both)"
+        )
     if weights:
         path = Path(weights)
         if not path.is_file():
