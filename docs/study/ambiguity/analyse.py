@@ -50,9 +50,15 @@ def vote_ambiguity(votes: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def apply(run_dir: Path, data_root: str, split: str) -> tuple[list[str], torch.Tensor, torch.Tensor, object]:
-    """Names, probabilities and labels of one split under the run's last checkpoint, and the model."""
+    """Names, probabilities and labels of one split under the run's last checkpoint, and the model. The probabilities
+    are kept beside the checkpoint (``ambiguity-<split>.pt``) and reused while the checkpoint is the same file."""
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     model = NLAModule.load_from_checkpoint(checkpoint, weights_only=True, map_location="cpu").eval()
+    kept, stamp = run_dir / f"ambiguity-{split}.pt", [checkpoint.stat().st_size, checkpoint.stat().st_mtime_ns]
+    if kept.is_file():
+        saved = torch.load(kept, weights_only=True)
+        if saved["checkpoint"] == stamp:
+            return saved["names"], saved["probs"], saved["labels"], model
     saved = torch.load(checkpoint, weights_only=True, map_location="cpu")["datamodule_hyper_parameters"]
     # No DataLoader workers: forked workers of this long-lived process twice blocked forever inside cv2.imdecode
     # on a lock they inherited (gdb); unexplained, see the issue notes.
@@ -64,7 +70,9 @@ def apply(run_dir: Path, data_root: str, split: str) -> tuple[list[str], torch.T
         for batch in loader:
             probs.append(model(batch.image).float().softmax(1))
             labels.append(batch.label)
-    return list(data.splits[split].names), torch.cat(probs), torch.cat(labels), model
+    names, all_probs, all_labels = list(data.splits[split].names), torch.cat(probs), torch.cat(labels)
+    torch.save({"checkpoint": stamp, "names": names, "probs": all_probs, "labels": all_labels}, kept)
+    return names, all_probs, all_labels, model
 
 
 def signals(probs: torch.Tensor, labels: torch.Tensor, model: object, epochs: int) -> dict[str, np.ndarray]:
