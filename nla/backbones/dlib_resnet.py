@@ -12,6 +12,7 @@ file's SHA-256.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -246,6 +247,17 @@ def cache_folder() -> Path:
 
 
 def file_sha256(path: Path) -> str:
+    """The file's SHA-256, hashed once per version of the file in a process (its path, size and modification time)."""
+    return _sha256(*_version(Path(path)))
+
+
+def _version(path: Path) -> tuple[str, int, int]:
+    status = path.stat()
+    return str(path.resolve()), status.st_size, status.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, size: int, modified_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -254,35 +266,44 @@ def file_sha256(path: Path) -> str:
 
 
 def face_network(path: str | Path) -> DlibFaceNetwork:
-    """The face network of a ``.dat`` file, from the cache of converted tensors when it holds this file's hash."""
+    """The face network of a ``.dat`` file, from the cache of converted tensors when it holds this file's hash; read
+    once per version of the file in a process (a start checks it, sizes the model and loads it: one read). Its
+    tensors are shared: load them, do not change them."""
     path = Path(path)
-    digest = file_sha256(path) if path.is_file() else None
-    cached = cache_folder() / f"{digest}.pt" if digest else None
-    if cached is not None and cached.is_file():
+    if not path.is_file():
+        return read_face_network(path)  # says what is missing
+    return _face_network(*_version(path))
+
+
+@functools.lru_cache(maxsize=2)
+def _face_network(name: str, size: int, modified_ns: int) -> DlibFaceNetwork:
+    path = Path(name)
+    digest = _sha256(name, size, modified_ns)
+    cached = cache_folder() / f"{digest}.pt"
+    if cached.is_file():
         try:
             saved = torch.load(cached, map_location="cpu", weights_only=True)
             return DlibFaceNetwork(saved["state_dict"], tuple(saved["widths"]), saved["input_size"], saved["mean_rgb"])
         except Exception as error:  # a damaged cache file is converted again, never trusted
             log.warning("converting %s again: its cache %s cannot be read (%s)", path, cached, error)
     network = read_face_network(path)
-    if cached is not None:
-        try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=cached.parent, suffix=".partial")
-            with os.fdopen(handle, "wb") as file:
-                torch.save(
-                    {
-                        "state_dict": network.state_dict,
-                        "widths": list(network.widths),
-                        "input_size": network.input_size,
-                        "mean_rgb": list(network.mean_rgb),
-                        "source": str(path),
-                    },
-                    file,
-                )
-            os.replace(temporary, cached)
-        except OSError as error:  # a read-only home: convert each time
-            log.warning("not caching the converted face network in %s: %s", cached.parent, error)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=cached.parent, suffix=".partial")
+        with os.fdopen(handle, "wb") as file:
+            torch.save(
+                {
+                    "state_dict": network.state_dict,
+                    "widths": list(network.widths),
+                    "input_size": network.input_size,
+                    "mean_rgb": list(network.mean_rgb),
+                    "source": str(path),
+                },
+                file,
+            )
+        os.replace(temporary, cached)
+    except OSError as error:  # a read-only home: convert each time
+        log.warning("not caching the converted face network in %s: %s", cached.parent, error)
     return network
 
 

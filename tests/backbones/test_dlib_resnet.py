@@ -115,16 +115,36 @@ def test_the_converted_network_is_cached_by_the_files_hash(tmp_path, monkeypatch
     cached = list((tmp_path / "cache" / "nla" / "face-network").glob("*.pt"))
     assert [c.stem for c in cached] == [dlib_resnet.file_sha256(path)]
     monkeypatch.setattr(dlib_resnet, "read_face_network", lambda p: pytest.fail("read again despite the cache"))
+    dlib_resnet._face_network.cache_clear()  # a new process: the disk cache, not the process's memo
     again = face_network(path)
     assert all(torch.equal(again.state_dict[k], v) for k, v in first.state_dict.items())
     cached[0].write_bytes(b"damaged")  # a damaged cache is converted again, never trusted
     monkeypatch.undo()
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    dlib_resnet._face_network.cache_clear()
     repaired = face_network(path)
     assert all(torch.equal(repaired.state_dict[k], v) for k, v in first.state_dict.items())
     other = write_face_network(tmp_path / "other.dat", tiny_face_network(seed=1))  # another file, another entry
     face_network(other)
     assert len(list(cached[0].parent.glob("*.pt"))) == 2
+
+
+def test_a_start_reads_and_hashes_the_file_once_until_it_changes(tmp_path, monkeypatch):
+    """Checking a face start, sizing its model and loading it each ask for the network: one read and one hash of the
+    file per process, and a new read when the file is replaced."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = write_face_network(tmp_path / "tiny.dat", tiny_face_network())
+    reads = []
+    real_read, real_open = dlib_resnet.read_face_network, open
+    monkeypatch.setattr(dlib_resnet, "read_face_network", lambda p: reads.append(p) or real_read(p))
+    opened = []
+    monkeypatch.setattr("builtins.open", lambda f, *a, **k: (opened.append(Path(f)), real_open(f, *a, **k))[1])
+    model = timm.create_model("dlib_resnet29", pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+    face_network(path)
+    assert len(reads) == 1 and dlib_resnet.file_sha256(path) and opened.count(path.resolve()) == 1
+    write_face_network(path, tiny_face_network(seed=1, widths=(2, 3, 4, 4, 6)))  # replaced: another size
+    replaced = face_network(path)
+    assert len(reads) == 2 and replaced.widths[-1] == 6 and model.stages[-1][0].conv2.out_channels == 5
 
 
 @pytest.mark.parametrize("cut", [0, 1, 9, 30, 200, -4])
