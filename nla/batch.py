@@ -7,7 +7,7 @@ labels)`` pair or images alone, as any DataModule gives them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Optional, TypedDict
 
 import torch
@@ -46,6 +46,23 @@ class FaceBatch:
         self.views, self.image = views, views[: len(views) // 2]
         return self
 
+    def to(self, device: torch.device | str, non_blocking: Optional[bool] = None) -> FaceBatch:
+        """This batch with its tensors on ``device`` (Lightning's transfer calls it, instead of walking the fields
+        as a collection); ``image`` stays the first half of ``views`` when it was. Asynchronous to a GPU."""
+        target = torch.device(device)
+        asynchronous = target.type not in ("cpu", "mps") if non_blocking is None else non_blocking
+        moved: dict[str, Any] = {
+            f.name: value.to(target, non_blocking=asynchronous)
+            for f in fields(self)
+            if isinstance(value := getattr(self, f.name), Tensor) and f.name != "image"
+        }
+        views, n = moved.get("views"), len(self.image)
+        if views is not None and self.views is not None and _same_memory(self.image, self.views[:n]):
+            moved["image"] = views[:n]  # still the first half of the views, not a second copy
+        else:
+            moved["image"] = self.image.to(target, non_blocking=asynchronous)
+        return replace(self, **moved)
+
     def fields(self) -> dict[str, Any]:
         """Every field that is set but the pixels, by name (for the rows of a prediction)."""
         named = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("image", "views")}
@@ -72,6 +89,10 @@ class MediaBatch(FaceBatch):
     track: Optional[Tensor] = None
     box: Optional[Tensor] = None
     landmarks: Optional[Tensor] = None
+
+
+def _same_memory(a: Tensor, b: Tensor) -> bool:
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
 
 
 def collate_faces(items: list[dict[str, Any]]) -> FaceBatch:

@@ -73,6 +73,24 @@ def test_a_face_batch_with_its_mirrors_is_used_as_it_is():
     assert given.item() != pytest.approx(flipped.item())
 
 
+def test_lightning_moves_a_batch_with_its_own_to_keeping_the_image_inside_the_views():
+    from lightning.fabric.utilities.apply_func import move_data_to_device
+
+    images, labels = batch()
+    trained = FaceBatch(images, labels, torch.arange(6), error=["", "x"]).with_views(torch.cat([images, images]))
+    moved = move_data_to_device(trained, torch.device("meta"))
+    assert isinstance(moved, FaceBatch) and moved.error == ["", "x"]
+    assert all(t.device.type == "meta" for t in (moved.image, moved.label, moved.index, moved.views))
+    assert moved.image._base is moved.views and moved.image.shape == images.shape  # one copy, not two
+    separate = FaceBatch(images, labels, views=torch.cat([images, images.flip(-1)]))  # as the workers collate it
+    moved = move_data_to_device(separate, torch.device("meta"))
+    assert moved.image._base is None and moved.image.shape == images.shape and moved.views.shape[0] == 12
+    media = MediaBatch(images, path=["a.jpg"] * 6, ok=torch.ones(6, dtype=torch.bool), box=torch.zeros(6, 4))
+    moved = move_data_to_device(media, torch.device("meta"))
+    assert isinstance(moved, MediaBatch) and moved.path == media.path
+    assert moved.ok.device.type == moved.box.device.type == "meta" and moved.frame is None
+
+
 def test_prediction_takes_media_batches_pairs_or_images_alone():
     nla = module().eval()
     images, labels = batch()
