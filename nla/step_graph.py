@@ -64,6 +64,13 @@ class GraphStep:
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["step"] = state["step"].to(device=device, dtype=torch.float32)
+        # What the graph reads of Adam, taken now: inside it, reading the optimiser's param group would guard on
+        # every value there, the learning rate the scheduler changes each epoch included (a recompile per epoch).
+        self.moments = [
+            tuple(optimizer.state[p][key] for key in ("step", "exp_avg", "exp_avg_sq")) for p in self.params
+        ]
+        self.betas = tuple(float(beta) for beta in group["betas"])
+        self.eps, self.weight_decay = float(group["eps"]), float(group["weight_decay"])
         self.batch_size: Optional[int] = None
         self.epoch = 0  # as the criterion sees it: changes only where NAW's warm-up ends (a second graph, then)
         self.compiled = torch.compile(own_code(self.step), fullgraph=True, backend=backend, mode=mode)
@@ -118,22 +125,19 @@ class GraphStep:
     def adam(self, grads: tuple[Optional[Tensor], ...], finite: Tensor) -> None:
         """torch.optim.Adam's update (L2 weight decay added to the gradient, bias-corrected moments), on its state;
         where ``finite`` is false, nothing changes."""
-        group = self.optimizer.param_groups[0]
-        beta1, beta2 = group["betas"]
-        eps, decay = group["eps"], group["weight_decay"]
-        for p, grad in zip(self.params, grads):
+        (beta1, beta2), eps, decay = self.betas, self.eps, self.weight_decay
+        for p, grad, (step_count, exp_avg_state, exp_avg_sq_state) in zip(self.params, grads, self.moments):
             if grad is None:
                 continue
-            state = self.optimizer.state[p]
-            step = state["step"] + 1
+            step = step_count + 1
             if decay:
                 grad = grad + decay * p
-            exp_avg = state["exp_avg"] * beta1 + grad * (1 - beta1)
-            exp_avg_sq = state["exp_avg_sq"] * beta2 + grad * grad * (1 - beta2)
+            exp_avg = exp_avg_state * beta1 + grad * (1 - beta1)
+            exp_avg_sq = exp_avg_sq_state * beta2 + grad * grad * (1 - beta2)
             correction1 = 1 - beta1**step
             correction2 = (1 - beta2**step) ** 0.5
             update = self.lr / correction1 * exp_avg / (exp_avg_sq.sqrt() / correction2 + eps)
             p.copy_(torch.where(finite, p - update, p))
-            state["exp_avg"].copy_(torch.where(finite, exp_avg, state["exp_avg"]))
-            state["exp_avg_sq"].copy_(torch.where(finite, exp_avg_sq, state["exp_avg_sq"]))
-            state["step"].copy_(torch.where(finite, step, state["step"]))
+            exp_avg_state.copy_(torch.where(finite, exp_avg, exp_avg_state))
+            exp_avg_sq_state.copy_(torch.where(finite, exp_avg_sq, exp_avg_sq_state))
+            step_count.copy_(torch.where(finite, step, step_count))

@@ -74,11 +74,15 @@ def test_the_graph_step_compiles_whole_and_matches_eager_after_five_steps():
 
 def test_a_new_epoch_and_the_short_last_batch_compile_nothing_more():
     model = module()
-    step = GraphStep(model, adam(model), backend=TRACE, mode=None)
+    optimizer = adam(model)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.9)  # as nla fit steps it, once an epoch
+    step = GraphStep(model, optimizer, backend=TRACE, mode=None)
     before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     for epoch, (views, labels) in enumerate(batches(3)):
-        step.set_epoch(1 - 0.5**epoch, 1e-3 * 0.9**epoch)  # the scheduler and the learning rate change each epoch
+        lr = optimizer.param_groups[0]["lr"]
+        step.set_epoch(1 - 0.5**epoch, lr)  # the scheduler and the learning rate change each epoch
         step(views, labels)
+        scheduler.step()
     short_views, short_labels = batches(1, size=3)[0]
     result = step(short_views, short_labels)  # the epoch's last batch, 3 images: run eagerly, every sample trained
     assert len(result.output.probs) == 3
