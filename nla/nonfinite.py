@@ -47,8 +47,9 @@ class LossWatch(nn.Module):
         first = torch.gt(bad, self.flag)  # bad, and no earlier step was
         values = [*(part.detach().float() for part in parts), self.flag.new_full((), float(epoch))]
         values.append(self.flag.new_full((), float(step)))
-        self.record = torch.where(first, torch.stack(values), self.record)
-        self.flag = torch.maximum(self.flag, bad)
+        # In place, not rebound: the graph step reads the flag, and a CUDA graph replays on fixed addresses.
+        torch.where(first, torch.stack(values), self.record, out=self.record)
+        torch.maximum(self.flag, bad, out=self.flag)
 
     def observe(self, total: Tensor, parts: Sequence[Tensor], epoch: int, step: int, optimizers: Sequence[Any]) -> None:
         """:meth:`note` this step's loss; hand the flag to fused optimisers, and check on the host at once where an

@@ -8,6 +8,10 @@ At batch 32 on a GPU the Python that issues a step's hundreds of kernels sets th
   (a host float would be baked into the graph, and recompile it every epoch);
 - Adam's update is written here over ``torch.optim.Adam``'s own state tensors (torch's optimisers break a graph on
   purpose), with its formula, so checkpoints stay Adam's and a run may resume with or without the graph;
+- every tensor the graph reads or updates besides its arguments (weights, Adam's state, the meter's sums, the loss
+  watch's flag) keeps its memory from step to step: a CUDA graph replays on fixed addresses, records itself again
+  when one moves (and after 128 times gives up), and is not captured at all when an input it updates is not marked
+  as fixed;
 - a step whose loss is not finite changes no weight and no moment (``LossWatch``'s promise), inside the graph;
 - the epoch's mechanism sums (:class:`nla.criterion.MechanismMeter`) are added inside the graph too;
 - what callbacks read (probabilities, weights) is copied out of the graph's buffers, which the next replay reuses;
@@ -66,9 +70,13 @@ class GraphStep:
             state["step"] = state["step"].to(device=device, dtype=torch.float32)
         # What the graph reads of Adam, taken now: inside it, reading the optimiser's param group would guard on
         # every value there, the learning rate the scheduler changes each epoch included (a recompile per epoch).
+        # The state tensors it updates in place are marked as fixed in memory, as parameters and module buffers are:
+        # a CUDA graph skips capture altogether when the step mutates an input that is not.
         self.moments = [
             tuple(optimizer.state[p][key] for key in ("step", "exp_avg", "exp_avg_sq")) for p in self.params
         ]
+        for tensor in (t for moments in self.moments for t in moments):
+            torch._dynamo.mark_static_address(tensor, guard=False)
         self.betas = tuple(float(beta) for beta in group["betas"])
         self.eps, self.weight_decay = float(group["eps"]), float(group["weight_decay"])
         self.batch_size: Optional[int] = None

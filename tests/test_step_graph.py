@@ -174,3 +174,31 @@ def test_a_face_batch_trains_through_the_graph_step_as_nla_fit_calls_it():
     out = model.training_step(FaceBatch(views[:8], labels, index=torch.arange(8), views=views), 0)
     assert out["probs"].shape == (8, 7) and torch.equal(out["index"], torch.arange(8)) and "weights" in out
     assert optimizer.state[next(model.parameters())]["step"].item() == 1
+
+
+def test_what_the_graph_reads_besides_its_arguments_keeps_its_memory():
+    """A CUDA graph replays on fixed addresses: a module tensor the step reads that moves makes it record itself
+    again every step (and give up after 128), and an input it updates that is not marked as fixed stops it being
+    captured at all. So the weights, every buffer (the loss watch's flag, the meter's sums) and Adam's state stay
+    where they are through steps as nla fit runs them, and Adam's state is marked as the weights are."""
+    model = module(step_graph=True, compile_backend=TRACE)
+    optimizer = adam(model)
+    model.graph_step = GraphStep(model, optimizer, backend=TRACE, mode=None)
+    model.graph_step.set_epoch(0.5, 1e-3)
+
+    class Optimizer:  # what Lightning's LightningOptimizer does with the closure
+        def step(self, closure):
+            return optimizer.step(closure)
+
+    model.optimizers = lambda: Optimizer()
+    adam_state = [t for p in model.parameters() for t in optimizer.state[p].values()]
+    assert adam_state and all(torch._dynamo.utils.get_static_address_type(t) for t in adam_state)
+    fixed = dict(model.named_parameters()) | dict(model.named_buffers())
+    fixed |= {f"adam {i}": t for i, t in enumerate(adam_state)}
+    addresses = {name: t.data_ptr() for name, t in fixed.items()}
+    for views, labels in batches(3):
+        model.training_step(FaceBatch(views[:8], labels, views=views), 0)
+    assert optimizer.state[next(model.parameters())]["step"].item() == 3
+    now = dict(model.named_parameters()) | dict(model.named_buffers())
+    now |= {f"adam {i}": t for i, t in enumerate(t for p in model.parameters() for t in optimizer.state[p].values())}
+    assert {name: t.data_ptr() for name, t in now.items()} == addresses
