@@ -178,9 +178,8 @@ def test_a_face_batch_trains_through_the_graph_step_as_nla_fit_calls_it():
 
 def test_what_the_graph_reads_besides_its_arguments_keeps_its_memory():
     """A CUDA graph replays on fixed addresses: a module tensor the step reads that moves makes it record itself
-    again every step (and give up after 128), and an input it updates that is not marked as fixed stops it being
-    captured at all. So the weights, every buffer (the loss watch's flag, the meter's sums) and Adam's state stay
-    where they are through steps as nla fit runs them, and Adam's state is marked as the weights are."""
+    again every step (and give up after 128). So the weights, every buffer (the loss watch's flag, the meter's sums)
+    and Adam's state stay where they are through steps as nla fit runs them."""
     model = module(step_graph=True, compile_backend=TRACE)
     optimizer = adam(model)
     model.graph_step = GraphStep(model, optimizer, backend=TRACE, mode=None)
@@ -192,7 +191,6 @@ def test_what_the_graph_reads_besides_its_arguments_keeps_its_memory():
 
     model.optimizers = lambda: Optimizer()
     adam_state = [t for p in model.parameters() for t in optimizer.state[p].values()]
-    assert adam_state and all(torch._dynamo.utils.get_static_address_type(t) for t in adam_state)
     fixed = dict(model.named_parameters()) | dict(model.named_buffers())
     fixed |= {f"adam {i}": t for i, t in enumerate(adam_state)}
     addresses = {name: t.data_ptr() for name, t in fixed.items()}
@@ -202,3 +200,37 @@ def test_what_the_graph_reads_besides_its_arguments_keeps_its_memory():
     now = dict(model.named_parameters()) | dict(model.named_buffers())
     now |= {f"adam {i}": t for i, t in enumerate(t for p in model.parameters() for t in optimizer.state[p].values())}
     assert {name: t.data_ptr() for name, t in now.items()} == addresses
+
+
+def test_every_input_the_compiled_step_updates_is_fixed_in_memory():
+    """What a CUDA graph asks before capturing (torch's cudagraph trees): each input the graph updates in place is a
+    static address (parameters, module buffers, tensors marked so). Checked on the graph dynamo hands its backend."""
+    graphs: list[Any] = []
+
+    def backend(graph_module: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
+        graphs.append((graph_module, example_inputs))
+        return graph_module.forward
+
+    model = module()
+    step = GraphStep(model, adam(model), backend=backend, mode=None)
+    step.set_epoch(0.5, 1e-3)
+    with torch._dynamo.config.patch(trace_autograd_ops=True):
+        step.compiled(*batches(1)[0])
+    (graph_module, inputs), *_ = graphs
+    placeholders = {node: i for i, node in enumerate(n for n in graph_module.graph.nodes if n.op == "placeholder")}
+
+    def input_of(node: Any) -> Any:  # through views and indexing to the graph's input, if it is one
+        while isinstance(node, torch.fx.Node) and node not in placeholders:
+            node = node.args[0] if node.args else None
+        return inputs[placeholders[node]] if isinstance(node, torch.fx.Node) else None
+
+    updated = {
+        node.args[0].name: input_of(node.args[0])
+        for node in graph_module.graph.nodes
+        if node.op == "call_method"
+        and node.target.endswith("_")
+        and input_of(node.args[0] if node.args else None) is not None
+    }
+    assert len(updated) > len(list(model.parameters()))  # the weights, Adam's state, the meter's sums
+    moving = [name for name, t in updated.items() if not torch._dynamo.utils.get_static_address_type(t)]
+    assert not moving
