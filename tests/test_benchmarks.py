@@ -87,6 +87,30 @@ def test_side_by_side_paces_come_from_the_epoch_lines_after_the_first(tmp_path, 
     assert paces["seed2"]["epoch_s"] == 20 and paces["seed2"]["samples_per_s"] == 60
 
 
+def test_the_gpu_call_counts_what_torch_says_about_the_compiled_step(tmp_path):
+    """The GPU call sets TORCH_LOGS so that torch names each recompile of the graph step, each unexpected
+    re-recording of its CUDA graph and each reason one was skipped; a phase's record counts those lines."""
+    import sys
+    import time
+
+    from benchmarks.gpu.call import Process
+
+    lines = [
+        "epoch 1/60  train loss 1.2",
+        "V1205 [0/1] [__recompiles] Recompiling function step in nla/step_graph.py:105",
+        "W1205 skipping cudagraphs due to mutated inputs (186 instances). Found from :",
+        "D1205 [0/0] Re-recording function=step, reason=static input data pointer changed.",
+        "D1205 [0/0] Re-recording function=step, reason=static input data pointer changed.",
+    ]
+    script = "import sys; sys.stdout.write(sys.argv[1])"
+    process = Process("fit", [sys.executable, "-c", script, "\n".join(lines) + "\n"], tmp_path)
+    while process.poll() is None:
+        time.sleep(0.01)
+    notes = process.compile_notes()
+    assert (notes["recompiles"], notes["cudagraph_rerecords"], notes["cudagraph_skips"]) == (1, 2, 1)
+    assert notes["cudagraph_skips_first"] == [lines[2]] and process.epochs[0][:2] == (1, 60)
+
+
 def test_the_kernel_counter_names_the_part_that_called_each_operation():
     """benchmarks/host_overhead.py's count: the criterion's calls into torch.nn.functional are the criterion's (not the
     model's), allocations are not kernels, and the backward pass is counted apart."""

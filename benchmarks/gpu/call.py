@@ -149,6 +149,23 @@ class Process:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
 
+    def compile_notes(self, most: int = 5) -> dict[str, Any]:
+        """What torch's logs (TORCH_LOGS, set by the call) said about the compiled step: its recompiles, its CUDA
+        graph's unexpected re-recordings and the reasons one was skipped, counted, with the first few lines of each."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        notes: dict[str, Any] = {}
+        markers = (
+            ("recompiles", "Recompiling function"),
+            ("cudagraph_rerecords", "Re-recording function"),
+            ("cudagraph_skips", "skipping cudagraph"),
+        )
+        for key, marker in markers:
+            lines = [line.strip() for line in text.splitlines() if marker in line]
+            notes[key] = len(lines)
+            if lines:
+                notes[f"{key}_first"] = lines[:most]
+        return notes
+
 
 def run_one(call: Call, name: str, command: list[str], limit_s: float) -> tuple[Process, Optional[int]]:
     """Run ``command`` to its end or for ``limit_s``, logging it; the exit code (None when stopped)."""

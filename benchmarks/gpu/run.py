@@ -153,6 +153,7 @@ def throughput(call: Call, work: Path, data: Path, tiny: bool, compiled: bool = 
     command = [sys.executable, "benchmarks/throughput.py", *sizes, "--data-root", str(data), "--json", str(result)]
     process, code = run_one(call, name, command, limit_s=min(300.0, call.left() - 10))
     record: dict[str, Any] = {"status": "ok" if code == 0 else f"failed (exit {code})", "wall_s": process.wall_s()}
+    record.update(process.compile_notes())
     if result.exists():
         measured = json.loads(result.read_text())
         call.write(f"{name}.json", measured)
@@ -228,6 +229,7 @@ def main_job(
         "epochs_done": len(epochs),
         "epochs": total,
         "epoch_end_s": [round(t, 1) for _, t in epochs],
+        **process.compile_notes(),
         **gpu,
         **run_record(run_dir),
     }
@@ -346,6 +348,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     call = Call(out, args.deadline)
     work = Path(tempfile.mkdtemp(prefix="nla-gpu-"))
     os.environ.setdefault("WANDB_MODE", "disabled")
+    # torch says why it recompiles the graph step, records its CUDA graph again or runs without one; the phases
+    # count those lines.
+    os.environ.setdefault("TORCH_LOGS", "recompiles,cudagraphs")
     shutil.rmtree(REPO / "runs" / "experiments" / "gpu_rafdb", ignore_errors=True)  # a fresh grid each call
 
     call.summary["environment"] = environment()
