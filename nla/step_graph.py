@@ -96,6 +96,8 @@ class GraphStep:
         if len(labels) != self.batch_size:  # the epoch's last, short batch: the same step, eagerly
             total, probs, weights, finite, parts = self.step(views, labels)
         else:
+            # A new training step: the CUDA graph may reuse the buffers of the last replay's outputs (copied out below).
+            torch.compiler.cudagraph_mark_step_begin()
             with torch._dynamo.config.patch(trace_autograd_ops=True):  # the backward pass inside the graph
                 total, probs, weights, finite, parts = self.compiled(views, labels)
         # Copied out: a CUDA graph's outputs live in buffers its next replay overwrites.
