@@ -32,7 +32,7 @@ from nla.evaluation import StageConfusion
 from nla.nonfinite import LossWatch, check_finite_weights
 from nla.optimisation import adam_with_decay, apply_settings
 from nla.records import Evaluation
-from nla.step_graph import GraphStep
+from nla.step_graph import GraphStep, trainer_conflicts
 
 
 class NLAModule(LightningModule):
@@ -200,6 +200,10 @@ class NLAModule(LightningModule):
                 rank_zero_info(f"classes: {match.describe()}")
             self._require_confusion().label_map = LabelMap(match).to(self.device)
         if stage == "fit" and self.hparams["step_graph"]:
+            trainer = self.trainer
+            conflict = trainer_conflicts(trainer.gradient_clip_val, trainer.accumulate_grad_batches)
+            if conflict:
+                raise ConfigError(conflict)
             self.automatic_optimization = False  # the graph step does the backward pass and Adam's update itself
         if stage == "fit" and self.criterion.needs_class_counts and self.hparams["class_counts"] is None:
             counts = getattr(datamodule, "train_class_counts", None)

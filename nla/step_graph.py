@@ -39,6 +39,23 @@ def own_code(method: Any) -> Any:
     return types.MethodType(copy, method.__self__)
 
 
+def trainer_conflicts(gradient_clip_val: Optional[float], accumulate_grad_batches: int) -> Optional[str]:
+    """Why a trainer with these settings cannot run the graph step, which writes the backward pass and Adam's update
+    itself: Lightning's clipping and accumulation would be skipped without a word. ``None`` when it can."""
+    asked = []
+    if gradient_clip_val:
+        asked.append(f"clip gradients (--trainer.gradient_clip_val {gradient_clip_val})")
+    if accumulate_grad_batches != 1:
+        them = "them" if asked else "gradients"
+        asked.append(f"accumulate {them} (--trainer.accumulate_grad_batches {accumulate_grad_batches})")
+    if not asked:
+        return None
+    return (
+        "--model.step_graph true writes each step's backward pass and Adam's update itself and does not "
+        f"{' or '.join(asked)}: drop {'those settings' if len(asked) > 1 else 'that setting'} or the graph step"
+    )
+
+
 class StepResult(NamedTuple):
     """What a step gives the loop: the criterion's output (copied out of the graph) and whether it updated."""
 

@@ -234,3 +234,19 @@ def test_every_input_the_compiled_step_updates_is_fixed_in_memory():
     assert len(updated) > len(list(model.parameters()))  # the weights, Adam's state, the meter's sums
     moving = [name for name, t in updated.items() if not torch._dynamo.utils.get_static_address_type(t)]
     assert not moving
+
+
+def test_a_trainer_that_clips_or_accumulates_is_refused_before_the_first_step():
+    """Lightning's clipping and accumulation act in its automatic optimisation, which the graph step replaces: a
+    module used without nla's command line refuses them at setup instead of training without them."""
+    from lightning.pytorch import Trainer
+
+    from nla.errors import ConfigError
+
+    for settings, said in (({"gradient_clip_val": 1.0}, "clip gradients"), ({"accumulate_grad_batches": 2}, "accum")):
+        model = module(step_graph=True, compile_backend=TRACE)
+        trainer = Trainer(max_epochs=1, logger=False, enable_checkpointing=False, **settings)
+        data = torch.utils.data.DataLoader(list(zip(*batches(1, size=4)[0])), batch_size=4)
+        with pytest.raises(ConfigError, match=said):
+            trainer.fit(model, train_dataloaders=data)
+        assert model.graph_step is None

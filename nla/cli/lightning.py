@@ -42,6 +42,7 @@ from nla.loggers import without_wandb
 from nla.module import NLAModule
 from nla.rundir import RunLock, default_run_dir, fresh_folder, name_loggers, resolve_checkpoint
 from nla.settings import import_class, plain, same
+from nla.step_graph import trainer_conflicts
 
 DEFAULTS = Path(__file__).resolve().parents[1] / "defaults.yaml"
 
@@ -255,6 +256,10 @@ class NLACLI(LightningCLI):
         for setting, kind in (("enable_checkpointing", ModelCheckpoint), ("enable_progress_bar", ProgressBarBase)):
             if trainer.get(setting) is False and trainer.callbacks:
                 trainer.callbacks = [c for c in trainer.callbacks if not is_callback(c, kind)]
+        if subcommand == "fit" and config.model.get("step_graph"):  # before any data is read
+            conflict = trainer_conflicts(trainer.get("gradient_clip_val"), trainer.get("accumulate_grad_batches") or 1)
+            if conflict:
+                raise UserError(conflict)
         if subcommand == "fit":
             self._lock, self._resume_note = prepare_fit(config, root, self._load_checkpoint, not launched_process())
             self._checkpoint = self._checkpoint_path = None  # checked; Lightning reads it again to resume

@@ -72,6 +72,15 @@ def test_an_invalid_option_value_is_one_line(option, message, rafdb_root, tmp_pa
             marks=pytest.mark.slow,
         ),
         (["--trainer.max_epochs", "-2"], "`max_epochs` must be a non-negative integer or -1. You passed in -2."),
+        (  # the graph step writes the backward pass and Adam's update: Lightning's clipping would be skipped
+            ["--model.step_graph", "true", "--trainer.gradient_clip_val", "1.0"],
+            "--model.step_graph true writes each step's backward pass and Adam's update itself and does not clip "
+            "gradients (--trainer.gradient_clip_val 1.0): drop that setting or the graph step",
+        ),
+        (
+            ["--model.step_graph", "true", "--trainer.accumulate_grad_batches", "2"],
+            "does not accumulate gradients (--trainer.accumulate_grad_batches 2)",
+        ),
         pytest.param(
             ["--trainer.accelerator", "gpu"],
             "--trainer.accelerator gpu: PyTorch finds no GPU on this machine",
