@@ -201,7 +201,7 @@ class NLAModule(LightningModule):
             self._require_confusion().label_map = LabelMap(match).to(self.device)
         if stage == "fit" and self.hparams["step_graph"]:
             trainer = self.trainer
-            conflict = trainer_conflicts(trainer.gradient_clip_val, trainer.accumulate_grad_batches)
+            conflict = trainer_conflicts(trainer.gradient_clip_val, trainer.accumulate_grad_batches, trainer.precision)
             if conflict:
                 raise ConfigError(conflict)
             self.automatic_optimization = False  # the graph step does the backward pass and Adam's update itself

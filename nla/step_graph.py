@@ -39,14 +39,19 @@ def own_code(method: Any) -> Any:
     return types.MethodType(copy, method.__self__)
 
 
-def trainer_conflicts(gradient_clip_val: Optional[float], accumulate_grad_batches: int) -> Optional[str]:
+def trainer_conflicts(
+    gradient_clip_val: Optional[float], accumulate_grad_batches: int, precision: Any = None
+) -> Optional[str]:
     """Why a trainer with these settings cannot run the graph step, which writes the backward pass and Adam's update
-    itself: Lightning's clipping and accumulation would be skipped without a word. ``None`` when it can."""
+    itself: Lightning's clipping, accumulation and float16 loss scaling would be skipped without a word (the last
+    fails on a GPU at the first step). ``None`` when it can."""
     asked = []
+    if str(precision) in ("16-mixed", "16"):
+        asked.append(f"scale the loss for float16 (--trainer.precision {precision}; bf16-mixed needs no scaling)")
     if gradient_clip_val:
         asked.append(f"clip gradients (--trainer.gradient_clip_val {gradient_clip_val})")
     if accumulate_grad_batches != 1:
-        them = "them" if asked else "gradients"
+        them = "them" if gradient_clip_val else "gradients"
         asked.append(f"accumulate {them} (--trainer.accumulate_grad_batches {accumulate_grad_batches})")
     if not asked:
         return None

@@ -238,12 +238,17 @@ def test_every_input_the_compiled_step_updates_is_fixed_in_memory():
 
 def test_a_trainer_that_clips_or_accumulates_is_refused_before_the_first_step():
     """Lightning's clipping and accumulation act in its automatic optimisation, which the graph step replaces: a
-    module used without nla's command line refuses them at setup instead of training without them."""
+    module used without nla's command line refuses them at setup instead of training without them. (So does
+    float16's loss scaling, which Lightning uses only on a GPU: tests/cli/test_faults_input.py.)"""
     from lightning.pytorch import Trainer
 
     from nla.errors import ConfigError
 
-    for settings, said in (({"gradient_clip_val": 1.0}, "clip gradients"), ({"accumulate_grad_batches": 2}, "accum")):
+    refused = (
+        ({"gradient_clip_val": 1.0}, "clip gradients"),
+        ({"accumulate_grad_batches": 2}, "accumulate gradients"),
+    )
+    for settings, said in refused:
         model = module(step_graph=True, compile_backend=TRACE)
         trainer = Trainer(max_epochs=1, logger=False, enable_checkpointing=False, **settings)
         data = torch.utils.data.DataLoader(list(zip(*batches(1, size=4)[0])), batch_size=4)

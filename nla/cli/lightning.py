@@ -257,7 +257,10 @@ class NLACLI(LightningCLI):
             if trainer.get(setting) is False and trainer.callbacks:
                 trainer.callbacks = [c for c in trainer.callbacks if not is_callback(c, kind)]
         if subcommand == "fit" and config.model.get("step_graph"):  # before any data is read
-            conflict = trainer_conflicts(trainer.get("gradient_clip_val"), trainer.get("accumulate_grad_batches") or 1)
+            clip, accumulate = trainer.get("gradient_clip_val"), trainer.get("accumulate_grad_batches") or 1
+            on_cuda = torch.cuda.is_available() and trainer.accelerator in ("auto", "gpu", "cuda")
+            # Lightning runs 16-mixed as bf16-mixed on a CPU; only CUDA's float16 needs the scaler
+            conflict = trainer_conflicts(clip, accumulate, trainer.precision if on_cuda else None)
             if conflict:
                 raise UserError(conflict)
         if subcommand == "fit":

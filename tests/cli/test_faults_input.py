@@ -96,6 +96,15 @@ def test_trainer_settings_lightning_cannot_use_are_one_line_before_the_run(
     assert not (tmp_path / "run").exists()
 
 
+def test_the_graph_step_with_float16_on_a_gpu_is_one_line_before_the_run(rafdb_root, tmp_path, capsys, monkeypatch):
+    """On a GPU, 16-mixed scales the loss through Lightning's optimiser step, which the graph step replaces (Lightning's
+    scaler would fail at the first step); on a CPU Lightning runs 16-mixed as bf16-mixed, which needs no scaling."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # refused before anything touches the GPU
+    args = fit_args(rafdb_root, tmp_path / "run", "--model.step_graph", "true", "--trainer.precision", "16-mixed")
+    says(fails(args, capsys), "does not scale the loss for float16 (--trainer.precision 16-mixed; bf16-mixed needs")
+    assert not (tmp_path / "run").exists()
+
+
 def test_label_issues_refuses_a_count_of_suspects_below_one(trained_run, capsys):
     """``--top -3`` silently dropped the last three images from the figure."""
     command = ["label-issues", "--ckpt_path", str(trained_run / "checkpoints" / "last.ckpt"), "--top", "-3"]
