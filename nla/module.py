@@ -201,7 +201,8 @@ class NLAModule(LightningModule):
             self._require_confusion().label_map = LabelMap(match).to(self.device)
         if stage == "fit" and self.hparams["step_graph"]:
             trainer = self.trainer
-            conflict = trainer_conflicts(trainer.gradient_clip_val, trainer.accumulate_grad_batches, trainer.precision)
+            settings = (trainer.gradient_clip_val, trainer.accumulate_grad_batches, trainer.precision)
+            conflict = trainer_conflicts(*settings, world_size=trainer.world_size)
             if conflict:
                 raise ConfigError(conflict)
             self.automatic_optimization = False  # the graph step does the backward pass and Adam's update itself

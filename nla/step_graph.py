@@ -40,12 +40,17 @@ def own_code(method: Any) -> Any:
 
 
 def trainer_conflicts(
-    gradient_clip_val: Optional[float], accumulate_grad_batches: int, precision: Any = None
+    gradient_clip_val: Optional[float], accumulate_grad_batches: int, precision: Any = None, world_size: int = 1
 ) -> Optional[str]:
     """Why a trainer with these settings cannot run the graph step, which writes the backward pass and Adam's update
     itself: Lightning's clipping, accumulation and float16 loss scaling would be skipped without a word (the last
-    fails on a GPU at the first step). ``None`` when it can."""
+    fails on a GPU at the first step), and so would DDP's averaging of the gradients between processes, each of which
+    would then train a model of its own. ``None`` when it can."""
     asked = []
+    if world_size > 1:
+        asked.append(
+            f"average gradients between processes (this trainer runs {world_size}: --trainer.devices 1 runs one)"
+        )
     if str(precision) in ("16-mixed", "16"):
         asked.append(f"scale the loss for float16 (--trainer.precision {precision}; bf16-mixed needs no scaling)")
     if gradient_clip_val:

@@ -20,7 +20,7 @@ from nla import NLAModule
 from nla.batch import FaceBatch
 from nla.cli import main
 from nla.nonfinite import NonFiniteError
-from nla.step_graph import GraphStep
+from nla.step_graph import GraphStep, trainer_conflicts
 from tests.conftest import fit_args
 
 pytestmark = pytest.mark.slow  # each test compiles a step (seconds)
@@ -255,3 +255,6 @@ def test_a_trainer_that_clips_or_accumulates_is_refused_before_the_first_step():
         with pytest.raises(ConfigError, match=said):
             trainer.fit(model, train_dataloaders=data)
         assert model.graph_step is None
+    said = trainer_conflicts(None, 1, "bf16-mixed", world_size=4)  # DDP: each process would train its own model
+    assert said and "does not average gradients between processes (this trainer runs 4" in said
+    assert trainer_conflicts(None, 1, "bf16-mixed", world_size=1) is None
