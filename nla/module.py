@@ -65,7 +65,8 @@ class NLAModule(LightningModule):
         channels_last: Run the backbone in channels-last memory format (faster convolutions on GPUs).
         compile: ``torch.compile`` the backbone.
         step_graph: Run each training step (forward, eq. 8, backward, Adam) as one compiled graph, replayed as a
-            CUDA graph on a GPU (:mod:`nla.step_graph`); off by default until measured on a GPU.
+            CUDA graph on a GPU (:mod:`nla.step_graph`); off by default until measured on a GPU. One process, no
+            gradient clipping or accumulation, no float16 loss scaling: a trainer that asks for them is refused.
         compile_backend: The ``torch.compile`` backend of ``compile`` and ``step_graph`` (``inductor``; ``aot_eager``
             traces the same graph without generating code, for a quick check on a CPU).
         class_counts: Training class counts for the class-imbalance losses (``None``: the DataModule's).
