@@ -80,7 +80,7 @@ class GraphStep:
     def __init__(self, module: Any, optimizer: torch.optim.Optimizer, backend: str, mode: Optional[str]) -> None:
         if not isinstance(optimizer, torch.optim.Adam) or len(optimizer.param_groups) != 1:
             raise ValueError("the graph step writes Adam's update itself: it needs one torch.optim.Adam param group")
-        self.module, self.optimizer = module, optimizer
+        self.module = module
         group = optimizer.param_groups[0]
         if group.get("amsgrad") or group.get("maximize"):
             raise ValueError("the graph step writes plain Adam's update: amsgrad and maximize are off")
@@ -88,6 +88,11 @@ class GraphStep:
         device = self.params[0].device
         self.lr = torch.zeros((), device=device)
         self.schedule = torch.zeros((), device=device)
+        # What the graph reads of Adam is taken now: inside it, reading the optimiser's param group would guard on
+        # every value there, the learning rate the scheduler changes each epoch included (a recompile per epoch).
+        # The state tensors it updates in place are marked as fixed in memory, as parameters and module buffers are:
+        # a CUDA graph skips capture altogether when the step mutates an input that is not.
+        self.moments: list[tuple[Tensor, Tensor, Tensor]] = []
         for p in self.params:  # Adam's own state, as its fused kernel keeps it (step on the device)
             state = optimizer.state[p]
             if not state:
@@ -95,15 +100,10 @@ class GraphStep:
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["step"] = state["step"].to(device=device, dtype=torch.float32)
-        # What the graph reads of Adam, taken now: inside it, reading the optimiser's param group would guard on
-        # every value there, the learning rate the scheduler changes each epoch included (a recompile per epoch).
-        # The state tensors it updates in place are marked as fixed in memory, as parameters and module buffers are:
-        # a CUDA graph skips capture altogether when the step mutates an input that is not.
-        self.moments = [
-            tuple(optimizer.state[p][key] for key in ("step", "exp_avg", "exp_avg_sq")) for p in self.params
-        ]
-        for tensor in (t for moments in self.moments for t in moments):
-            torch._dynamo.mark_static_address(tensor, guard=False)
+            moments = (state["step"], state["exp_avg"], state["exp_avg_sq"])
+            for tensor in moments:
+                torch._dynamo.mark_static_address(tensor, guard=False)
+            self.moments.append(moments)
         self.betas = tuple(float(beta) for beta in group["betas"])
         self.eps, self.weight_decay = float(group["eps"]), float(group["weight_decay"])
         self.batch_size: Optional[int] = None
