@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import CONFIGS
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
 MEASURED = (
     "fast_samples_per_s",
@@ -130,3 +132,46 @@ def test_the_kernel_counter_names_the_part_that_called_each_operation():
     assert "empty" not in backward.ops  # torch.empty: an allocation only
     assert backward.parts["other"] == backward.ops["ones_like"] == 1  # .backward()'s seed, before any autograd node
     assert backward.ops["_log_softmax_backward_data"] >= 1
+
+
+@pytest.mark.slow
+def test_the_gpu_calls_face_start_is_dlibs_network_in_float16_with_its_input(tmp_path, capsys):
+    """benchmarks/gpu/face.py: the face start's tensors in float16 (what fits a call), and nla fit options that
+    rebuild the same network with the face start's input size and normalisation."""
+    import torch
+    import yaml
+
+    from benchmarks.gpu import face
+    from nla import NLAModule
+    from nla.backbones.starts import backbone_input
+    from nla.cli import main
+    from tests.backbones.dlib_files import tiny_face_network, write_face_network
+
+    dat = write_face_network(tmp_path / "tiny.dat", tiny_face_network())
+    settings = face.convert(dat, tmp_path / "face")
+    saved = torch.load(tmp_path / "face" / face.WEIGHTS, weights_only=True)
+    assert {value.dtype for value in saved.values()} == {torch.float16} and not any(k.startswith("fc.") for k in saved)
+    spec = backbone_input(face.BACKBONE, "face")
+    assert (settings["image_size"], settings["mean"], settings["std"]) == (spec.size, list(spec.mean), list(spec.std))
+    assert settings["widths"] == [2, 3, 4, 4, 5] and 0 < settings["float16_features_relative_error"] < 1e-2
+
+    arguments = face.fit_arguments(tmp_path / "face")
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(CONFIGS / "rafdb.yaml"), *arguments, "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    model, preprocessing = config["model"], config["data"]["init_args"]["preprocessing"]
+    assert (model["pretrained"], model["pretrained_weights"]) == ("none", str(tmp_path / "face" / face.WEIGHTS))
+    assert preprocessing == {"image_size": spec.size, "mean": list(spec.mean), "std": list(spec.std)}
+
+    widths = {"widths": settings["widths"]}
+    torch.manual_seed(0)
+    started = NLAModule(face.BACKBONE, "face", widths, 7, pretrained_weights=str(dat))
+    torch.manual_seed(0)
+    rounded = NLAModule(
+        face.BACKBONE, "none", model["backbone_args"], 7, pretrained_weights=model["pretrained_weights"]
+    )
+    images = torch.randn(2, 3, spec.size, spec.size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        exact, near = started.eval()(images), rounded.eval()(images)
+    assert torch.equal(started.model.fc.weight, rounded.model.fc.weight)  # the head starts as the face start's
+    assert 0 < float((near - exact).norm() / exact.norm()) < 1e-2  # float16's rounding, nothing more

@@ -14,7 +14,8 @@ By default (issue 35's order):
 4. side by side (benchmarks/gpu/parallel.py): ``nla experiment --jobs 4`` against one run, as aggregate samples/s.
 
 ``--phases`` picks others: ``smoke`` (a short fit with its host waits counted by benchmarks/gpu/syncs.py),
-``main_job_eager``, ``cells`` (configs/experiments/gpu_rafdb.yaml's cells side by side), ``profile``, ``compiled``.
+``main_job_eager``, ``face_start`` (the main job from dlib's face network in float16: ``pack --face``),
+``cells`` (configs/experiments/gpu_rafdb.yaml's cells side by side), ``profile``, ``compiled``.
 
 It keeps a deadline (``--deadline``, default 530 s from its start): no phase or cell is started that the time left
 cannot hold, and a phase still running at the deadline is stopped, keeping what it finished. Everything it writes
@@ -26,6 +27,7 @@ fits the 8 files a call returns:
     throughput.json  benchmarks/throughput.py's results (throughput-compiled.json: with --compile)
     profile.txt      one epoch of the main job under Lightning's SimpleProfiler (``--phases ... profile``)
     fit.json         the main job: wall time, epochs and their times, its summary
+    fit-face.json    the same for the main job from the face start (``--phases ... face_start``)
     side_by_side.json  one run alone and four at once: each run's epoch time and samples/s, the aggregate ratio
     cells.json       every cell: command, status, wall time, accuracies
     runs.tar.gz      configs, summaries, metrics and figures of every run (no checkpoints)
@@ -44,6 +46,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from benchmarks.gpu import face
 from benchmarks.gpu.call import REPO, Call, GPUSampler, Process, environment, run_one
 from benchmarks.gpu.parallel import side_by_side
 
@@ -200,24 +203,45 @@ def run_record(run_dir: Path) -> dict[str, Any]:
     return {key: saved.get(key) for key in ("last", "best", "best_by_mean_acc", "mean_last", "environment")}
 
 
+def face_folder(work: Path, tiny: bool) -> Optional[Path]:
+    """``.gpu/face`` (``benchmarks/gpu/pack --face``: dlib's face network in float16); for the twin, a tiny face
+    network of dlib's format converted the same way; ``None`` when a real call has none."""
+    packed = REPO / ".gpu" / "face"
+    if (packed / face.SETTINGS).is_file():
+        return packed
+    if not tiny:
+        return None
+    from tests.backbones.dlib_files import tiny_face_network, write_face_network
+
+    face.convert(write_face_network(work / "tiny-face.dat", tiny_face_network()), work / "face")
+    return work / "face"
+
+
 def main_job(
-    call: Call, data: Path, tiny: bool, cells: dict, graph: bool = True, reserve_s: float = 0.0
+    call: Call,
+    data: Path,
+    tiny: bool,
+    run_dir: Path,
+    graph: bool = True,
+    reserve_s: float = 0.0,
+    start: Optional[list[str]] = None,
 ) -> Optional[float]:
     """The main job with the graph step (``graph``; eagerly if the graph step fails at its start), timed; returns
-    its (measured or extrapolated) wall time for a whole run. ``reserve_s`` is left for the phases after it."""
-    run_dir, _ = cells[MAIN_CELL]
+    its (measured or extrapolated) wall time for a whole run. ``reserve_s`` is left for the phases after it.
+    ``start``: ``nla fit`` options for another start of the backbone (the face_start phase: fit-face.json)."""
+    name, output = ("face_start", "fit-face.json") if start else ("main_job", "fit.json")
     command = nla("fit", "--config", "configs/rafdb.yaml", "--data.root", str(data))
-    command += ["--trainer.default_root_dir", str(run_dir), *(TINY_FIT if tiny else [])]
+    command += ["--trainer.default_root_dir", str(run_dir), *(TINY_FIT if tiny else []), *(start or [])]
     if graph:
         command += ["--model.step_graph", "true", *(["--model.compile_backend", "aot_eager"] if tiny else [])]
     sampler = GPUSampler()
     sampler.start()
-    process, code = run_one(call, "main-job", command, limit_s=call.left() - 15 - reserve_s)
+    process, code = run_one(call, name.replace("_", "-"), command, limit_s=call.left() - 15 - reserve_s)
     gpu = sampler.stop()
     if graph and code not in (0, None) and not process.epochs:  # the graph step failed: the job as it runs today
-        call.phase("main_job_graph", status=f"failed (exit {code}) before its first epoch", tail=process.tail(12))
+        call.phase(f"{name}_graph", status=f"failed (exit {code}) before its first epoch", tail=process.tail(12))
         shutil.rmtree(run_dir, ignore_errors=True)
-        return main_job(call, data, tiny, cells, graph=False, reserve_s=reserve_s)
+        return main_job(call, data, tiny, run_dir, graph=False, reserve_s=reserve_s, start=start)
     ends = {epoch: seconds for epoch, _, seconds in process.epochs}  # the last line of each epoch
     epochs = sorted(ends.items())
     total = process.epochs[-1][1] if process.epochs else None
@@ -238,8 +262,8 @@ def main_job(
         per_epoch = (epochs[-1][1] - epochs[0][1]) / (len(epochs) - 1)
         estimate = epochs[0][1] + per_epoch * (total - 1)
         record["estimated_wall_s"] = round(estimate, 1)
-    call.write("fit.json", record)
-    call.phase("main_job", **{k: v for k, v in record.items() if k not in ("environment", "epoch_end_s")})
+    call.write(output, record)
+    call.phase(name, **{k: v for k, v in record.items() if k not in ("environment", "epoch_end_s")})
     return estimate if code == 0 else None
 
 
@@ -337,11 +361,22 @@ def main(argv: Optional[list[str]] = None) -> None:
         "--phases",
         nargs="*",
         default=["throughput", "main_job", "side_by_side"],
-        choices=["smoke", "throughput", "main_job", "main_job_eager", "side_by_side", "cells", "profile", "compiled"],
+        choices=[
+            "smoke",
+            "throughput",
+            "face_start",
+            "main_job",
+            "main_job_eager",
+            "side_by_side",
+            "cells",
+            "profile",
+            "compiled",
+        ],
         help="what to run, in this order (smoke: a short fit with its host waits counted; main_job: with the graph "
-        "step, main_job_eager: without; side_by_side: nla experiment --jobs 4 against one run; cells: the grid "
-        "gpu_rafdb side by side; profile: one epoch under Lightning's SimpleProfiler; compiled: throughput.py "
-        "with --compile)",
+        "step, main_job_eager: without; face_start: the main job from dlib's face network in float16, which "
+        "benchmarks/gpu/pack --face puts in .gpu/face; side_by_side: nla experiment --jobs 4 against one run; "
+        "cells: the grid gpu_rafdb side by side; profile: one epoch under Lightning's SimpleProfiler; compiled: "
+        "throughput.py with --compile)",
     )
     args = parser.parse_args(argv)
     out = Path(os.environ.get("OUT") or REPO / ("twin-results" if args.tiny else "gpu-results"))
@@ -368,7 +403,18 @@ def main(argv: Optional[list[str]] = None) -> None:
                 throughput(call, work, data, args.tiny, compiled=phase == "compiled")
             elif phase in ("main_job", "main_job_eager"):
                 reserve = 150.0 if "side_by_side" in args.phases else 0.0
-                alone = main_job(call, data, args.tiny, cells, graph=phase == "main_job", reserve_s=reserve)
+                run_dir = cells[MAIN_CELL][0]
+                alone = main_job(call, data, args.tiny, run_dir, graph=phase == "main_job", reserve_s=reserve)
+            elif phase == "face_start":
+                folder = face_folder(work, args.tiny)
+                if folder is None:
+                    call.phase("face_start", status="not run: no .gpu/face (benchmarks/gpu/pack --face)")
+                    continue
+                later = args.phases[args.phases.index(phase) + 1 :]
+                reserve = call.left() / 2 if {"main_job", "main_job_eager"} & set(later) else 0.0
+                reserve += 150.0 if "side_by_side" in later else 0.0
+                start = face.fit_arguments(folder, smallest=args.tiny)
+                main_job(call, data, args.tiny, work / "runs" / "face-start", reserve_s=reserve, start=start)
             elif phase == "side_by_side":
                 graph = call.summary["phases"].get("main_job", {}).get("step_graph", False)
                 fit_args = ["--data.root", str(data), *(TINY_FIT if args.tiny else [])]
