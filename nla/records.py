@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -102,6 +103,14 @@ class Aggregate:
         )
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all: a kill while writing leaves the old file (or none), never
+    half of one that a later reader would take for finished."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
 @dataclass
 class RunSummary:
     """A fit's validation history and the three numbers FER papers report from it: the last epoch, the
@@ -166,7 +175,7 @@ class RunSummary:
     def write(self, folder: str | Path) -> Path:
         path = Path(folder) / self.FILENAME
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2))
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2))
         return path
 
     @classmethod

@@ -6,16 +6,18 @@ nla experiment configs/experiments/table5_rafdb.yaml --data.root /path/to/RAF-DB
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from collections.abc import Sequence
 from typing import Any, Optional
 
-from jsonargparse import ArgumentParser, Namespace
+from jsonargparse import ArgumentError, ArgumentParser, Namespace
 
-from nla.cli.messages import Terminated
+from nla.cli.messages import Terminated, parse_error_line
 from nla.errors import UserError, check_seed
 from nla.experiment import Experiment, ExperimentError, collect, run_grid, write_tables
 from nla.experiment.launchers import LauncherName
+from nla.experiment.runner import claim_folder
 
 
 def build_parser() -> ArgumentParser:
@@ -75,7 +77,7 @@ FLAGS = ("--dry_run", "--tables_only")
 
 def split_options(config: Namespace) -> tuple[Namespace, list[str]]:
     """This command's own options may also follow the experiment file; the rest goes to every fit."""
-    own = ArgumentParser()
+    own = ArgumentParser(prog="nla experiment", exit_on_error=False)
     add_options(own)
     remaining, known = [], [config.config]
     args = list(config.fit_args or [])
@@ -88,7 +90,11 @@ def split_options(config: Namespace) -> tuple[Namespace, list[str]]:
                 known.append(args.pop(0))
         else:
             remaining.append(arg)
-    parsed = own.parse_args(known, defaults=True)
+    try:
+        parsed = own.parse_args(known, defaults=True)
+    except ArgumentError as error:  # an option of this command after the experiment file: one line, as before it
+        print(f"nla experiment: error: {parse_error_line(str(error))}", file=sys.stderr)
+        raise SystemExit(2) from None
     for key in ("seeds", "methods", "protocols", "output_dir", "dry_run", "tables_only"):
         if config.get(key) not in (None, False):
             parsed[key] = config[key]
@@ -104,8 +110,13 @@ def run(config: Namespace) -> None:
     options, extra = split_options(config)
     try:
         experiment = Experiment.load(options.config)
+        whole = copy.deepcopy(experiment)  # the tables are the file's grid, whatever part of it runs now
         for name in ("methods", "protocols"):
             chosen = options.get(name)
+            if chosen is not None and not chosen:
+                raise ExperimentError(
+                    f"--{name} is empty: name some of {list(getattr(experiment, name))}, or leave it out"
+                )
             if chosen:
                 grid = getattr(experiment, name)
                 unknown = [c for c in chosen if c not in grid]
@@ -124,14 +135,18 @@ def run(config: Namespace) -> None:
     except UserError as error:
         print(f"nla experiment: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    whole.seeds += [seed for seed in experiment.seeds if seed not in whole.seeds]
     if options.output_dir:
-        experiment.output_dir = options.output_dir
+        experiment.output_dir = whole.output_dir = options.output_dir
+    failed: list[str] = []
+    busy: list[str] = []
     try:
-        failed = (
-            []
-            if options.tables_only
-            else run_grid(experiment, extra, options.dry_run, options.jobs, options.launcher, options.cluster)
-        )
+        if options.tables_only:
+            claim_folder(whole)
+        else:
+            failed, busy = run_grid(experiment, extra, options.dry_run, options.jobs, options.launcher, options.cluster)
+        if not options.dry_run:
+            markdown, table = write_tables(whole, collect(whole))
     except ExperimentError as error:
         print(f"nla experiment: error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -144,10 +159,16 @@ def run(config: Namespace) -> None:
         raise SystemExit(code) from None
     if options.dry_run:
         return
-    markdown, table = write_tables(experiment, collect(experiment))
     print(f"tables: {markdown} and {table}")
     if failed:
         print(f"nla experiment: {len(failed)} run(s) failed: {failed}", file=sys.stderr)
+    if busy:
+        print(
+            f"nla experiment: {len(busy)} cell(s) still running in a fit of an earlier runner, not finished: {busy}; "
+            "the same command, once they end, completes the grid",
+            file=sys.stderr,
+        )
+    if failed or busy:
         raise SystemExit(1)
 
 

@@ -3,31 +3,107 @@ time in its runner.json; finished cells skipped, interrupted ones resumed, faile
 
 from __future__ import annotations
 
+import difflib
+import hashlib
+import itertools
 import json
 import math
+import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from nla.experiment.launchers import Handle, LauncherName
 from nla.experiment.launchers import launcher as make_launcher
-from nla.experiment.spec import Experiment, ExperimentError
-from nla.records import RunSummary
+from nla.experiment.spec import CLUSTER_FOLDER, Experiment, ExperimentError
+from nla.records import RunSummary, write_text_atomic
 from nla.rundir import LOCK_FILE, RunDirectoryError, RunLock, free_path
 
 
 def cell_state(run_dir: Path) -> str:
     if (run_dir / RunSummary.FILENAME).is_file():
+        read_summary(run_dir)  # a summary cut short by a kill is not a finished cell
         return "done"
     if (run_dir / "checkpoints" / "last.ckpt").is_file():
         return "resume"
     if run_dir.exists():
         return "stale"
     return "new"
+
+
+def read_summary(run_dir: Path) -> RunSummary:
+    """A finished cell's summary; one that cannot be read stops the grid in one line that says what to do."""
+    try:
+        return RunSummary.read(run_dir)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
+        raise ExperimentError(
+            f"{run_dir / RunSummary.FILENAME} cannot be read ({type(error).__name__}: {error}); move {run_dir} aside "
+            "and the grid runs the cell again"
+        ) from None
+
+
+#: Options a cell's command sets itself: given again in args or on the command line, the last would win and cells
+#: would share a seed or a folder.
+RESERVED = ("--seed_everything", "--trainer.default_root_dir", "--ckpt_path")
+
+
+def check_reserved(experiment: Experiment, extra: Sequence[str]) -> None:
+    for where, arguments in (("the experiment's args", experiment.args), ("the command line", extra)):
+        for argument in arguments:
+            name = argument.split("=", 1)[0]
+            if name in RESERVED:
+                raise ExperimentError(
+                    f"{name} in {where}: each cell sets its own (the grid's seeds, <output_dir>/<protocol>/<method>/"
+                    "seed<k>, resuming from last.ckpt); use --seeds or --output_dir"
+                )
+
+
+def config_digests(command: Sequence[str]) -> dict[str, str]:
+    """The SHA-256 of each config file a command names: a cell is as stale when an overlay's content changed."""
+    digests = {}
+    for flag, value in itertools.pairwise(command):
+        if flag == "--config" and Path(value).is_file():
+            digests[value] = hashlib.sha256(Path(value).read_bytes()).hexdigest()
+    return digests
+
+
+def changes(finished: Sequence[str], now: Sequence[str]) -> str:
+    """What differs between the command a cell finished with and the one the grid gives it now, in a few words."""
+    matcher = difflib.SequenceMatcher(a=list(finished), b=list(now), autojunk=False)
+    parts = []
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag != "equal":
+            was, is_now = " ".join(finished[i1:i2]) or "(nothing)", " ".join(now[j1:j2]) or "(nothing)"
+            parts.append(f"`{was}` is now `{is_now}`")
+    return "; ".join(parts[:3]) + ("; ..." if len(parts) > 3 else "")
+
+
+def finished_with(run_dir: Path) -> Optional[dict[str, Any]]:
+    """The attempt of ``runner.json`` that finished the cell (exit code 0); ``None`` where none is recorded (a run
+    made by hand, or by an older runner)."""
+    done = [a for a in runner_record(run_dir)["attempts"] if a.get("exit_code") == 0]
+    return done[-1] if done else None
+
+
+def stale_reason(run_dir: Path, command: Sequence[str]) -> Optional[str]:
+    """Why a finished cell no longer is what the grid would run: its command, or a config file it read, changed."""
+    attempt = finished_with(run_dir)
+    if attempt is None:
+        return None
+    before = list(attempt["command"])
+    if before[-2:] == ["--ckpt_path", "last"]:
+        before = before[:-2]
+    if before != list(command):
+        return changes(before, command)
+    now = config_digests(command)
+    edited = [path for path, digest in (attempt.get("configs") or {}).items() if now.get(path) not in (None, digest)]
+    return f"{', '.join(edited)} changed since" if edited else None
 
 
 def fit_command(
@@ -52,6 +128,8 @@ class Cell:
     label: str
     run_dir: Path
     command: list[str]
+    method: str = ""
+    protocol: str = ""
     handle: Optional[Handle] = None  # a process, or a cluster job, once started
     started: float = 0.0
 
@@ -63,40 +141,92 @@ def run_grid(
     jobs: Optional[int] = None,
     launcher: LauncherName = "local",
     cluster: Optional[dict[str, Any]] = None,
-) -> list[str]:
+) -> tuple[list[str], list[str]]:
     """Run every unfinished cell, ``jobs`` at a time (one on this machine, every cell on a cluster, unless given),
-    each an ``nla fit`` of its own (:mod:`nla.experiment.launchers`); returns the cells that failed. One runner at
-    a time holds the grid's folder: a second one on it stops before touching a cell."""
+    each an ``nla fit`` of its own (:mod:`nla.experiment.launchers`); returns the cells that failed and those left
+    to a fit still running from an earlier runner. One runner at a time holds the grid's folder: a second one on it
+    stops before touching a cell. A finished cell that the grid would now run with other settings stops the grid
+    before anything runs."""
+    check_reserved(experiment, extra)
     if dry_run:
         plan(experiment, extra, dry_run=True)  # prints what would run
-        return []
+        return [], []
     lock = RunLock(experiment.root, "grid folder", "run it in another --output_dir")
     try:
         lock.acquire()
     except RunDirectoryError as error:
         raise ExperimentError(str(error)) from None
     try:
-        pending = plan(experiment, extra)
-        jobs = jobs or (1 if launcher == "local" else max(1, len(pending)))
-        where = make_launcher(launcher, experiment.root / "cluster", cluster, jobs=min(jobs, max(1, len(pending))))
-        return run_cells(pending, jobs, where)
+        claim_folder(experiment)
+        unfinished = sum(cell_state(experiment.run_dir(*cell)) != "done" for cell in experiment.cells())
+        jobs = jobs or (1 if launcher == "local" else max(1, unfinished))
+        try:  # before any cell is touched: a cluster that cannot be reached moves nothing aside
+            where = make_launcher(
+                launcher, experiment.root / CLUSTER_FOLDER, cluster, jobs=min(jobs, max(1, unfinished))
+            )
+        except ExperimentError:
+            raise
+        except Exception as error:  # submitit: no srun, no sbatch
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ExperimentError(f"--launcher {launcher}: {first}") from None
+        busy: list[str] = []
+        pending = plan(experiment, extra, busy=busy)
+        return run_cells(pending, jobs, where), busy
     finally:
         lock.release()
 
 
-def plan(experiment: Experiment, extra: Sequence[str], dry_run: bool = False) -> list[Cell]:
+GRID_FILE = "grid.json"
+
+
+def claim_folder(experiment: Experiment) -> None:
+    """A grid's folder holds one grid: its cells and tables. Another grid's name there stops this one, which would
+    count the other's runs as its own and write its tables over the other's."""
+    path = experiment.root / GRID_FILE
+    if path.is_file():
+        try:
+            owner = json.loads(path.read_text()).get("name")
+        except (OSError, ValueError, AttributeError):
+            owner = None
+        if owner is not None and owner != experiment.name:
+            raise ExperimentError(
+                f"{experiment.root} holds the runs and tables of grid {owner!r}, not {experiment.name!r}: give "
+                "another --output_dir"
+            )
+        if owner == experiment.name:
+            return
+    experiment.root.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps({"name": experiment.name}, indent=2))
+
+
+def plan(
+    experiment: Experiment, extra: Sequence[str], dry_run: bool = False, busy: Optional[list[str]] = None
+) -> list[Cell]:
     """The cells to run, each with its command: finished cells skipped, interrupted ones resumed, and a cell that
-    died before its first checkpoint moved aside (unless a fit holds it: then it is left alone)."""
-    pending: list[Cell] = []
-    for protocol, method, seed in experiment.cells():
+    died before its first checkpoint moved aside (unless a fit holds it: then it is left alone, and named in
+    ``busy``). A finished cell whose command or config files changed since stops the grid before anything moves."""
+    states = {cell: cell_state(experiment.run_dir(*cell)) for cell in experiment.cells()}
+    for (protocol, method, seed), state in states.items():
         run_dir = experiment.run_dir(protocol, method, seed)
-        state = cell_state(run_dir)
+        command = fit_command(experiment, protocol, method, seed, extra, resume=False)[2:]
+        why = stale_reason(run_dir, command) if state == "done" else None
+        if why:
+            raise ExperimentError(
+                f"{method} / {protocol} / seed {seed} finished in {run_dir} with other settings than the grid gives "
+                f"it now ({why}); nothing was run: move that folder aside to run the cell again, or give another "
+                "--output_dir"
+            )
+    pending: list[Cell] = []
+    for (protocol, method, seed), state in states.items():
+        run_dir = experiment.run_dir(protocol, method, seed)
         label = f"{method} / {protocol} / seed {seed}"
         if state == "done":
             print(f"[done]    {label}: {run_dir}")
             continue
         if state in ("stale", "resume") and in_use(run_dir):
             print(f"[busy]    {label}: a fit is running in {run_dir}; left alone")
+            if busy is not None:
+                busy.append(label)
             continue
         if state == "stale":
             aside = free_path(run_dir.with_name(run_dir.name + ".incomplete"))
@@ -106,7 +236,7 @@ def plan(experiment: Experiment, extra: Sequence[str], dry_run: bool = False) ->
                 carry_attempts(aside, run_dir)
         command = fit_command(experiment, protocol, method, seed, extra, resume=state == "resume")
         print(f"[{'resume' if state == 'resume' else 'run':<7}] {label}: {' '.join(command[2:])}")
-        pending.append(Cell(label, run_dir, command))
+        pending.append(Cell(label, run_dir, command, method, protocol))
     return pending
 
 
@@ -135,13 +265,18 @@ def run_cells(pending: list[Cell], jobs: int, where: Any) -> list[str]:
                 error = finish(cell, failed)
                 succeeded = succeeded or cell.label not in failed
                 if cell.label in failed and not (cell.run_dir / "checkpoints" / "last.ckpt").is_file():
-                    start_errors.append((error or "").replace(str(cell.run_dir), "<run>"))
-            if not succeeded and len(start_errors) >= 2 and len(set(start_errors)) == 1 and start_errors[0]:
-                shared_error, pending = start_errors[0], []  # what the cells share is wrong; the rest would fail alike
+                    start_errors.append(((error or "").replace(str(cell.run_dir), "<run>"), cell.method, cell.protocol))
+            errors = {error for error, _, _ in start_errors}
+            spread = len({m for _, m, _ in start_errors}) > 1 or len({p for _, _, p in start_errors}) > 1
+            if not succeeded and len(start_errors) >= 2 and len(errors) == 1 and spread and start_errors[0][0]:
+                # the same error in cells of different methods or protocols: what they share is wrong, and the rest
+                # would fail alike (one method's own mistake leaves the others to run)
+                shared_error, pending = start_errors[0][0], []
     except BaseException:  # SIGTERM, Ctrl-C: the runs still going stop too, and their time so far is recorded
-        stop(running)
-        for cell in running:
-            finish(cell, failed, interrupted=True)
+        with deaf_to_interrupts():  # a second Ctrl-C would leave the attempts unrecorded
+            stop(running)
+            for cell in running:
+                finish(cell, failed, interrupted=True)
         raise
     if shared_error:
         raise ExperimentError(
@@ -149,6 +284,20 @@ def run_cells(pending: list[Cell], jobs: int, where: Any) -> list[str]:
             f"would too ({shared_error}); fix it and run the same command again"
         )
     return failed
+
+
+@contextmanager
+def deaf_to_interrupts() -> Iterator[None]:
+    """Ctrl-C and SIGTERM ignored while the runs are stopped and their attempts recorded (in the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {number: signal.signal(number, signal.SIG_IGN) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 RUNNER_FILE = "runner.json"
@@ -179,7 +328,7 @@ def total_wall_s(attempts: list[dict[str, Any]]) -> Optional[float]:
 
 def write_runner_record(run_dir: Path, record: dict[str, Any]) -> None:
     record["wall_s"] = total_wall_s(record["attempts"])
-    (run_dir / RUNNER_FILE).write_text(json.dumps(record, indent=2))
+    write_text_atomic(run_dir / RUNNER_FILE, json.dumps(record, indent=2))
 
 
 def carry_attempts(aside: Path, run_dir: Path) -> None:
@@ -202,6 +351,7 @@ def start(cell: Cell, where: Any) -> Cell:
     record["attempts"].append(
         {
             "command": cell.command[2:],
+            "configs": config_digests(cell.command),
             "started": cell.started,
             "wall_s": None,
             "exit_code": None,

@@ -16,6 +16,10 @@ class ExperimentError(UserError, ValueError):
     """A malformed experiment file."""
 
 
+#: The folder of a grid where a cluster launcher keeps its jobs' files (no protocol may be named so).
+CLUSTER_FOLDER = "cluster"
+
+
 @dataclass
 class Experiment:
     name: str
@@ -51,12 +55,36 @@ class Experiment:
                 shown = str(hints[key]).replace("typing.", "")
                 raise ExperimentError(f"{path}: {key} is {value!r}; expected {shown}")
         experiment = cls(**raw)
+        for key in ("methods", "protocols"):
+            if not getattr(experiment, key):
+                raise ExperimentError(f"{path}: {key} is empty; a grid needs at least one")
         for label, overlays in [("base", experiment.base), *experiment.methods.items(), *experiment.protocols.items()]:
             for overlay in overlays or []:
+                if Path(overlay).is_dir():
+                    raise ExperimentError(f"{path}: {label!r} names {overlay!r}, a folder; expected a config file")
                 if not Path(overlay).is_file():
                     raise ExperimentError(f"{path}: {label!r} names config {overlay!r}, which does not exist")
         experiment.check_cells(str(path))
+        experiment.check_paper(str(path))
         return experiment
+
+    def check_paper(self, source: str) -> None:
+        """The published numbers name a method and a protocol of the grid and hold [overall, mean]: a misspelt
+        name would leave its numbers out of the table without a word."""
+        for method, by_protocol in self.paper.items():
+            if method not in self.methods:
+                raise ExperimentError(f"{source}: paper names method {method!r}; the grid's are {list(self.methods)}")
+            for protocol, published in by_protocol.items():
+                if protocol not in self.protocols:
+                    raise ExperimentError(
+                        f"{source}: paper[{method!r}] names protocol {protocol!r}; the grid's are "
+                        f"{list(self.protocols)}"
+                    )
+                if len(published) != 2:
+                    raise ExperimentError(
+                        f"{source}: paper[{method!r}][{protocol!r}] is {published}; expected [overall, mean] in %"
+                        " (null for one not published)"
+                    )
 
     def check_cells(self, source: str) -> None:
         """Every cell in a folder of its own: no seed listed twice, no two names that share a folder (``CE`` and
@@ -67,6 +95,10 @@ class Experiment:
         for kind, labels in (("methods", self.methods), ("protocols", self.protocols)):
             folders: dict[str, str] = {}
             for label in labels:
+                if not slug(label).strip("."):
+                    raise ExperimentError(f"{source}: {kind} {label!r} names no folder; use letters or digits in it")
+                if kind == "protocols" and slug(label) == CLUSTER_FOLDER:
+                    raise ExperimentError(f"{source}: protocol {label!r} would share the cluster's folder; rename it")
                 other = folders.setdefault(slug(label), label)
                 if other != label:
                     raise ExperimentError(

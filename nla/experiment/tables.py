@@ -6,11 +6,12 @@ from __future__ import annotations
 import csv
 import math
 import typing
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from nla.experiment.runner import runner_record
+from nla.experiment.runner import finished_with, fit_command, read_summary, runner_record
 from nla.experiment.spec import Experiment
 from nla.records import RunSummary
 
@@ -37,8 +38,12 @@ def format_cell(values: Sequence[Optional[float]], seeds: int = 1) -> str:
     return shown + (f" ({len(present)} of {seeds} seeds)" if len(present) < seeds else "")
 
 
-def evaluation_title(evaluation: str, last_k: int) -> str:
-    return {"last": "last epoch", "best": "best epoch", "mean_last": f"mean of the last {last_k} epochs"}[evaluation]
+def evaluation_title(evaluation: str, last_k: int | Sequence[int]) -> str:
+    """``last_k``: the epochs a mean of the last k is over, or the counts of the runs it holds (``[2, 5]``: runs
+    that ended before k epochs average what they had)."""
+    counts = [last_k] if isinstance(last_k, int) else list(last_k) or [5]
+    k = counts[0] if len(counts) == 1 else " or ".join(str(count) for count in counts)
+    return {"last": "last epoch", "best": "best epoch", "mean_last": f"mean of the last {k} epochs"}[evaluation]
 
 
 def summary_rows(summary: RunSummary, **identity: Any) -> list[dict[str, Any]]:
@@ -70,26 +75,68 @@ def collect(experiment: Experiment) -> list[dict[str, Any]]:
             continue
         timing = runner_record(run_dir)
         rows += summary_rows(
-            RunSummary.read(run_dir),
+            read_summary(run_dir),
             method=method,
             protocol=protocol,
             seed=seed,
             wall_s=timing.get("wall_s"),
             run_dir=str(run_dir),
+            extra_args=command_line_arguments(experiment, protocol, method, seed),
         )
     return rows
+
+
+def command_line_arguments(experiment: Experiment, protocol: str, method: str, seed: int) -> Optional[str]:
+    """What the command line added to a finished cell's ``nla fit`` (``--data.root``, a CPU-scale config, ...), from
+    its ``runner.json``; ``None`` where no runner recorded it."""
+    attempt = finished_with(experiment.run_dir(protocol, method, seed))
+    if attempt is None:
+        return None
+    command, own = list(attempt["command"]), fit_command(experiment, protocol, method, seed, [], resume=False)[2:]
+    if command[-2:] == ["--ckpt_path", "last"]:
+        command = command[:-2]
+    return " ".join(command[len(own) :]) if command[: len(own)] == own else None
+
+
+def given_on_command_line(rows: list[dict[str, Any]]) -> str:
+    """What the runs' command lines added, as the tables' header says it: one set for all, or each with its runs."""
+    runs = Counter(r.get("extra_args") for r in rows if r["evaluation"] == "last")
+    if not runs:
+        return "on the command line: (no run finished)"
+    if len(runs) == 1:
+        (given,) = runs
+        return "on the command line: " + ("(not recorded)" if given is None else f"`{given or '(none)'}`")
+    shown = [f"`{g or '(none)'}` ({n} runs)" if g is not None else f"(not recorded: {n} runs)" for g, n in runs.items()]
+    return "the runs' command lines differ: " + ", ".join(shown) + " (results.csv: extra_args)"
+
+
+def markdown_text(text: str) -> str:
+    """A name as a table cell shows it: its ``|`` would end the cell."""
+    return text.replace("|", "\\|")
 
 
 def write_tables(experiment: Experiment, rows: list[dict[str, Any]]) -> tuple[Path, Path]:
     root = experiment.root
     root.mkdir(parents=True, exist_ok=True)
-    class_names = next((list(r["class_acc"]) for r in rows), [])
-    last_k = next((r["last_k"] for r in rows), 5)
+    class_names = list(dict.fromkeys(name for r in rows for name in r["class_acc"]))  # every protocol's classes
+    averaged = sorted({len(r["epoch"]) for r in rows if r["evaluation"] == "mean_last"})
     csv_path = root / "results.csv"
     with open(csv_path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(
-            ["method", "protocol", "seed", "evaluation", "epoch", "acc", "mean_acc", *class_names, "wall_s", "run_dir"]
+            [
+                "method",
+                "protocol",
+                "seed",
+                "evaluation",
+                "epoch",
+                "acc",
+                "mean_acc",
+                *class_names,
+                "wall_s",
+                "run_dir",
+                "extra_args",
+            ]
         )
         for r in rows:
             classes = ["" if r["class_acc"].get(c) is None else f"{r['class_acc'][c]:.6f}" for c in class_names]
@@ -105,6 +152,7 @@ def write_tables(experiment: Experiment, rows: list[dict[str, Any]]) -> tuple[Pa
                     *classes,
                     f"{r['wall_s']:.1f}" if r["wall_s"] is not None else "",
                     r["run_dir"],
+                    "" if r.get("extra_args") is None else r["extra_args"],
                 ]
             )
 
@@ -120,22 +168,24 @@ def write_tables(experiment: Experiment, rows: list[dict[str, Any]]) -> tuple[Pa
     lines = [f"# {experiment.name}", ""]
     lines += [
         f"Configs: {', '.join(experiment.base)}; seeds {experiment.seeds}; extra arguments: "
-        f"`{' '.join(experiment.args) or '(none)'}`. {len(finished)} of the {listed} cells finished; the tables hold "
+        f"`{' '.join(experiment.args) or '(none)'}`; {given_on_command_line(rows)}. "
+        f"{len(finished)} of the {listed} cells finished; the tables hold "
         "those only. Accuracy in %, mean ± sample std over the seeds that finished (a cell says when that is fewer "
         "than all). Evaluated on the validation split of each run's config (the test split for RAF-DB and AffectNet, "
         "as FER papers do).",
         "",
     ]
     for evaluation in EVALUATIONS:
-        lines += [f"## Overall / mean accuracy, {evaluation_title(evaluation, last_k)}", ""]
+        lines += [f"## Overall / mean accuracy, {evaluation_title(evaluation, averaged)}", ""]
         header = ["method"]
         for protocol in experiment.protocols:
-            header += [f"{protocol} overall", f"{protocol} mean"]
+            name = markdown_text(protocol)
+            header += [f"{name} overall", f"{name} mean"]
             if experiment.paper:
-                header += [f"{protocol} paper"]
+                header += [f"{name} paper"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for method in experiment.methods:
-            cells = [method]
+            cells = [markdown_text(method)]
             for protocol in experiment.protocols:
                 cells += [
                     format_cell(values(method, protocol, evaluation, "acc"), seeds),
@@ -149,7 +199,7 @@ def write_tables(experiment: Experiment, rows: list[dict[str, Any]]) -> tuple[Pa
     for protocol in experiment.protocols:
         for evaluation in EVALUATIONS:
             lines += [
-                f"## Per-class accuracy, {protocol}, {evaluation_title(evaluation, last_k)}",
+                f"## Per-class accuracy, {markdown_text(protocol)}, {evaluation_title(evaluation, averaged)}",
                 "",
                 "| method | " + " | ".join(class_names) + " |",
                 "|" + "---|" * (len(class_names) + 1),
@@ -158,7 +208,7 @@ def write_tables(experiment: Experiment, rows: list[dict[str, Any]]) -> tuple[Pa
                 lines.append(
                     "| "
                     + " | ".join(
-                        [method]
+                        [markdown_text(method)]
                         + [
                             format_cell(values(method, protocol, evaluation, "class_acc", c), seeds)
                             for c in class_names
