@@ -91,14 +91,18 @@ def finished_with(run_dir: Path) -> Optional[dict[str, Any]]:
     return done[-1] if done else None
 
 
+def finished_command(attempt: dict[str, Any]) -> list[str]:
+    """The command of an attempt without its ``--ckpt_path last`` (a resumed attempt's): what the cell ran."""
+    command = list(attempt["command"])
+    return command[:-2] if command[-2:] == ["--ckpt_path", "last"] else command
+
+
 def stale_reason(run_dir: Path, command: Sequence[str]) -> Optional[str]:
     """Why a finished cell no longer is what the grid would run: its command, or a config file it read, changed."""
     attempt = finished_with(run_dir)
     if attempt is None:
         return None
-    before = list(attempt["command"])
-    if before[-2:] == ["--ckpt_path", "last"]:
-        before = before[:-2]
+    before = finished_command(attempt)
     if before != list(command):
         return changes(before, command)
     now = config_digests(command)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from nla.experiment.runner import finished_with, fit_command, read_summary, runner_record
+from nla.experiment.runner import finished_command, finished_with, fit_command, read_summary, runner_record
 from nla.experiment.spec import Experiment
 from nla.records import RunSummary
 
@@ -92,9 +92,7 @@ def command_line_arguments(experiment: Experiment, protocol: str, method: str, s
     attempt = finished_with(experiment.run_dir(protocol, method, seed))
     if attempt is None:
         return None
-    command, own = list(attempt["command"]), fit_command(experiment, protocol, method, seed, [], resume=False)[2:]
-    if command[-2:] == ["--ckpt_path", "last"]:
-        command = command[:-2]
+    command, own = finished_command(attempt), fit_command(experiment, protocol, method, seed, [], resume=False)[2:]
     return " ".join(command[len(own) :]) if command[: len(own)] == own else None
 
 
