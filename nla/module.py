@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Self
 
 import torch
@@ -23,6 +23,7 @@ from nla.backbones.starts import (
     restoring,
     start_backbone,
 )
+from nla.backbones.weights import WeightsMismatchError, state_dict_mismatch
 from nla.batch import FaceBatch, StepOutput, training_views, unpack
 from nla.classes import LabelMap, match_classes
 from nla.criterion import Criterion, CriterionConfig, CriterionOutput, MechanismMeter
@@ -382,6 +383,19 @@ class NLAModule(LightningModule):
         be installed where the checkpoint is loaded."""
         with restoring():
             return super().load_from_checkpoint(*args, **kwargs)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """torch's ``load_state_dict``; weights that do not fit this model (a checkpoint edited, or written for another
+        backbone) are one line that counts what does not fit, not torch's list of every tensor."""
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        except RuntimeError as error:
+            if not str(error).startswith("Error(s) in loading state_dict"):
+                raise
+            raise WeightsMismatchError(
+                "the checkpoint's weights do not fit the model its settings describe (edited, or written for another "
+                f"model): {state_dict_mismatch(str(error))}"
+            ) from None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self._trainer is not None and self.trainer.state.fn == "fit":

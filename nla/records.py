@@ -195,4 +195,13 @@ class RunSummary:
         path = Path(path)
         if path.is_dir():
             path = path / cls.FILENAME
-        return cls.from_dict(json.loads(path.read_text()))
+        try:
+            data = json.loads(path.read_text())
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not a run summary (not text)") from None
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
+        try:
+            return cls.from_dict(data)
+        except (AttributeError, TypeError, KeyError, ValueError, IndexError) as error:
+            raise ValueError(f"{path}: not a summary nla fit wrote ({type(error).__name__}: {error})") from None

@@ -120,6 +120,26 @@ def read_state_dict(path: str | Path, trust: bool = False) -> dict[str, torch.Te
     return state
 
 
+def state_dict_mismatch(report: str) -> str:
+    """torch's report of a state dict that does not fit (a line per tensor) in a few words: how many tensors are
+    missing, unexpected or of another shape, with the first of each."""
+    lines = [line.strip() for line in report.splitlines()[1:] if line.strip()]
+    parts = []
+    for prefix, what in (("Missing key(s)", "missing"), ("Unexpected key(s)", "unexpected")):
+        for line in lines:
+            if line.startswith(prefix):
+                keys = re.findall(r'"([^"]+)"', line)
+                parts.append(f"{len(keys)} {what} ({keys[0] if keys else '?'}{', ...' if len(keys) > 1 else ''})")
+    shapes = [line for line in lines if line.startswith("size mismatch for ")]
+    if shapes:
+        found = re.match(
+            r"size mismatch for ([^:]+): .*?torch\.Size\((\[[^]]*\])\).*?torch\.Size\((\[[^]]*\])\)", shapes[0]
+        )
+        first = f"{found.group(1)}: {found.group(2)} in the file, {found.group(3)} in the model" if found else shapes[0]
+        parts.append(f"{len(shapes)} of another shape ({first}{', ...' if len(shapes) > 1 else ''})")
+    return "; ".join(parts) or (lines[0] if lines else report.splitlines()[0])
+
+
 def load_pretrained_weights(
     model: nn.Module, path: str | Path, ignore: Sequence[str] = DEFAULT_IGNORED_KEYS, trust: bool = False
 ) -> list[str]:

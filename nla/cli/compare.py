@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,10 +31,7 @@ def rows_of(run_dirs: list[str]) -> list[dict[str, Any]]:
         summary_file = path / RunSummary.FILENAME if path.is_dir() else path
         if not summary_file.is_file():
             raise FileNotFoundError(f"{run_dir}: no {RunSummary.FILENAME} (a run writes it when its fit ends)")
-        try:
-            summary = RunSummary.read(summary_file)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{summary_file}:{error.lineno}: not valid JSON ({error.msg})") from None
+        summary = RunSummary.read(summary_file)  # a file that is not a summary: ValueError naming it
         if not summary.epochs:
             raise FileNotFoundError(f"{summary_file}: records no validated epoch")
         rows += summary_rows(summary, run=str(path), validated_on=validated_on(summary))

@@ -192,6 +192,11 @@ class NLACLI(LightningCLI):
             checkpoint = load_trusted(path, what="checkpoint")
             if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
                 raise WeightsMismatchError(f"{path} is not a checkpoint written by nla fit (it has no 'state_dict')")
+            if not isinstance(checkpoint.get("hyper_parameters"), dict):  # the model it holds cannot be rebuilt
+                raise WeightsMismatchError(
+                    f"{path} is not a checkpoint written by nla fit (it records no model settings, "
+                    "'hyper_parameters'); --model.pretrained_weights starts a fit from a file of weights"
+                )
             if checkpoint.get("datamodule_hyper_parameters"):  # an nla 0.2 checkpoint's flat settings, in groups
                 checkpoint["datamodule_hyper_parameters"] = upgrade_settings(checkpoint["datamodule_hyper_parameters"])
             self._checkpoint, self._checkpoint_path = checkpoint, path
@@ -267,6 +272,10 @@ class NLACLI(LightningCLI):
             self._lock, self._resume_note = prepare_fit(config, root, self._load_checkpoint, not launched_process())
             self._checkpoint = self._checkpoint_path = None  # checked; Lightning reads it again to resume
         else:
+            data = config.get("data")
+            chosen = data.get("class_path") if isinstance(data, Namespace) else None
+            if self._checkpoint is None and (data is None or (chosen and import_class(chosen) is FERDataModule)):
+                raise UserError(needs_model_and_data(command_name(subcommand)))  # before a folder is made for it
             if launched_process():
                 output = Path(os.environ.get(OUTPUT_ENV) or root)
             else:
@@ -291,6 +300,13 @@ class NLACLI(LightningCLI):
         chosen = data.get("class_path") if isinstance(data, Namespace) else None
         if class_path and (chosen is None or self._data_from_run or import_class(chosen) is FERDataModule):
             given = explicit_init_args(data, import_class(chosen)) if chosen else {}  # no dataset named: the run's own
+            recorded = saved.get("root")
+            if recorded and "root" not in given and not Path(recorded).is_dir():
+                relative = "" if Path(recorded).is_absolute() else ", a path relative to where it was trained"
+                raise UserError(
+                    f"{self._checkpoint_path} was trained on --data.root {recorded!r}{relative}, which is not a folder "
+                    "here: pass --data.root /path/to/the/dataset"
+                )
             self.config = self.parser.parse_object(
                 {self.subcommand: {"data": {"class_path": class_path, "init_args": {**saved, **given}}}}, self.config
             )

@@ -164,9 +164,17 @@ def _build(
 
 
 def estimated_cache_gb(samples: Any, side: Optional[int]) -> float:
-    """The size of a split's cache: at ``side`` x ``side``, or at the first image's size (``None``)."""
+    """The size of a split's cache: at ``side`` x ``side``, or at the size of its first image that can be read
+    (``None``; the split's checks report those that cannot, or drop them)."""
     if side is None:
-        first = load_image(samples.paths[0], None if samples.boxes is None else samples.boxes[0])
+        for index, path in enumerate(samples.paths):
+            try:
+                first = load_image(path, None if samples.boxes is None else samples.boxes[index])
+                break
+            except DataError:
+                continue
+        else:
+            return 0.0
         pixels = first.shape[0] * first.shape[1]
     else:
         pixels = side * side

@@ -22,15 +22,25 @@ from nla.data.samples import DataError, Samples, check_files_exist
 from nla.faces import Backend, Face, FaceDetector, box_iou
 
 
-def find_faces(samples: Samples, detector: FaceDetector, workers: int, split: str, who: str) -> Samples:
-    """Crop each image of an evaluation split to its largest face, or keep it whole where none is found."""
+def find_faces(
+    samples: Samples, detector: FaceDetector, workers: int, split: str, who: str, skip_unreadable: bool = False
+) -> Samples:
+    """Crop each image of an evaluation split to its largest face, or keep it whole where none is found. With
+    ``skip_unreadable``, an image that cannot be read keeps an empty box and is left to the split's checks, which
+    drop and report it."""
 
     def crop(path: str) -> tuple[tuple[int, int, int, int], bool]:
-        image = load_image(path)
+        try:
+            image = load_image(path)
+        except UNREADABLE:
+            if not skip_unreadable:
+                raise
+            return (0, 0, 0, 0), False
         found = detector.crop_box(image)
         return (found, True) if found is not None else ((0, 0, image.shape[1], image.shape[0]), False)
 
-    check_files_exist(samples, split)
+    if not skip_unreadable:  # when skipping, a missing file is one more unreadable image
+        check_files_exist(samples, split)
     with ThreadPoolExecutor(max_workers=max(workers, 1)) as pool:
         results = list(pool.map(crop, samples.paths))
     found = sum(ok for _, ok in results)

@@ -175,7 +175,7 @@ class SplitPreparation:
             return
         self._labelled.pop(split, None)
         if split != "train" and detector is not None and samples.boxes is None:
-            samples = find_faces(samples, detector, workers, split, self.who)
+            samples = find_faces(samples, detector, workers, split, self.who, self.checks.skip_unreadable)
         if not len(samples):
             raise DataError(f"the {split} split of {self.source.root!r} has no images")
         checked = check_split(

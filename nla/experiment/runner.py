@@ -40,12 +40,12 @@ def cell_state(run_dir: Path) -> str:
 def read_summary(run_dir: Path) -> RunSummary:
     """A finished cell's summary; one that cannot be read stops the grid in one line that says what to do."""
     try:
-        return RunSummary.read(run_dir)
-    except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
-        raise ExperimentError(
-            f"{run_dir / RunSummary.FILENAME} cannot be read ({type(error).__name__}: {error}); move {run_dir} aside "
-            "and the grid runs the cell again"
-        ) from None
+        summary = RunSummary.read(run_dir)
+        if not summary.epochs:
+            raise ValueError(f"{run_dir / RunSummary.FILENAME}: records no validated epoch")
+        return summary
+    except (OSError, ValueError) as error:
+        raise ExperimentError(f"{error}; move {run_dir} aside and the grid runs the cell again") from None
 
 
 #: Options a cell's command sets itself: given again in args or on the command line, the last would win and cells

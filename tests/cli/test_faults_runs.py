@@ -270,3 +270,58 @@ def test_output_cut_short_by_its_reader_ends_quietly():
         shell = f"{sys.executable} -m nla {' '.join(command)} | head -1"
         done = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=120)
         assert done.stdout.startswith("usage: nla") and done.stderr == "", (command, done.stderr)
+
+
+# --- the third fault pass: evaluation commands given no model, or weights that do not fit ------------------
+
+
+def test_predict_with_no_checkpoint_is_one_line_and_makes_no_folder(tmp_path, capsys, monkeypatch):
+    """nla predict without --ckpt_path: a traceback (FERDataModule does not name its classes), and ./runs/data/predict
+    left behind."""
+    monkeypatch.chdir(tmp_path)
+    photo = tmp_path / "face.png"
+    photo.write_bytes(b"")
+    err = fails(["predict", "--data.prediction.root", str(photo)], capsys)
+    says(err, "nla predict needs a model and its data: pass --ckpt_path")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_checkpoints_that_are_not_a_fits_or_do_not_fit_their_model_are_one_line(trained_run, tmp_path, capsys):
+    """A file of weights given to nla test: 'pass --ckpt_path' though it was passed; a checkpoint whose recorded
+    backbone is not the one its weights are of: a traceback and a line per tensor, in test and in export."""
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(3)}}, foreign)
+    says(fails(["test", "--ckpt_path", str(foreign)], capsys), f"{foreign} is not a checkpoint written by nla fit")
+
+    checkpoint = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=False)
+    checkpoint["hyper_parameters"]["backbone"] = "resnet18"  # the weights are test_resnet's
+    edited = tmp_path / "edited.ckpt"
+    torch.save(checkpoint, edited)
+    err = fails(["test", "--ckpt_path", str(edited), "--trainer.logger", "false"], capsys)
+    says(err, "the checkpoint's weights do not fit the model its settings describe", "missing", "of another shape")
+    assert "[64] in the model" in err
+    with pytest.raises(SystemExit):
+        main(["export", "--ckpt_path", str(edited), "--output", str(tmp_path / "m.onnx")])
+    err = capsys.readouterr().err
+    assert err.startswith("nla export: error: the checkpoint's weights do not fit") and err.count("\n") == 1
+
+
+def test_compare_names_a_file_that_is_not_a_summary(tmp_path, capsys):
+    for content in (b"[]", b'{"epochs": [{"acc": 0.5}]}', b"\x80\x03binary"):
+        (tmp_path / "summary.json").write_bytes(content)
+        with pytest.raises(SystemExit):
+            main(["compare", str(tmp_path)])
+        err = capsys.readouterr().err
+        assert err.startswith(f"nla compare: error: {tmp_path / 'summary.json'}: not a") and err.count("\n") == 1, err
+
+
+def test_a_checkpoints_relative_data_root_from_another_folder_is_named(trained_run, tmp_path, capsys, monkeypatch):
+    """A run trained with --data.root fer, tested from another folder: 'FERPlusDataModule: --data.root 'fer' does
+    not exist', an option the user never typed."""
+    checkpoint = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=False)
+    checkpoint["datamodule_hyper_parameters"]["root"] = "raf"
+    moved = tmp_path / "moved.ckpt"
+    torch.save(checkpoint, moved)
+    monkeypatch.chdir(tmp_path)
+    err = fails(["test", "--ckpt_path", str(moved)], capsys)
+    says(err, f"{moved} was trained on --data.root 'raf', a path relative to where it was trained", "--data.root")

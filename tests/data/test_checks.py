@@ -90,3 +90,22 @@ def test_images_of_mixed_sizes_are_cached_not_called_unreadable(rafdb_copy):
     data = setup_fit(rafdb_copy, pipeline="cached")
     assert len(data.splits["train"]) == 21 and not data.skipped
     assert data.preparation.caches["train"].shape[1:] == (16, 16, 3)  # cached at the training image size
+
+
+def test_skip_unreadable_holds_when_faces_are_found_in_the_evaluation_split(rafdb_copy):
+    """--data.faces.detect true read every test image to find its face before the checks, and stopped on the first
+    unreadable one whatever skip_unreadable said."""
+    from nla.data.prediction import FaceSettings
+
+    image(rafdb_copy, "test_0001").write_bytes(image(rafdb_copy, "test_0001").read_bytes()[:100])  # truncated
+    image(rafdb_copy, "test_0002").unlink()
+    faces = FaceSettings(detect=True, detector="haar")
+    data = RAFDBDataModule(str(rafdb_copy), preprocessing=Preprocessing(image_size=16), num_workers=0, faces=faces)
+    with pytest.raises(DataError, match=r"test_0002_aligned\.jpg.*does not exist"):
+        data.setup("test")
+    data = RAFDBDataModule(
+        str(rafdb_copy), preprocessing=Preprocessing(image_size=16), num_workers=0, faces=faces, skip_unreadable=True
+    )
+    with pytest.warns(UserWarning, match="skipped 2 unreadable test image"):
+        data.setup("test")
+    assert len(data.splits["test"]) == 14 - 2

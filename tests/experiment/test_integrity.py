@@ -236,7 +236,7 @@ def test_a_summary_cut_short_is_one_line_not_a_finished_cell(tmp_path, rafdb_roo
         with pytest.raises(SystemExit):
             main(["experiment", config, *extra])
         err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and f"{run_dir / 'summary.json'} cannot be read (JSONDecodeError" in err
+        assert len(err.splitlines()) == 1 and f"{run_dir / 'summary.json'}:1: not valid JSON" in err
         assert "move" in err and "aside and the grid runs the cell again" in err
 
 
