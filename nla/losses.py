@@ -48,12 +48,15 @@ class NAWKernels:
     false_axis_ratio: float = 6.0
 
     def __post_init__(self) -> None:
-        for name in ("true_major_std", "false_major_std"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"NAW kernel {name}={getattr(self, name)} must be a positive number")
+        for name in ("true_mean", "false_mean"):
+            if not all(math.isfinite(value) for value in getattr(self, name)):
+                raise ConfigError(f"NAW kernel {name}={getattr(self, name)} must be two finite numbers")
+        for name in ("true_major_std", "false_major_std", "true_scale"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ConfigError(f"NAW kernel {name}={getattr(self, name)} must be a finite positive number")
         for name in ("true_axis_ratio", "false_axis_ratio"):
-            if not getattr(self, name) >= 1:
-                raise ConfigError(f"NAW kernel {name}={getattr(self, name)} must be at least 1")
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 1):
+                raise ConfigError(f"NAW kernel {name}={getattr(self, name)} must be a finite number of at least 1")
 
 
 def covariance_schedule(epoch: float, max_epochs: float, slope: float = 15.0) -> float:

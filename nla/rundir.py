@@ -234,7 +234,8 @@ def check_resume(checkpoint: dict[str, Any], config: Namespace, dataset_argument
     if not changed:
         return None
     return (
-        f"nla: resuming {root} with changed settings, which apply from epoch {checkpoint.get('epoch', 0) + 1} on: "
+        f"nla: resuming {root} with changed settings, which apply from epoch {checkpoint.get('epoch', 0) + 2} on "
+        "(counted from 1, as the progress lines count): "
         f"{'; '.join(changed)}"
     )
 

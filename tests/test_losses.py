@@ -85,9 +85,9 @@ def test_kernel_constants_change_the_weight_and_bad_ones_fail():
     )
     centred = losses.NAWKernels(true_mean=(0.7, 0.2))
     assert losses.naw_weight(PROBS_TRUE, LABEL, 0.0, centred).item() == pytest.approx(1 / (2 * math.pi * 0.8))
-    with pytest.raises(ValueError, match="false_axis_ratio=0.5 must be at least 1"):
+    with pytest.raises(ValueError, match="false_axis_ratio=0.5 must be a finite number of at least 1"):
         losses.NAWKernels(false_axis_ratio=0.5)
-    with pytest.raises(ValueError, match="true_major_std=nan must be a positive number"):
+    with pytest.raises(ValueError, match="true_major_std=nan must be a finite positive number"):
         losses.NAWKernels(true_major_std=float("nan"))
 
 
@@ -189,3 +189,24 @@ def test_naw_weight_is_the_two_gaussian_kernels_written_out(schedule):
     (grad_got,) = torch.autograd.grad(got.sum(), logits, retain_graph=True)
     (grad_expected,) = torch.autograd.grad(expected.sum(), logits)
     assert torch.allclose(grad_got, grad_expected, rtol=1e-9, atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"false_axis_ratio": float("inf")},
+        {"true_scale": float("nan")},
+        {"true_scale": -3.0},
+        {"true_major_std": float("inf")},
+        {"true_mean": (0.5, float("nan"))},
+    ],
+)
+def test_naw_kernels_that_cannot_work_are_refused_by_name(setting):
+    """false_axis_ratio inf: a ZeroDivisionError at the first step; true_scale nan: a 'non-finite loss' that blamed
+    the learning rate; true_scale -3: negative weights, silently."""
+    from nla.errors import ConfigError
+    from nla.losses import NAWKernels
+
+    (name,) = setting
+    with pytest.raises(ConfigError, match=rf"NAW kernel {name}="):
+        NAWKernels(**setting)

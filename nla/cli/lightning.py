@@ -215,6 +215,13 @@ class NLACLI(LightningCLI):
         hparams = dict(self._load_checkpoint(path).get("hyper_parameters") or {})
         hparams.pop("_instantiator", None)
         hparams.pop("_class_path", None)
+        for arg in self._given_args:  # the checkpoint's model replaces these: said, not dropped without a word
+            key = arg.split("=", 1)[0].removeprefix("--model.")
+            if arg.startswith("--model.") and key in hparams and not same(config.model.get(key), hparams[key]):
+                raise UserError(
+                    f"--model.{key} {config.model.get(key)!r}: nla {command_name(subcommand)} runs the model "
+                    f"{path.name} holds ({key} {hparams[key]!r}); leave --model.* out"
+                )
         self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
 
     def before_fit(self) -> None:
@@ -252,6 +259,9 @@ class NLACLI(LightningCLI):
                 f"{torch.__version__}, {build}); leave it at auto to run on the CPU"
             )
         root = self._run_root(config)
+        existing = next((folder for folder in (root, *root.parents) if folder.exists()), None)
+        if existing is not None and not existing.is_dir():  # mkdir would say "[Errno 17] File exists"
+            raise UserError(f"--trainer.default_root_dir {str(root)!r}: {str(existing)!r} is a file, not a folder")
         record_protocol_files(config)
         note = without_wandb(trainer, names_logger(self._given_args))
         if note and not launched_process():
@@ -318,6 +328,17 @@ class NLACLI(LightningCLI):
                 "choose a dataset with --data (e.g. --data nla.data.ImageFolderDataModule --data.root DIR)"
             )
         if saved.get("preprocessing"):  # the input the model was trained with, whatever the data
+            given_input = config.data.init_args.get("preprocessing") or Namespace()
+            for arg in self._given_args:
+                key = arg.split("=", 1)[0].removeprefix("--data.preprocessing.")
+                if arg.startswith("--data.preprocessing.") and not same(
+                    given_input.get(key), saved["preprocessing"].get(key)
+                ):
+                    raise UserError(
+                        f"--data.preprocessing.{key} {given_input.get(key)!r}: the model in {self._checkpoint_path} "
+                        f"was trained with {key} {saved['preprocessing'].get(key)!r}, and is evaluated on that input; "
+                        "leave --data.preprocessing.* out"
+                    )
             config.data.init_args.preprocessing = Namespace(
                 {k: tuple(v) if isinstance(v, list) else v for k, v in saved["preprocessing"].items()}
             )

@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Optional
 
+from lightning.pytorch.utilities import rank_zero_info
+
 from nla.data.base import FERDataModule, Split
 from nla.data.samples import DataError, Samples
 from nla.data.sources import affectnet, ferplus, generic, rafdb
@@ -153,7 +155,14 @@ class ImageFolderDataModule(FERDataModule):
     def read_split(self, split: Split) -> Samples:
         if self.flat:
             return generic.read_class_folders(self.require_root(), self.class_names)
-        return generic.read_image_folder(self.require_root(), split, self.class_names)
+        root = self.require_root()
+        fitting = self.trainer is not None and self.trainer.state.fn == "fit"
+        if fitting and split == self.val_split == "test" and generic.find_split_folder(Path(root), "valid"):
+            rank_zero_info(  # FER papers validate on test; a folder dataset's own val split is one option away
+                f"{type(self).__name__}: validating on test/ as FER papers do; {root} has a val folder too, which "
+                "--data.val_split valid validates on"
+            )
+        return generic.read_image_folder(root, split, self.class_names)
 
 
 class CSVDataModule(FERDataModule):

@@ -161,11 +161,18 @@ class SplitPreparation:
         return samples
 
     def resolve(self, path: str) -> Path:
-        """Relative protocol files are looked up in the working directory, then under the data root."""
+        """Relative protocol files are looked up in the working directory, then under the data root; one in
+        neither place stops the run in a line that names the path as given and both places."""
         candidate = Path(path)
         if candidate.is_absolute() or candidate.exists() or not self.source.root:
             return candidate
-        return Path(self.source.root) / candidate
+        under_root = Path(self.source.root) / candidate
+        if not under_root.exists():
+            raise DataError(
+                f"{path!r} does not exist: neither in the working directory ({Path.cwd()}) nor under --data.root "
+                f"{self.source.root!r}"
+            )
+        return under_root
 
     # --- pixels: faces, checks, cache -----------------------------------------------------------
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -92,18 +94,26 @@ def check_label_range(labels: np.ndarray, num_classes: int, origins: Sequence[st
         )
 
 
-def read_text_lines(path: Path) -> list[tuple[str, str]]:
-    """``(origin, line)`` for every non-blank line of a text file, ``origin`` being ``file:line``.
-
-    A byte-order mark (as Windows editors write) is dropped, and an undecodable file is one error.
-    """
+def read_text(path: Path) -> str:
+    """A label file's text: a byte-order mark (as Windows editors write) dropped, and a file that is not UTF-8 (a
+    spreadsheet's Latin-1 or UTF-16 export) or cannot be read is one error naming it."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
         raise DataError(f"{path}: is not UTF-8 text ({error.reason} at byte {error.start})") from None
     except OSError as error:
         raise DataError(f"{path}: cannot be read ({error.strerror or error})") from None
+
+
+def read_text_lines(path: Path) -> list[tuple[str, str]]:
+    """``(origin, line)`` for every non-blank line of a text file, ``origin`` being ``file:line``."""
+    text = read_text(path)
     return [(f"{path}:{number}", line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+
+
+def csv_records(path: Path) -> Iterator[list[str]]:
+    """The records of a CSV file, read as :func:`read_text` reads it."""
+    return csv.reader(io.StringIO(read_text(path), newline=""))
 
 
 def check_unique_names(names: Sequence[str], origins: Sequence[str], what: str = "image") -> None:

@@ -121,8 +121,11 @@ def crop_to_box(image: np.ndarray, box: Sequence[float], path: str = "image") ->
     x, y, w, h = (round(float(v)) for v in box)
     x0, y0 = max(x, 0), max(y, 0)
     x1, y1 = min(x + w, image.shape[1]), min(y + h, image.shape[0])
-    if x1 <= x0 or y1 <= y0:
-        raise DataError(f"face box {tuple(box)} lies outside image {path!r} of size {image.shape[1]}x{image.shape[0]}")
+    if w <= 0 or h <= 0 or x1 <= x0 or y1 <= y0:
+        shown = "(" + ", ".join(f"{float(v):g}" for v in box) + ")"
+        if w <= 0 or h <= 0:
+            raise DataError(f"face box {shown} of {path!r} is empty: (x, y, width, height) needs a width and height")
+        raise DataError(f"face box {shown} lies outside image {path!r} of size {image.shape[1]}x{image.shape[0]}")
     crop = cv2.copyMakeBorder(image[y0:y1, x0:x1], y0 - y, y + h - y1, x0 - x, x + w - x1, cv2.BORDER_REPLICATE)
     return np.ascontiguousarray(crop)
 

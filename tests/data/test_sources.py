@@ -239,3 +239,49 @@ def test_image_folders_without_splits_are_class_folders(tmp_path):
     samples = read_class_folders(root)
     assert samples.classes == ("anger", "happy") and samples.class_counts().tolist() == [2, 2]
     assert ImageFolderDataModule(str(root)).class_names == ["anger", "happy"]
+
+
+def test_an_empty_rafdb_label_file_is_named(rafdb_copy):
+    """An emptied list_patition_label.txt: 'the train split has no images of class Surprise'."""
+    rafdb_label_file(rafdb_copy).write_text("")
+    with pytest.raises(DataError, match=r"list_patition_label\.txt: is empty; expected a line"):
+        read_rafdb(rafdb_copy, "train")
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "utf-16"])
+def test_a_label_csv_that_is_not_utf8_is_one_error_naming_it(folder_root, tmp_path, encoding):
+    """A list saved as Latin-1 or as a spreadsheet's UTF-16 'Unicode text': a UnicodeDecodeError traceback."""
+    listing = tmp_path / "train.csv"
+    listing.write_bytes(f"path,label\n{folder_root}/train/angry/0.png,angry\nx\xe9.png,angry\n".encode(encoding))
+    with pytest.raises(DataError, match=rf"{listing}: is not UTF-8 text"):
+        read_csv_list(listing, ["angry", "happy", "sad"])
+
+
+def test_a_csv_row_with_more_columns_than_its_header_is_refused(folder_root, tmp_path):
+    """An unquoted comma in a path shifted the columns, and the row trained with the path's tail as its label."""
+    listing = tmp_path / "train.csv"
+    listing.write_text(f"path,label\n{folder_root}/train/angry/0.png,angry,extra\n")
+    with pytest.raises(DataError, match=r"train\.csv:2: 3 columns where the header has 2"):
+        read_csv_list(listing, ["angry", "happy", "sad"])
+
+
+def test_a_protocol_file_found_nowhere_is_named_as_given(rafdb_copy, tmp_path, monkeypatch):
+    """--data.protocol.train_label_file nope.txt: 'does not exist' named '<root>/nope.txt', a path never typed."""
+    monkeypatch.chdir(tmp_path)
+    data = RAFDBDataModule(
+        str(rafdb_copy),
+        num_workers=0,
+        preprocessing=Preprocessing(image_size=16),
+        protocol=LabelProtocol(train_label_file="nope.txt"),
+    )
+    with pytest.raises(DataError, match=r"'nope\.txt' does not exist: neither in the working directory .* nor under"):
+        data.setup("fit")
+
+
+def test_a_fit_of_a_folder_with_a_val_split_says_which_split_it_validates_on(tmp_path):
+    from tests.fakes import write_image_folder
+
+    root = write_image_folder(tmp_path / "folder", splits=("train", "val"))
+    data = ImageFolderDataModule(str(root), num_workers=0, preprocessing=Preprocessing(image_size=16))
+    with pytest.raises(DataError, match=r"no folder for split 'test'.*--data\.val_split valid"):
+        data.read_split("test")

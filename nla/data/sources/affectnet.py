@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from nla.data.samples import DataError, Samples, check_unique_names
+from nla.data.samples import DataError, Samples, check_unique_names, csv_records
 
 # Expression codes 0..7 are the class indices; 8 None, 9 Uncertain and 10 No-Face are dropped.
 CLASSES_8 = ("Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt")
@@ -49,34 +48,33 @@ def read_affectnet(root: str | Path, split: Split = "train", num_classes: Litera
     image_dir = find_image_dir(root)
     paths, labels, names, origins, boxes = [], [], [], [], []
     left_out = 0
-    with open(label_file, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None or any(column not in header for column in COLUMNS):
-            raise DataError(f"{label_file}:1: expected the columns {', '.join(COLUMNS)}, ...; got {header!r}")
-        column = {name: header.index(name) for name in COLUMNS}
-        for number, record in enumerate(reader, start=2):
-            if not record:
-                continue
-            origin = f"{label_file}:{number}"
-            try:
-                code = int(record[column["expression"]])
-                box = [float(record[column[k]]) for k in ("face_x", "face_y", "face_width", "face_height")]
-            except (ValueError, IndexError):
-                raise DataError(
-                    f"{origin}: expected an integer expression and a numeric face box, got {record[:7]!r}"
-                ) from None
-            if not 0 <= code <= LAST_CODE:
-                raise DataError(f"{origin}: expression code {code} is outside 0..{LAST_CODE}")
-            if code >= num_classes:
-                left_out += 1
-                continue
-            name = record[column["subDirectory_filePath"]].strip()
-            paths.append(str(image_dir / name))
-            labels.append(code)
-            names.append(name)
-            origins.append(origin)
-            boxes.append(box)
+    reader = csv_records(label_file)
+    header = next(reader, None)
+    if header is None or any(column not in header for column in COLUMNS):
+        raise DataError(f"{label_file}:1: expected the columns {', '.join(COLUMNS)}, ...; got {header!r}")
+    column = {name: header.index(name) for name in COLUMNS}
+    for number, record in enumerate(reader, start=2):
+        if not record:
+            continue
+        origin = f"{label_file}:{number}"
+        try:
+            code = int(record[column["expression"]])
+            box = [float(record[column[k]]) for k in ("face_x", "face_y", "face_width", "face_height")]
+        except (ValueError, IndexError):
+            raise DataError(
+                f"{origin}: expected an integer expression and a numeric face box, got {record[:7]!r}"
+            ) from None
+        if not 0 <= code <= LAST_CODE:
+            raise DataError(f"{origin}: expression code {code} is outside 0..{LAST_CODE}")
+        if code >= num_classes:
+            left_out += 1
+            continue
+        name = record[column["subDirectory_filePath"]].strip()
+        paths.append(str(image_dir / name))
+        labels.append(code)
+        names.append(name)
+        origins.append(origin)
+        boxes.append(box)
     check_unique_names(names, origins)
     notes = (
         [

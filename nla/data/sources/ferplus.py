@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, Optional
 
 import numpy as np
 
-from nla.data.samples import DataError, Samples
+from nla.data.samples import DataError, Samples, csv_records
 
 # The vote columns, in file order. The first eight are emotions; the label index is the column index.
 VOTE_COLUMNS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF")
@@ -135,22 +134,19 @@ def _read_release(path: Path, split: str) -> list[tuple[str, list[int], str]]:
     if not path.is_file():
         raise DataError(f"FER+ release file {str(path)!r} does not exist")
     rows = []
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None or header[:2] != ["Usage", "Image name"]:
-            raise DataError(
-                f"{path}:1: expected the header 'Usage,Image name,{','.join(VOTE_COLUMNS)}', got {header!r}"
-            )
-        for number, record in enumerate(reader, start=2):
-            origin = f"{path}:{number}"
-            if len(record) != 2 + len(VOTE_COLUMNS):
-                raise DataError(f"{origin}: expected {2 + len(VOTE_COLUMNS)} columns, got {len(record)}")
-            usage, name = record[0], record[1].strip()
-            if usage not in RELEASE_USAGE:
-                raise DataError(f"{origin}: Usage {usage!r} is not one of {list(RELEASE_USAGE)}")
-            if name and RELEASE_USAGE[usage] == split:  # rows without a name are all not-a-face
-                rows.append((name, _parse_votes(record[2:], origin), origin))
+    reader = csv_records(path)
+    header = next(reader, None)
+    if header is None or header[:2] != ["Usage", "Image name"]:
+        raise DataError(f"{path}:1: expected the header 'Usage,Image name,{','.join(VOTE_COLUMNS)}', got {header!r}")
+    for number, record in enumerate(reader, start=2):
+        origin = f"{path}:{number}"
+        if len(record) != 2 + len(VOTE_COLUMNS):
+            raise DataError(f"{origin}: expected {2 + len(VOTE_COLUMNS)} columns, got {len(record)}")
+        usage, name = record[0], record[1].strip()
+        if usage not in RELEASE_USAGE:
+            raise DataError(f"{origin}: Usage {usage!r} is not one of {list(RELEASE_USAGE)}")
+        if name and RELEASE_USAGE[usage] == split:  # rows without a name are all not-a-face
+            rows.append((name, _parse_votes(record[2:], origin), origin))
     return rows
 
 
@@ -158,14 +154,11 @@ def _read_label_csv(path: Path) -> list[tuple[str, list[int], str]]:
     if not path.is_file():
         raise DataError(f"FER+ label file {str(path)!r} does not exist, and there is no fer2013new.csv at the root")
     rows = []
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        for number, record in enumerate(csv.reader(handle), start=1):
-            origin = f"{path}:{number}"
-            if len(record) != 2 + len(VOTE_COLUMNS):
-                raise DataError(
-                    f"{origin}: expected name, face box and {len(VOTE_COLUMNS)} vote counts, got {record!r}"
-                )
-            rows.append((record[0].strip(), _parse_votes(record[2:], origin), origin))
+    for number, record in enumerate(csv_records(path), start=1):
+        origin = f"{path}:{number}"
+        if len(record) != 2 + len(VOTE_COLUMNS):
+            raise DataError(f"{origin}: expected name, face box and {len(VOTE_COLUMNS)} vote counts, got {record!r}")
+        rows.append((record[0].strip(), _parse_votes(record[2:], origin), origin))
     return rows
 
 

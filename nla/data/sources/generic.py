@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Optional
 import numpy as np
 
 from nla.data.files import IMAGE_SUFFIXES
-from nla.data.samples import DataError, Samples, check_label_range, check_unique_names
+from nla.data.samples import DataError, Samples, check_label_range, check_unique_names, csv_records
 
 # Accepted folder names for each split, first match wins.
 SPLIT_FOLDERS = {"train": ("train", "training"), "valid": ("val", "valid", "validation"), "test": ("test",)}
@@ -53,8 +52,12 @@ def read_image_folder(root: str | Path, split: str, classes: Optional[Sequence[s
     classes = tuple(classes) if classes else folder_classes(root)
     folder = find_split_folder(root, split)
     if folder is None:
+        hint = ""
+        if split == "test" and find_split_folder(root, "valid") is not None:
+            hint = " (to validate a fit on its val folder: --data.val_split valid)"
         raise DataError(
             f"image-folder root {str(root)!r} has no folder for split {split!r}; looked for {SPLIT_FOLDERS[split]}"
+            + hint
         )
     return read_class_folders(folder, classes)
 
@@ -87,18 +90,22 @@ def read_class_folders(folder: str | Path, classes: Optional[Sequence[str]] = No
 def two_column_rows(path: Path, columns: tuple[str, str]) -> Iterator[tuple[str, str, str]]:
     """``(first, second, origin)`` for each row of a CSV whose header starts with ``columns``
     (a byte-order mark before the header is dropped)."""
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header[:2]] != list(columns):
-            raise DataError(f"{path}:1: expected the header '{','.join(columns)}', got {header!r}")
-        for number, record in enumerate(reader, start=2):
-            if not record:
-                continue
-            origin = f"{path}:{number}"
-            if len(record) < 2:
-                raise DataError(f"{origin}: expected '<{columns[0]}>,<{columns[1]}>', got {record!r}")
-            yield record[0].strip(), record[1].strip(), origin
+    reader = csv_records(path)
+    header = next(reader, None)
+    if header is None or [h.strip() for h in header[:2]] != list(columns):
+        raise DataError(f"{path}:1: expected the header '{','.join(columns)}', got {header!r}")
+    for number, record in enumerate(reader, start=2):
+        if not record:
+            continue
+        origin = f"{path}:{number}"
+        if len(record) < 2:
+            raise DataError(f"{origin}: expected '<{columns[0]}>,<{columns[1]}>', got {record!r}")
+        if len(record) > len(header):  # an unquoted comma in a path would shift the label
+            raise DataError(
+                f"{origin}: {len(record)} columns where the header has {len(header)}, got {record!r} (quote a path "
+                'that holds a comma: "a,b.jpg")'
+            )
+        yield record[0].strip(), record[1].strip(), origin
 
 
 def read_csv_list(csv_path: str | Path, classes: Sequence[str], image_root: Optional[str | Path] = None) -> Samples:

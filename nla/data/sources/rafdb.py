@@ -73,7 +73,10 @@ def _read_basic(base: Path, split: str) -> list[tuple[str, int, str, str]]:
     label_file = base / "EmoLabel" / "list_patition_label.txt"
     image_dir = base / "Image" / "aligned"
     rows = []
-    for origin, line in read_text_lines(label_file):
+    lines = read_text_lines(label_file)
+    if not lines:
+        raise DataError(f"{label_file}: is empty; expected a line '<name>.jpg <label>' per image")
+    for origin, line in lines:
         parts = line.split()
         if len(parts) != 2:
             raise DataError(f"{origin}: expected '<name>.jpg <label>', got {line!r}")
