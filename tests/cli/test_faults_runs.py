@@ -325,3 +325,15 @@ def test_a_checkpoints_relative_data_root_from_another_folder_is_named(trained_r
     monkeypatch.chdir(tmp_path)
     err = fails(["test", "--ckpt_path", str(moved)], capsys)
     says(err, f"{moved} was trained on --data.root 'raf', a path relative to where it was trained", "--data.root")
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--model.backbone", "resnet18"], "--model.backbone 'resnet18': nla test runs the model last.ckpt holds"),
+        (["--data.preprocessing.image_size", "64"], "--data.preprocessing.image_size 64: the model in"),
+    ],
+)
+def test_model_or_input_settings_a_checkpoint_overrides_are_refused(trained_run, capsys, option, message):
+    """nla test --ckpt_path ... --model.backbone resnet18: exit 0, the checkpoint's model, and not a word."""
+    says(fails(["test", "--ckpt_path", str(trained_run / "checkpoints" / "last.ckpt"), *option], capsys), message)
