@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 
 from nla.callbacks.console import say
 from nla.data.files import is_video, load_image
+from nla.data.samples import DataError
 from nla.rundir import free_path
 
 FACE_COLUMNS = ["face", "face_x", "face_y", "face_width", "face_height"]
@@ -116,6 +117,8 @@ class PredictionWriter(BasePredictionWriter):
         what = f"{self._rows} row{'s' if self._rows != 1 else ''} for {files} file{'s' if files != 1 else ''}"
         if "face" not in self._columns and "frame" not in self._columns:
             what = f"{self._rows} image{'s' if self._rows != 1 else ''}"
+        if self._rows and len(self.unreadable) == self._rows:  # a run that predicted nothing did not succeed
+            raise DataError(f"none of the {files} file(s) could be predicted; the rows of {self.path} say why")
         say(trainer, f"predictions for {what} written to {self.path}" + (f"; {drawn}" if drawn else ""))
 
 

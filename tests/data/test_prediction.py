@@ -99,6 +99,35 @@ def test_predict_on_videos_writes_a_row_per_frame_and_one_per_bad_file(trained_r
     assert "predictions for 8 rows for 3 files written to" in out and "1 video timeline(s)" in out
 
 
+def test_a_predict_run_that_could_predict_no_file_fails_keeping_its_rows(trained_run, tmp_path, capsys):
+    """Every file unreadable: exit 0 and "predictions for 1 image written", though nothing was predicted."""
+    media = tmp_path / "media"
+    media.mkdir()
+    (media / "notes.txt").write_text("not a photo")
+    (media / "zero.jpg").write_bytes(b"")
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    with pytest.raises(SystemExit) as stopped:
+        main(
+            [
+                "predict",
+                "--ckpt_path",
+                str(run / "checkpoints" / "last.ckpt"),
+                "--data.prediction.root",
+                str(media),
+                *QUIET,
+            ]
+        )
+    assert stopped.value.code not in (0, None)
+    err = capsys.readouterr().err
+    assert (
+        f"nla: error: none of the 2 file(s) could be predicted; the rows of {run / 'predict' / 'predictions.csv'}"
+        in err
+    )
+    rows = list(csv.DictReader(open(run / "predict" / "predictions.csv")))
+    assert len(rows) == 2 and all(r["error"] for r in rows)
+
+
 @pytest.mark.slow
 def test_predict_keeps_no_outputs_in_memory_unless_asked(trained_run, tmp_path):
     """Rows go to the CSV batch by batch; Lightning keeping every batch's output too grows with a video's length."""
