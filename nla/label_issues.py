@@ -32,6 +32,7 @@ from typing import Any, Literal, Optional, Union
 import numpy as np
 import torch
 from lightning.pytorch import Trainer
+from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.figure import Figure
 from torch import Tensor
 from torchmetrics.functional.classification import binary_auroc
@@ -281,6 +282,14 @@ def run(
             free_path(folder / "cleaned_labels.txt"), names_kept, cleaned, getattr(datamodule, "label_code_offset", 0)
         )
         result["cleaned"] = {"file": str(path), "how": write_labels, "suspects": len(chosen), "kept": len(kept)}
+        left = set(cleaned.tolist())
+        emptied = [names[code] for code in sorted(set(labels.numpy().tolist()) - left)]
+        if emptied:  # a fit on this file stops at once: say so now, beside the file
+            result["cleaned"]["classes_left_empty"] = emptied
+            rank_zero_warn(
+                f"{path} keeps no image of {emptied}: a fit on it stops (every class needs one); drop fewer "
+                "(--suspects) or --write_labels relabel"
+            )
     if noisy:
         flipped = shipped != labels.numpy()
         result["vs_truth"] = {

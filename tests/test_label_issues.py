@@ -158,6 +158,8 @@ def test_cleaned_labels_train_a_new_model(rafdb_root, tmp_path, capsys):
         )
         counted = int(capsys.readouterr().out.split("cleaned labels (drop: ")[1].split(" images")[0])
         assert len((run_dir / "label-issues-2" / "cleaned_labels.txt").read_text().splitlines()) == 42 - counted
+    with pytest.warns(UserWarning, match=r"cleaned_labels\.txt keeps no image of \['.*'\]: a fit on it stops"):
+        main(["label-issues", "--ckpt_path", ckpt, "--write_labels", "drop", "--suspects", "40", *quiet])
     retrained = tmp_path / "retrained"
     main(fit_args(rafdb_root, retrained, "--data.protocol.train_label_file", str(dropped), epochs=1))
     assert json.loads((retrained / "summary.json").read_text())["last"]["epoch"] == 0
