@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import io
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -286,17 +288,16 @@ class NLACLI(LightningCLI):
             chosen = data.get("class_path") if isinstance(data, Namespace) else None
             if self._checkpoint is None and (data is None or (chosen and import_class(chosen) is FERDataModule)):
                 raise UserError(needs_model_and_data(command_name(subcommand)))  # before a folder is made for it
+            if self._checkpoint is not None:  # the run's data and input, checked before a folder is made too
+                self._data_from_checkpoint(config)
+                config = self.config[subcommand]
             if launched_process():
                 output = Path(os.environ.get(OUTPUT_ENV) or root)
             else:
                 output = self._output = fresh_folder(root, command_name(subcommand))
                 os.environ[OUTPUT_ENV] = str(output)
-            trainer.default_root_dir = str(output)
-            if self._checkpoint is not None:
-                self._data_from_checkpoint(config)
-                config = self.config[subcommand]
-            elif config.get("data") is None:
-                raise UserError(needs_model_and_data(command_name(subcommand)))
+                MADE_FOLDERS.append(output)
+            config.trainer.default_root_dir = str(output)
         run = root if subcommand == "fit" else Path(config.trainer.default_root_dir)
         name_loggers(config.trainer, run, tuple(command_name(c) for c in EVALUATION_COMMANDS))
 
@@ -362,11 +363,35 @@ def main(argv: Sequence[str]) -> None:
         argv[0] = "label_issues"
     try:
         NLACLI(argv)
-    except Exception as error:
+        MADE_FOLDERS.clear()  # what a command that succeeded made stays
+    except BaseException as error:
+        remove_unused_folders()
+        if not isinstance(error, Exception):
+            raise
         refused = lightning_refusal(error)
         if refused is None:
             raise
         raise UserError(refused) from None
+
+
+#: The folders this process made for an evaluation command's outputs (test, predict, ...).
+MADE_FOLDERS: list[Path] = []
+#: What such a folder holds before the command has produced anything: its config and an offline logger's run.
+SCAFFOLDING = ("config.yaml", "wandb", ".nla.lock")
+
+
+def remove_unused_folders() -> None:
+    """A command that failed before it wrote a result leaves no folder that looks like one (and takes no number
+    from the next run): a folder it made that holds its config and logger files only is removed."""
+    while MADE_FOLDERS:
+        folder = MADE_FOLDERS.pop()
+        files = [path.relative_to(folder) for path in folder.rglob("*") if path.is_file()] if folder.is_dir() else []
+        if folder.is_dir() and all(path.parts[0] in SCAFFOLDING for path in files):
+            wandb = sys.modules.get("wandb")
+            if wandb is not None and getattr(wandb, "run", None) is not None:  # closed now, not at exit into it
+                with contextlib.suppress(Exception), contextlib.redirect_stderr(io.StringIO()):
+                    wandb.finish(exit_code=1)
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def lightning_refusal(error: BaseException) -> Optional[str]:

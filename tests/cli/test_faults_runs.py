@@ -286,9 +286,13 @@ def test_predict_with_no_checkpoint_is_one_line_and_makes_no_folder(tmp_path, ca
     assert not (tmp_path / "runs").exists()
 
 
-def test_checkpoints_that_are_not_a_fits_or_do_not_fit_their_model_are_one_line(trained_run, tmp_path, capsys):
+def test_checkpoints_that_are_not_a_fits_or_do_not_fit_their_model_are_one_line(
+    trained_run, tmp_path, capsys, monkeypatch
+):
     """A file of weights given to nla test: 'pass --ckpt_path' though it was passed; a checkpoint whose recorded
-    backbone is not the one its weights are of: a traceback and a line per tensor, in test and in export."""
+    backbone is not the one its weights are of: a traceback and a line per tensor, in test and in export, and a
+    runs/edited/test folder left behind that looked like a result."""
+    monkeypatch.chdir(tmp_path)  # a checkpoint outside a run writes into runs/<its name>
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(3)}}, foreign)
     says(fails(["test", "--ckpt_path", str(foreign)], capsys), f"{foreign} is not a checkpoint written by nla fit")
@@ -300,6 +304,7 @@ def test_checkpoints_that_are_not_a_fits_or_do_not_fit_their_model_are_one_line(
     err = fails(["test", "--ckpt_path", str(edited), "--trainer.logger", "false"], capsys)
     says(err, "the checkpoint's weights do not fit the model its settings describe", "missing", "of another shape")
     assert "[64] in the model" in err
+    assert (tmp_path / "runs" / "edited").is_dir() and not list((tmp_path / "runs" / "edited").iterdir())
     with pytest.raises(SystemExit):
         main(["export", "--ckpt_path", str(edited), "--output", str(tmp_path / "m.onnx")])
     err = capsys.readouterr().err
