@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -80,10 +81,17 @@ def export(ckpt_path: str | Path, output: str | Path, fmt: str = "onnx", image_s
         raise UserError(
             f"{output} is named as {named} but the format is {fmt}; name it {FORMATS[fmt]} or pass --format {named}"
         )
+    if output.is_dir():
+        raise UserError(
+            f"--output {output} is a folder; give the file to write, e.g. {output / ('model' + FORMATS[fmt])}"
+        )
     sidecar = output.with_name(output.name + ".json")
     for path in (output, sidecar):
         if path.exists():
             raise FileExistsError(f"{path} exists and is not overwritten; choose another --output")
+    existing = next((folder for folder in output.parents if folder.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):  # before the export, not after it
+        raise UserError(f"--output {output}: {existing} is {'a file' if not existing.is_dir() else 'not writable'}")
     module, preprocessing = load_checkpoint(ckpt_path)
     size = image_size if image_size is not None else preprocessing["image_size"]
     smallest = module.input_spec().min_size

@@ -110,6 +110,8 @@ def test_export_through_the_cli_refuses_to_overwrite_and_bad_files(trained, tmp_
     for wrong, message in (
         (["--image_size", "0"], "--image_size 0 is too small"),  # was the training size, silently
         (["--format", "torchscript", "--output", str(tmp_path / "t.onnx")], "t.onnx is named as onnx but the format"),
+        (["--output", str(tmp_path)], f"--output {tmp_path} is a folder; give the file to write"),  # "exists"
+        (["--output", str(tmp_path / "m.pt" / "x.onnx")], f"{tmp_path / 'm.pt'} is a file"),  # after the export
     ):
         with pytest.raises(SystemExit):
             main(["export", "--ckpt_path", str(ckpt), *wrong])
