@@ -192,6 +192,18 @@ def _unknown_option(message: str) -> Optional[tuple[str, Optional[str]]]:
     refused = re.search(r"Problem with given class_path '([\w.]+)':\s+Option '(\w+)' is not accepted", message)
     if group and refused:
         return f"{group.group(1)}.{refused.group(2)}", refused.group(1)
+    nested = re.search(r"Problem with given class_path '([\w.]+)':\s+unrecognized arguments: --([\w.]+)", message)
+    if group and nested:  # --data.faces.bogus: the class that refused it is the type of the data class's `faces`
+        owner, parts = nested.group(1), nested.group(2).split(".")
+        try:
+            module, _, name = owner.rpartition(".")
+            klass: Any = getattr(importlib.import_module(module), name)
+            for part in parts[:-1]:  # the parameter's type, where a base class declares it (**kwargs reach it)
+                hints = [typing.get_type_hints(base.__init__) for base in klass.__mro__[:-1]]
+                klass = next(found[part] for found in hints if part in found)
+        except (ImportError, AttributeError, NameError, StopIteration, TypeError, ValueError):
+            return None
+        return f"{group.group(1)}.{nested.group(2)}", f"{klass.__module__}.{klass.__qualname__}"
     return None
 
 
