@@ -9,7 +9,7 @@ from typing import Any, Optional, Self
 
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from nla.backbones import DEFAULT_IGNORED_KEYS
@@ -208,6 +208,12 @@ class NLAModule(LightningModule):
             if conflict:
                 raise ConfigError(conflict)
             self.automatic_optimization = False  # the graph step does the backward pass and Adam's update itself
+        warmup, epochs = self.criterion.config.naw_warmup_epochs, self.trainer.max_epochs
+        if stage == "fit" and self.criterion.config.naw and epochs is not None and 0 < epochs <= warmup:
+            rank_zero_warn(  # a run that would never weight a sample by NAW, which the user asked for
+                f"--model.criterion.naw_warmup_epochs {warmup} is not below --trainer.max_epochs "
+                f"{self.trainer.max_epochs}: NAW never starts in this run"
+            )
         if stage == "fit" and self.criterion.needs_class_counts and self.hparams["class_counts"] is None:
             counts = getattr(datamodule, "train_class_counts", None)
             if counts is None:

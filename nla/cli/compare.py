@@ -94,6 +94,12 @@ def build_parser() -> ArgumentParser:
 
 def run(config: Namespace) -> None:
     try:
+        if not config.evaluations:
+            raise ValueError(f"--evaluations is empty: name some of {list(EVALUATIONS)}")
+        folders = [(Path(run).parent if Path(run).is_file() else Path(run)).resolve() for run in config.runs]
+        twice = sorted({run for run, folder in zip(config.runs, folders) if folders.count(folder) > 1})
+        if twice:
+            raise ValueError(f"{twice} given twice: each run is a row once")
         rows = [r for r in rows_of(list(config.runs)) if r["evaluation"] in config.evaluations]
     except (FileNotFoundError, ValueError, KeyError) as error:
         print(f"nla compare: error: {error}", file=sys.stderr)

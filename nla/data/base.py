@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import os
 from pathlib import Path
 from typing import Any, ClassVar, Optional, TypeVar
 
@@ -143,7 +144,11 @@ class FERDataModule(LightningDataModule):
             raise DataError(f"batch_size {batch_size} must be at least 1")
         if num_workers is not None and num_workers < 0:
             raise DataError(f"num_workers {num_workers} must be >= 0")
-        self.root = root
+        self.root = (
+            os.path.expanduser(root) if root else root
+        )  # "~/data/RAF-DB" from a YAML file, where no shell expands it
+        if self.root != root:
+            self.hparams["root"] = self.root
         self.batch_size = batch_size
         self.num_workers = min(8, pipelines.available_cores()) if num_workers is None else num_workers
         self.preprocessing = as_group(preprocessing, Preprocessing)

@@ -43,3 +43,15 @@ def test_compare_prints_last_best_and_mean_of_the_last_epochs(trained_run, tmp_p
             main(["compare", *wrong])
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+
+
+def test_compare_refuses_a_run_given_twice_and_no_evaluations(trained_run, capsys):
+    """`compare run run` printed each row twice; `--evaluations []` printed an empty table."""
+    for args, message in (
+        ([str(trained_run), str(trained_run / "summary.json")], "given twice: each run is a row once"),
+        ([str(trained_run), "--evaluations", "[]"], "--evaluations is empty"),
+    ):
+        with pytest.raises(SystemExit):
+            main(["compare", *args])
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1

@@ -384,3 +384,9 @@ def test_a_config_of_nla_0_2_names_the_file_line_and_the_new_key(rafdb_root, tmp
 def test_a_callback_named_by_its_nla_0_2_class_path_says_where_it_is_now(rafdb_root, tmp_path, capsys):
     args = fit_args(rafdb_root, tmp_path / "run", "--trainer.callbacks+=nla.diagnostics.SampleRecord")
     assert "--trainer.callbacks: nla.diagnostics.SampleRecord is now nla.callbacks.SampleRecord" in fails(args, capsys)
+
+
+def test_a_naw_warm_up_as_long_as_the_run_is_said(rafdb_root, tmp_path):
+    """naw_warmup_epochs 100 with max_epochs 1: NAW never started, and nothing said so."""
+    with pytest.warns(UserWarning, match="naw_warmup_epochs 1 is not below --trainer.max_epochs 1: NAW never starts"):
+        main(fit_args(rafdb_root, tmp_path / "run", "--model.criterion.naw_warmup_epochs", "1", epochs=1))

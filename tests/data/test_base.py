@@ -94,3 +94,13 @@ def test_bad_sizes_and_statistics_are_refused(rafdb_root):
         RAFDBDataModule(str(rafdb_root), batch_size=0)
     with pytest.raises(DataError, match=r"std \(0.2, 0.0, 0.2\) must be three shares of 255"):
         RAFDBDataModule(str(rafdb_root), preprocessing=Preprocessing(std=(0.2, 0.0, 0.2)))
+
+
+def test_a_data_root_under_the_home_folder_is_expanded(tmp_path, monkeypatch):
+    """--data.root '~/RAF-DB' in a YAML file, where no shell expands it: 'does not exist'."""
+    from tests.fakes import write_rafdb
+
+    write_rafdb(tmp_path / "RAF-DB", train_per_class=2, test_per_class=1, size=16)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    data = RAFDBDataModule("~/RAF-DB", num_workers=0)
+    assert data.require_root() == str(tmp_path / "RAF-DB") and data.hparams["root"] == str(tmp_path / "RAF-DB")
