@@ -144,9 +144,8 @@ class FERDataModule(LightningDataModule):
             raise DataError(f"batch_size {batch_size} must be at least 1")
         if num_workers is not None and num_workers < 0:
             raise DataError(f"num_workers {num_workers} must be >= 0")
-        self.root = (
-            os.path.expanduser(root) if root else root
-        )  # "~/data/RAF-DB" from a YAML file, where no shell expands it
+        # "~/data/RAF-DB" in a YAML file, where no shell expands it
+        self.root = os.path.expanduser(root) if root else root
         if self.root != root:
             self.hparams["root"] = self.root
         self.batch_size = batch_size
