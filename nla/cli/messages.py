@@ -109,6 +109,9 @@ def parse_error_line(message: str, args: Sequence[str] = ()) -> str:
         parser_key = re.match(r'\s*Parser key "([\w.]+)"', message)
         where = parser_key.group(1) if parser_key else "config"
         return f"--{where}: {old_classes[0]} is now {MOVED_CLASSES[old_classes[0]]}"
+    missing_class = _missing_class(message)
+    if missing_class:
+        return missing_class
     unknown = _unknown_option(message)
     if unknown:
         key, owner = unknown
@@ -179,6 +182,34 @@ def _regrouped(option: str) -> Optional[str]:
         return None
     moved = importlib.import_module("nla.data.upgrade").MOVED_OPTIONS.get(name, "")
     return f"--data.{moved}" if moved.startswith(f"{name}.") else None
+
+
+def _missing_class(message: str) -> Optional[str]:
+    """``--data nla.data.RAFDBDataModul`` (jsonargparse: "Expected a path but ... not accessible or invalid", or
+    "Unable to load config"): the class path that names no class, and the closest one that does."""
+    group = re.match(r'\s*Parser key "([\w.]+)":', message)
+    named = re.search(
+        r"Problem with given class_path '([\w.]+)':\s+module '([\w.]+)' has no attribute '(\w+)'", message
+    )
+    if group and named:
+        given, module, name = named.group(1), named.group(2), named.group(3)
+    else:
+        loading = re.search(r"""Unable to load config ['"]((?:\w+\.)+\w+)['"]""", message)
+        if not (group and loading):
+            return None
+        given = loading.group(1)
+        module, _, name = given.rpartition(".")
+    try:
+        found = importlib.import_module(module)
+    except ImportError:
+        return f"--{group.group(1)} {given}: there is no module {module}"
+    if hasattr(found, name):
+        return None
+    what = "class" if given == f"{module}.{name}" else "module or class"
+    close = difflib.get_close_matches(name, [attr for attr in dir(found) if not attr.startswith("_")], n=1)
+    return f"--{group.group(1)} {given}: {module} has no {what} {name}" + (
+        f" (did you mean {module}.{close[0]}?)" if close else ""
+    )
 
 
 def _unknown_option(message: str) -> Optional[tuple[str, Optional[str]]]:

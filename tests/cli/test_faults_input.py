@@ -198,6 +198,16 @@ def test_a_wrong_model_file_or_name_stops_fit_before_it_writes_anything(
         ),
         (["--data.noise_rate", "0.3"], "--data.noise_rate is now data.protocol.noise_rate"),  # nla 0.2's flat keys
         (["--data.faces", "all"], "--data.faces is a group of settings now: give --data.faces.choice"),
+        (  # was "Expected a path but nla.data.RAFDBDataModul either not accessible or invalid"
+            ["--data", "nla.data.RAFDBDataModul"],
+            "--data nla.data.RAFDBDataModul: nla.data has no class RAFDBDataModul (did you mean "
+            "nla.data.RAFDBDataModule?)",
+        ),
+        pytest.param(
+            ["--trainer.logger", "lightning.pytorch.loggers.CSVLoger"],
+            "lightning.pytorch.loggers has no class CSVLoger (did you mean lightning.pytorch.loggers.CSVLogger?)",
+            marks=pytest.mark.slow,
+        ),
         (  # was "--data: expected null; got NestedArg(key='faces.detectt', val='1')"
             ["--data.faces.detectt", "true"],
             "--data.faces.detectt is not an option of nla.data.prediction.FaceSettings (did you mean detect?)",
