@@ -127,7 +127,7 @@ def export(ckpt_path: str | Path, output: str | Path, fmt: str = "onnx", image_s
         json.dumps(
             {
                 "format": fmt,
-                "checkpoint": str(ckpt_path),
+                "checkpoint": str(Path(ckpt_path).resolve()),
                 "input": f"float32 RGB images, N x 3 x {size} x {size}, values 0..255, resized to {size} x {size} "
                 "as 'resize' says",
                 "resize": {**RESIZE, "size": [size, size]},

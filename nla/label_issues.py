@@ -301,7 +301,7 @@ def run(
             result["vs_truth"].update(compared)
         (folder / "label_issues_vs_truth.json").write_text(json.dumps(result["vs_truth"], indent=2))
     record = {
-        "checkpoint": str(ckpt_path),
+        "checkpoint": str(Path(ckpt_path).resolve()),
         "input": datamodule.preprocessing.to_dict(),
         **{key: value for key, value in result.items() if key != "vs_truth"},
     }

@@ -165,10 +165,10 @@ class AccuracySummary(Callback):
             return
         datamodule = getattr(trainer, "datamodule", None)
         result = {
-            "checkpoint": trainer.ckpt_path,
+            "checkpoint": str(Path(trainer.ckpt_path).resolve()) if trainer.ckpt_path else None,
             "data": {
                 "class": type(datamodule).__name__ if datamodule else None,
-                "root": getattr(datamodule, "root", None),
+                "root": str(Path(datamodule.root).resolve()) if getattr(datamodule, "root", None) else None,
                 "split": "test" if stage == "test" else getattr(datamodule, "val_split", None),
             },
             **record.to_dict(),

@@ -103,7 +103,8 @@ def test_fit_shows_progress_and_then_tests_from_the_checkpoint_alone(rafdb_root,
     best = next((run_dir / "checkpoints").glob("best-acc-*.ckpt"))
     main(["test", "--ckpt_path", str(best), *NO_LOGGER, "--trainer.enable_progress_bar", "false"])
     metrics = json.loads((run_dir / "test" / "metrics.json").read_text())
-    assert metrics["data"] == {"class": "RAFDBDataModule", "root": str(rafdb_root), "split": "test"}
+    assert metrics["data"] == {"class": "RAFDBDataModule", "root": str(rafdb_root.resolve()), "split": "test"}
+    assert metrics["checkpoint"] == str(best.resolve())  # absolute: the file is read from elsewhere
     assert metrics["num_samples"] == 21 and set(metrics["class_acc"]) == set(rafdb.CLASSES)
     assert (run_dir / "test" / "config.yaml").is_file() and (
         run_dir / "test" / "figures" / "confusion_matrix.png"
