@@ -161,14 +161,15 @@ def draw_outputs(rows: list[dict[str, str]], class_names: list[str], folder: Pat
     by_file: dict[str, list[dict[str, str]]] = defaultdict(list)
     for row in rows:
         by_file[row["path"]].append(row)
-    timelines = photos = 0
+    drawn: dict[str, list[tuple[str, str]]] = {"timelines": [], "faces": []}
     for path, file_rows in by_file.items():
         if is_video(path):
             figure = expression_timeline(file_rows, class_names, Path(path).name)
             if figure is not None:
                 (folder / "timelines").mkdir(exist_ok=True)
-                figure.savefig(free_path(folder / "timelines" / f"{Path(path).stem}.png"), dpi=100)
-                timelines += 1
+                target = free_path(folder / "timelines" / f"{Path(path).stem}.png")
+                figure.savefig(target, dpi=100)
+                drawn["timelines"].append((path, target.name))
         elif draw_faces and any(row.get("face") for row in file_rows):
             try:
                 image = load_image(path)
@@ -177,7 +178,12 @@ def draw_outputs(rows: list[dict[str, str]], class_names: list[str], folder: Pat
             (folder / "faces").mkdir(exist_ok=True)
             target = free_path(folder / "faces" / f"{Path(path).stem}.png")
             faces_figure(image, file_rows).savefig(target, dpi=100)
-            photos += 1
+            drawn["faces"].append((path, target.name))
+    for kind, pictures in drawn.items():  # x.jpg and x.png, or a/clip.mp4 and b/clip.mp4, share a stem
+        if pictures:
+            with open(folder / kind / "index.csv", "w", newline="") as handle:
+                csv.writer(handle).writerows([("path", "picture"), *pictures])
+    timelines, photos = len(drawn["timelines"]), len(drawn["faces"])
     done = [f"{timelines} video timeline(s) in {folder / 'timelines'}" if timelines else ""]
     done.append(f"{photos} photo(s) with their faces in {folder / 'faces'}" if photos else "")
     return "; ".join(text for text in done if text)

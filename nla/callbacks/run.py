@@ -164,11 +164,12 @@ class AccuracySummary(Callback):
         if not trainer.is_global_zero or record is None:
             return
         datamodule = getattr(trainer, "datamodule", None)
+        root = getattr(datamodule, "root", None)
         result = {
             "checkpoint": str(Path(trainer.ckpt_path).resolve()) if trainer.ckpt_path else None,
             "data": {
                 "class": type(datamodule).__name__ if datamodule else None,
-                "root": str(Path(datamodule.root).resolve()) if getattr(datamodule, "root", None) else None,
+                "root": str(Path(root).resolve()) if root else None,
                 "split": "test" if stage == "test" else getattr(datamodule, "val_split", None),
             },
             **record.to_dict(),

@@ -4,6 +4,7 @@ read, and the pieces behind it (frame sampling, face tracks, aligned crops)."""
 import csv
 import math
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -156,6 +157,7 @@ def test_every_face_of_photos_and_a_video_is_found_tracked_and_drawn(trained_run
     media = tmp_path / "media"
     media.mkdir()
     cv2.imwrite(str(media / "group.png"), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(media / "group.jpg"), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))  # the same stem: group-1.png
     frames = []
     for t in range(20):  # one face moving right, 2 s at 10 frames a second
         frame = background(240, 320, np.random.default_rng(1))
@@ -187,6 +189,10 @@ def test_every_face_of_photos_and_a_video_is_found_tracked_and_drawn(trained_run
     assert len(walk) >= 8 and {r["track"] for r in walk} == {"0"}  # one face, followed through the frames
     assert (run / "predict" / "faces" / "group.png").stat().st_size > 10_000
     assert (run / "predict" / "timelines" / "walk.png").is_file()
+    index = {Path(r["path"]).name: r["picture"] for r in csv.DictReader(open(run / "predict" / "faces" / "index.csv"))}
+    assert sorted(index) == ["group.jpg", "group.png"] and sorted(index.values()) == ["group-1.png", "group.png"]
+    (timeline,) = csv.DictReader(open(run / "predict" / "timelines" / "index.csv"))
+    assert timeline["path"].endswith("walk.avi") and timeline["picture"] == "walk.png"
 
 
 @pytest.mark.slow
