@@ -93,8 +93,8 @@ def resolve_checkpoint(ckpt_path: str, root: Path) -> Path:
         path = folder / "last.ckpt"
         if not path.is_file():
             raise RunDirectoryError(
-                f"--ckpt_path last: there is no run to resume in {str(root)!r} (looked for "
-                f"{str(path)!r}); leave out --ckpt_path to start a new run"
+                f"--ckpt_path last: there is no run in {str(root)!r} (looked for {str(path)!r}); name the run with "
+                "--trainer.default_root_dir or give a checkpoint's path (nla fit without --ckpt_path starts a new run)"
             )
         return path
     if ckpt_path == "best":

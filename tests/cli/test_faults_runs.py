@@ -103,7 +103,7 @@ def test_a_fit_with_checkpointing_off_trains_and_says_it_wrote_no_checkpoint(raf
 
 def test_resuming_nothing_says_where_it_looked(rafdb_root, tmp_path, capsys):
     err = fails(fit_args(rafdb_root, tmp_path / "run", "--ckpt_path", "last"), capsys)
-    assert f"there is no run to resume in '{tmp_path / 'run'}'" in err and "last.ckpt" in err
+    assert f"there is no run in '{tmp_path / 'run'}'" in err and "last.ckpt" in err and "starts a new run" in err
 
 
 @pytest.mark.slow
