@@ -286,6 +286,7 @@ def test_predict_with_no_checkpoint_is_one_line_and_makes_no_folder(tmp_path, ca
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_checkpoints_that_are_not_a_fits_or_do_not_fit_their_model_are_one_line(
     trained_run, tmp_path, capsys, monkeypatch
 ):

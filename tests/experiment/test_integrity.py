@@ -268,6 +268,7 @@ def test_a_bad_option_after_the_experiment_file_is_one_line(tmp_path, rafdb_root
     assert len(err.splitlines()) == 1 and err.startswith("nla experiment: error: --seeds") and "a" in err
 
 
+@pytest.mark.slow
 def test_one_methods_own_mistake_does_not_stop_the_others(tmp_path, rafdb_root, monkeypatch, capsys):
     """A method with a bad backbone, listed first, failed alike on both its seeds, and the grid stopped with 'the
     others would too': CE never ran."""
