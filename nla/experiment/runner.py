@@ -153,6 +153,7 @@ def run_grid(
     before anything runs."""
     check_reserved(experiment, extra)
     if dry_run:
+        claim_folder(experiment, write=False)
         plan(experiment, extra, dry_run=True)  # prints what would run
         return [], []
     lock = RunLock(experiment.root, "grid folder", "run it in another --output_dir")
@@ -183,9 +184,9 @@ def run_grid(
 GRID_FILE = "grid.json"
 
 
-def claim_folder(experiment: Experiment) -> None:
+def claim_folder(experiment: Experiment, write: bool = True) -> None:
     """A grid's folder holds one grid: its cells and tables. Another grid's name there stops this one, which would
-    count the other's runs as its own and write its tables over the other's."""
+    count the other's runs as its own and write its tables over the other's (``write``: name this grid there)."""
     path = experiment.root / GRID_FILE
     if path.is_file():
         try:
@@ -199,6 +200,8 @@ def claim_folder(experiment: Experiment) -> None:
             )
         if owner == experiment.name:
             return
+    if not write:
+        return
     experiment.root.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps({"name": experiment.name}, indent=2))
 

@@ -172,7 +172,7 @@ def test_a_folder_holds_one_grid(tmp_path, rafdb_root, capsys):
     spec = yaml.safe_load(open(config))
     spec["name"] = "another"
     open(other, "w").write(yaml.safe_dump(spec))
-    for extra in ([], ["--tables_only"]):
+    for extra in ([], ["--tables_only"], ["--dry_run"]):
         with pytest.raises(SystemExit):
             main(["experiment", other, *extra])
         err = capsys.readouterr().err
