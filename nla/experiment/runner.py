@@ -399,7 +399,10 @@ def finish(cell: Cell, failed: list[str], interrupted: bool = False) -> Optional
     elif code != 0 or not (cell.run_dir / RunSummary.FILENAME).is_file():
         failed.append(cell.label)
         error = last_error(cell.run_dir / "fit.log")
-        print(f"[failed]  {cell.label}: {error or f'exit code {code}'}; see {cell.run_dir / 'fit.log'}")
+        advice = ""
+        if error and "another --trainer.default_root_dir" in error:  # a fit's advice; a grid sets each cell's folder
+            advice = f" (in a grid: move {cell.run_dir} aside and the same command runs the cell anew)"
+        print(f"[failed]  {cell.label}: {error or f'exit code {code}'}{advice}; see {cell.run_dir / 'fit.log'}")
         return error
     else:
         print(f"[done]    {cell.label}: {wall / 60:.1f} min")

@@ -288,3 +288,18 @@ def test_one_methods_own_mistake_does_not_stop_the_others(tmp_path, rafdb_root, 
     printed = capsys.readouterr()
     assert printed.out.count("[failed]  BAD") == 2 and "the others would too" not in printed.err
     assert "[failed]  CE / clean / seed 1" in printed.out  # it ran (the stand-in writes no summary)
+
+
+def test_a_cell_a_fit_refuses_to_resume_says_what_to_do_in_a_grid(tmp_path, rafdb_root, monkeypatch, capsys):
+    """A cell's fit refused to resume with "start a new run with another --trainer.default_root_dir", which a grid,
+    setting every cell's folder, does not take."""
+    import nla.experiment.runner
+
+    refusal = "nla: error: cannot resume x: start a new run with another --trainer.default_root_dir"
+    code = f"print({refusal!r}); raise SystemExit(1)"
+    monkeypatch.setattr(nla.experiment.runner, "fit_command", lambda *args, **kwargs: [sys.executable, "-c", code])
+    config = write_experiment(tmp_path, rafdb_root)
+    with pytest.raises(SystemExit):
+        main(["experiment", config, "--methods", "[CE]", "--protocols", "[clean]"])
+    run_dir = Experiment.load(config).run_dir("clean", "CE", 0)
+    assert f"(in a grid: move {run_dir} aside and the same command runs the cell anew)" in capsys.readouterr().out
