@@ -225,17 +225,22 @@ def _unknown_option(message: str) -> Optional[tuple[str, Optional[str]]]:
         return f"{group.group(1)}.{refused.group(2)}", refused.group(1)
     nested = re.search(r"Problem with given class_path '([\w.]+)':\s+unrecognized arguments: --([\w.]+)", message)
     if group and nested:  # --data.faces.bogus: the class that refused it is the type of the data class's `faces`
-        owner, parts = nested.group(1), nested.group(2).split(".")
+        module, _, name = nested.group(1).rpartition(".")
         try:
-            module, _, name = owner.rpartition(".")
-            klass: Any = getattr(importlib.import_module(module), name)
-            for part in parts[:-1]:  # the parameter's type, where a base class declares it (**kwargs reach it)
-                hints = [typing.get_type_hints(base.__init__) for base in klass.__mro__[:-1]]
-                klass = next(found[part] for found in hints if part in found)
+            klass = parameter_type(getattr(importlib.import_module(module), name), nested.group(2).split(".")[:-1])
         except (ImportError, AttributeError, NameError, StopIteration, TypeError, ValueError):
             return None
         return f"{group.group(1)}.{nested.group(2)}", f"{klass.__module__}.{klass.__qualname__}"
     return None
+
+
+def parameter_type(klass: Any, parts: Sequence[str]) -> Any:
+    """The type of ``klass``'s parameter ``parts[0]``, of that type's ``parts[1]``, and so on; each where a class or
+    one of its bases declares it (a subclass's ``**kwargs`` reach its base's parameters)."""
+    for part in parts:
+        hints = (typing.get_type_hints(base.__init__) for base in klass.__mro__[:-1])
+        klass = next(found[part] for found in hints if part in found)
+    return klass
 
 
 #: The class behind each group of a command's options.
@@ -248,10 +253,8 @@ def _option_class(key: str, owner: Optional[str]) -> Optional[type]:
     parts = [part for part in key.split(".")[:-1] if part != "init_args"]
     module, _, name = (owner or GROUP_CLASSES.get(parts[0] if parts else "", "")).rpartition(".")
     try:
-        klass: Any = getattr(importlib.import_module(module), name)
-        for part in [] if owner else parts[1:]:
-            klass = typing.get_type_hints(klass.__init__)[part]
-    except (ImportError, AttributeError, KeyError, NameError, TypeError, ValueError):
+        klass = parameter_type(getattr(importlib.import_module(module), name), [] if owner else parts[1:])
+    except (ImportError, AttributeError, NameError, StopIteration, TypeError, ValueError):
         return None
     return klass if inspect.isclass(klass) else None
 
