@@ -29,6 +29,12 @@ def option(args: Sequence[str], name: str) -> Optional[str]:
     return value
 
 
+def given_under(args: Sequence[str], group: str) -> list[str]:
+    """The keys a command line gives under ``group`` (``--model.backbone x`` and ``--model.lr=1`` give ``backbone`` and
+    ``lr`` for ``--model.``)."""
+    return [arg.split("=", 1)[0].removeprefix(group) for arg in args if arg.startswith(group)]
+
+
 def config_files(args: Sequence[str]) -> list[Path]:
     """The files a command line gives with ``--config``, ``-c`` or ``--config=``."""
     paths = [

@@ -217,9 +217,8 @@ class NLACLI(LightningCLI):
         hparams = dict(self._load_checkpoint(path).get("hyper_parameters") or {})
         hparams.pop("_instantiator", None)
         hparams.pop("_class_path", None)
-        for arg in self._given_args:  # the checkpoint's model replaces these: said, not dropped without a word
-            key = arg.split("=", 1)[0].removeprefix("--model.")
-            if arg.startswith("--model.") and key in hparams and not same(config.model.get(key), hparams[key]):
+        for key in command_line.given_under(self._given_args, "--model."):  # replaced by the checkpoint's: said
+            if key in hparams and not same(config.model.get(key), hparams[key]):
                 raise UserError(
                     f"--model.{key} {config.model.get(key)!r}: nla {command_name(subcommand)} runs the model "
                     f"{path.name} holds ({key} {hparams[key]!r}); leave --model.* out"
@@ -330,11 +329,8 @@ class NLACLI(LightningCLI):
             )
         if saved.get("preprocessing"):  # the input the model was trained with, whatever the data
             given_input = config.data.init_args.get("preprocessing") or Namespace()
-            for arg in self._given_args:
-                key = arg.split("=", 1)[0].removeprefix("--data.preprocessing.")
-                if arg.startswith("--data.preprocessing.") and not same(
-                    given_input.get(key), saved["preprocessing"].get(key)
-                ):
+            for key in command_line.given_under(self._given_args, "--data.preprocessing."):
+                if not same(given_input.get(key), saved["preprocessing"].get(key)):
                     raise UserError(
                         f"--data.preprocessing.{key} {given_input.get(key)!r}: the model in {self._checkpoint_path} "
                         f"was trained with {key} {saved['preprocessing'].get(key)!r}, and is evaluated on that input; "
