@@ -84,10 +84,10 @@ def changes(finished: Sequence[str], now: Sequence[str]) -> str:
     return "; ".join(parts[:3]) + ("; ..." if len(parts) > 3 else "")
 
 
-def finished_with(run_dir: Path) -> Optional[dict[str, Any]]:
-    """The attempt of ``runner.json`` that finished the cell (exit code 0); ``None`` where none is recorded (a run
-    made by hand, or by an older runner)."""
-    done = [a for a in runner_record(run_dir)["attempts"] if a.get("exit_code") == 0]
+def finished_with(record: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """The attempt of a cell's ``runner.json`` (:func:`runner_record`) that finished it (exit code 0); ``None``
+    where none is recorded (a run made by hand, or by an older runner)."""
+    done = [a for a in record["attempts"] if a.get("exit_code") == 0]
     return done[-1] if done else None
 
 
@@ -99,7 +99,7 @@ def finished_command(attempt: dict[str, Any]) -> list[str]:
 
 def stale_reason(run_dir: Path, command: Sequence[str]) -> Optional[str]:
     """Why a finished cell no longer is what the grid would run: its command, or a config file it read, changed."""
-    attempt = finished_with(run_dir)
+    attempt = finished_with(runner_record(run_dir))
     if attempt is None:
         return None
     before = finished_command(attempt)
@@ -163,7 +163,8 @@ def run_grid(
         raise ExperimentError(str(error)) from None
     try:
         claim_folder(experiment)
-        unfinished = sum(cell_state(experiment.run_dir(*cell)) != "done" for cell in experiment.cells())
+        states = cell_states(experiment)
+        unfinished = sum(state != "done" for state in states.values())
         jobs = jobs or (1 if launcher == "local" else max(1, unfinished))
         try:  # before any cell is touched: a cluster that cannot be reached moves nothing aside
             where = make_launcher(
@@ -175,7 +176,7 @@ def run_grid(
             first = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise ExperimentError(f"--launcher {launcher}: {first}") from None
         busy: list[str] = []
-        pending = plan(experiment, extra, busy=busy)
+        pending = plan(experiment, extra, busy=busy, states=states)
         return run_cells(pending, jobs, where), busy
     finally:
         lock.release()
@@ -206,13 +207,22 @@ def claim_folder(experiment: Experiment, write: bool = True) -> None:
     write_text_atomic(path, json.dumps({"name": experiment.name}, indent=2))
 
 
+def cell_states(experiment: Experiment) -> dict[tuple[str, str, int], str]:
+    """Each cell's :func:`cell_state`, by ``(protocol, method, seed)``."""
+    return {cell: cell_state(experiment.run_dir(*cell)) for cell in experiment.cells()}
+
+
 def plan(
-    experiment: Experiment, extra: Sequence[str], dry_run: bool = False, busy: Optional[list[str]] = None
+    experiment: Experiment,
+    extra: Sequence[str],
+    dry_run: bool = False,
+    busy: Optional[list[str]] = None,
+    states: Optional[dict[tuple[str, str, int], str]] = None,
 ) -> list[Cell]:
     """The cells to run, each with its command: finished cells skipped, interrupted ones resumed, and a cell that
     died before its first checkpoint moved aside (unless a fit holds it: then it is left alone, and named in
     ``busy``). A finished cell whose command or config files changed since stops the grid before anything moves."""
-    states = {cell: cell_state(experiment.run_dir(*cell)) for cell in experiment.cells()}
+    states = states if states is not None else cell_states(experiment)  # the runner's, read once
     for (protocol, method, seed), state in states.items():
         run_dir = experiment.run_dir(protocol, method, seed)
         command = fit_command(experiment, protocol, method, seed, extra, resume=False)[2:]

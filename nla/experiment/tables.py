@@ -81,15 +81,17 @@ def collect(experiment: Experiment) -> list[dict[str, Any]]:
             seed=seed,
             wall_s=timing.get("wall_s"),
             run_dir=str(run_dir),
-            extra_args=command_line_arguments(experiment, protocol, method, seed),
+            extra_args=command_line_arguments(experiment, protocol, method, seed, timing),
         )
     return rows
 
 
-def command_line_arguments(experiment: Experiment, protocol: str, method: str, seed: int) -> Optional[str]:
+def command_line_arguments(
+    experiment: Experiment, protocol: str, method: str, seed: int, record: dict[str, Any]
+) -> Optional[str]:
     """What the command line added to a finished cell's ``nla fit`` (``--data.root``, a CPU-scale config, ...), from
-    its ``runner.json``; ``None`` where no runner recorded it."""
-    attempt = finished_with(experiment.run_dir(protocol, method, seed))
+    its ``runner.json`` (``record``); ``None`` where no runner recorded it."""
+    attempt = finished_with(record)
     if attempt is None:
         return None
     command, own = finished_command(attempt), fit_command(experiment, protocol, method, seed, [], resume=False)[2:]
