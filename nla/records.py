@@ -105,8 +105,9 @@ class Aggregate:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` whole or not at all: a kill while writing leaves the old file (or none), never
-    half of one that a later reader would take for finished."""
-    partial = path.with_name(f".{path.name}.partial")
+    half of one that a later reader would take for finished; two processes writing it at once each write a partial
+    file of their own."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     partial.write_text(text)
     os.replace(partial, path)
 

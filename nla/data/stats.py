@@ -17,6 +17,7 @@ import numpy as np
 from nla.data.cache import cache_key
 from nla.data.files import load_image
 from nla.data.samples import Samples
+from nla.records import write_text_atomic
 
 Stats = tuple[tuple[float, float, float], tuple[float, float, float]]
 
@@ -62,9 +63,7 @@ def measure_stats(
     mean, std = channel_stats(pixels)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        temporary = stored.with_suffix(f".{os.getpid()}.partial")
-        temporary.write_text(json.dumps({"mean": mean, "std": std, "images": len(chosen)}))
-        os.replace(temporary, stored)
+        write_text_atomic(stored, json.dumps({"mean": mean, "std": std, "images": len(chosen)}))
     except OSError:
         pass  # a read-only home only costs measuring again next time
     return mean, std
