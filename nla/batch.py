@@ -122,6 +122,35 @@ class StepOutput(TypedDict, total=False):
     index: Tensor
 
 
+class EpochOutputs:
+    """A training epoch's :class:`StepOutput` s, kept on the device as the steps give them (so that no step waits for
+    the host) and moved to the host once, by the first reader of the epoch (:meth:`gather`)."""
+
+    KEPT = ("probs", "labels", "weights", "index")
+
+    def __init__(self) -> None:
+        self._steps: list[dict[str, Tensor]] = []
+        self._gathered: Optional[dict[str, Tensor]] = None
+
+    def reset(self) -> None:
+        self._steps, self._gathered = [], None
+
+    def add(self, output: StepOutput) -> None:
+        self._steps.append({key: output[key].detach() for key in self.KEPT if key in output})  # type: ignore[literal-required]
+        self._gathered = None
+
+    def gather(self) -> Optional[dict[str, Tensor]]:
+        """The epoch so far on the host, one tensor per field (``labels`` and ``index`` as int64, the rest float32);
+        ``None`` before any step. A field that some steps lack is left out."""
+        if self._gathered is None and self._steps:
+            shared = [key for key in self._steps[0] if all(key in step for step in self._steps)]
+            gathered = {key: torch.cat([step[key] for step in self._steps]).cpu() for key in shared}
+            self._gathered = {
+                key: value.long() if key in ("labels", "index") else value.float() for key, value in gathered.items()
+            }
+        return self._gathered
+
+
 def training_views(batch: Any, mirrored: bool) -> tuple[Tensor, Tensor]:
     """``(images, labels)`` for one forward pass: the batch's images, then (``mirrored``, for a consistency term) their
     mirrors. nla's DataModules deliver them ready as :attr:`FaceBatch.views`; other batches are mirrored here."""

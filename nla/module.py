@@ -12,6 +12,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
+from nla import losses
 from nla.backbones import DEFAULT_IGNORED_KEYS
 from nla.backbones.starts import (
     InputSpec,
@@ -24,12 +25,13 @@ from nla.backbones.starts import (
     start_backbone,
 )
 from nla.backbones.weights import WeightsMismatchError, state_dict_mismatch
-from nla.batch import FaceBatch, StepOutput, training_views, unpack
+from nla.batch import EpochOutputs, FaceBatch, StepOutput, training_views, unpack
 from nla.classes import LabelMap, match_classes
 from nla.criterion import Criterion, CriterionConfig, CriterionOutput, MechanismMeter
 from nla.data.samples import DataError
 from nla.errors import ConfigError, check_positive_finite
 from nla.evaluation import StageConfusion
+from nla.memorisation import NoiseHistory
 from nla.nonfinite import LossWatch, check_finite_weights
 from nla.optimisation import adam_with_decay, apply_settings
 from nla.records import Evaluation
@@ -120,6 +122,8 @@ class NLAModule(LightningModule):
         self.loss_watch = LossWatch()  # a non-finite loss, noted on the device
         self.mechanism = MechanismMeter()  # what the loss does, summed on the device and logged per epoch
         self.graph_step: Optional[GraphStep] = None  # the compiled training step, with --model.step_graph
+        self.epoch_outputs = EpochOutputs()  # what the epoch's training steps gave, for the epoch-end figures
+        self.label_noise = NoiseHistory()  # what each epoch did with the flipped labels; part of the checkpoint
         if num_classes is not None or class_names is not None:
             self.build(list(class_names) if class_names else [str(k) for k in range(num_classes or 0)])
 
@@ -201,6 +205,8 @@ class NLAModule(LightningModule):
             if not match.identity:
                 rank_zero_info(f"classes: {match.describe()}")
             self._require_confusion().label_map = LabelMap(match).to(self.device)
+        if stage == "fit":
+            self._know_true_labels(datamodule)
         if stage == "fit" and self.hparams["step_graph"]:
             trainer = self.trainer
             settings = (trainer.gradient_clip_val, trainer.accumulate_grad_batches, trainer.precision)
@@ -222,6 +228,17 @@ class NLAModule(LightningModule):
                     "DataModule"
                 )
             self.criterion.set_class_counts(counts)
+
+    def _know_true_labels(self, datamodule: Any) -> None:
+        """The true labels of the training images, where the data knows them and the protocol flipped some: each
+        epoch then measures what training did with the flipped ones (:mod:`nla.memorisation`)."""
+        true = getattr(datamodule, "true_labels", None)
+        self.label_noise.true_labels = None if true is None else torch.as_tensor(true, dtype=torch.long)
+        if datamodule is not None and not hasattr(datamodule, "true_labels"):
+            rank_zero_info(
+                f"{type(datamodule).__name__} does not say which training labels are flipped (true_labels): the "
+                "label-noise figures (memorised, corrected, noise AUROC) are left out"
+            )
 
     @property
     def schedule_epochs(self) -> int:
@@ -272,7 +289,31 @@ class NLAModule(LightningModule):
             result["weights"] = output.weights.detach()
         if isinstance(batch, FaceBatch) and batch.index is not None:
             result["index"] = batch.index
+        self.epoch_outputs.add(result)
         return result
+
+    def epoch_training_outputs(self) -> Optional[dict[str, Tensor]]:
+        """The epoch's training outputs so far on the host (:class:`nla.batch.EpochOutputs`), with ``weights`` the NAW
+        weight that NAW gave, or would give at this epoch in a run without it (CE's, during NAW's warm-up);
+        ``None`` before the first step."""
+        gathered = self.epoch_outputs.gather()
+        if gathered is not None and "weights" not in gathered:
+            schedule = self.criterion.schedule(self.current_epoch, self.schedule_epochs)
+            kernels = self.criterion.config.kernels
+            gathered["weights"] = losses.naw_weight(gathered["probs"], gathered["labels"], schedule, kernels)
+        return gathered
+
+    def _measure_label_noise(self) -> None:
+        """The epoch's label-noise figures, once, as soon as its last training step is done (before the epoch's
+        validation and checkpoint, which then hold them); logged under ``noise/``."""
+        outputs = self.epoch_training_outputs() if self.label_noise.true_labels is not None else None
+        if outputs is not None and "index" not in outputs:
+            rank_zero_info("the training batches do not say which images they hold: no label-noise figures")
+            self.label_noise.true_labels = None
+            return
+        record = self.label_noise.measure(self.current_epoch, outputs)
+        if record is not None:
+            self.log_dict(record.logged(), on_step=False, on_epoch=True, batch_size=1)
 
     def _measure_gradient_norm(self) -> bool:
         """Whether this step measures the gradient through ``w`` (a second backward pass): every
@@ -298,6 +339,8 @@ class NLAModule(LightningModule):
             self.graph_step = GraphStep(self, self.trainer.optimizers[0], self.hparams["compile_backend"], mode)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.trainer.is_last_batch:
+            self._measure_label_noise()
         if (batch_idx + 1) % max(1, self.trainer.log_every_n_steps) == 0:  # type: ignore[attr-defined]
             self.loss_watch.check()
             if self.last_loss is not None:
@@ -313,6 +356,7 @@ class NLAModule(LightningModule):
             self.check_finite_weights()
 
     def on_train_epoch_end(self) -> None:
+        self._measure_label_noise()  # an epoch cut short by max_steps or a time limit
         self.loss_watch.check()
         self.check_finite_weights()  # before an epoch-end checkpoint, when this epoch is not validated
         # The epoch's means, summed on the device (MechanismMeter), and what is constant over an epoch (the
@@ -330,6 +374,7 @@ class NLAModule(LightningModule):
         # The rate this epoch trains at: Lightning steps the scheduler after the last batch, before the end hooks.
         self._epoch_lr = float(self.trainer.optimizers[0].param_groups[0]["lr"]) if self.trainer.optimizers else None
         self.mechanism.reset()
+        self.epoch_outputs.reset()
         if self.graph_step is not None and self._epoch_lr is not None:
             schedule = self.criterion.schedule(self.current_epoch, self.schedule_epochs)
             self.graph_step.set_epoch(schedule, self._epoch_lr, self.current_epoch)
@@ -409,6 +454,7 @@ class NLAModule(LightningModule):
         checkpoint["class_names"] = list(self.class_names)
         checkpoint["start"] = self.start.to_dict()
         checkpoint["validation_history"] = [r.to_dict() for r in self.validation_history]
+        checkpoint["label_noise"] = self.label_noise.to_list()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         names = checkpoint.get("class_names") or checkpoint.get("hyper_parameters", {}).get("class_names")
@@ -421,6 +467,7 @@ class NLAModule(LightningModule):
                 "--model.pretrained_weights"
             )
         self.validation_history = [Evaluation.from_dict(r) for r in checkpoint.get("validation_history", [])]
+        self.label_noise.load(checkpoint.get("label_noise", []))
         if checkpoint.get("start"):
             self.start = Start(**checkpoint["start"])
         self._resumed_hparams = dict(checkpoint.get("hyper_parameters") or {})

@@ -78,6 +78,12 @@ class Evaluation:
         return f"acc {100 * self.acc:.1f}%  mean {100 * self.mean_acc:.1f}%"
 
 
+def mean_of(values: Sequence[Optional[float]]) -> Optional[float]:
+    """The mean of the values that are there; ``None`` when none is."""
+    present = [v for v in values if v is not None]
+    return math.fsum(present) / len(present) if present else None
+
+
 @dataclass(frozen=True)
 class Aggregate:
     """Accuracies averaged over several epochs (the mean of the last k)."""
@@ -90,17 +96,49 @@ class Aggregate:
     @classmethod
     def of(cls, records: Sequence[Evaluation]) -> Aggregate:
         names = list(records[-1].class_acc)
-
-        def average(values: list[Optional[float]]) -> Optional[float]:
-            present = [v for v in values if v is not None]
-            return math.fsum(present) / len(present) if present else None
-
         return cls(
             epochs=[r.epoch if r.epoch is not None else -1 for r in records],
             acc=math.fsum(r.acc for r in records) / len(records),
             mean_acc=math.fsum(r.mean_acc for r in records) / len(records),
-            class_acc={name: average([r.class_acc.get(name) for r in records]) for name in names},
+            class_acc={name: mean_of([r.class_acc.get(name) for r in records]) for name in names},
         )
+
+
+@dataclass(frozen=True)
+class NoiseRecord:
+    """What a training epoch did with the labels that a noise protocol flipped, measured on the training step's own
+    outputs (each image's augmented view, the model of that step): the share of flipped images predicted as their
+    given, wrong label (``memorised``) and as their true label (``corrected``), the share of the other images
+    predicted as their label (``clean_fit``), and how well two scores detect a flipped label, as the AUROC of a low
+    score: NAW's weight (the weight NAW gives, or would give in a run without it) and the model's probability of the
+    given label (the small-loss signal of the noisy-label literature). ``None`` where a score could not be ranked."""
+
+    epoch: int
+    images: int
+    flipped: int
+    memorised: float
+    corrected: float
+    clean_fit: float
+    auroc_naw_weight: Optional[float]
+    auroc_p_given: Optional[float]
+    weight_flipped: float
+    weight_clean: float
+
+    #: The figures a table or a curve shows, in that order.
+    SHOWN = ("memorised", "corrected", "auroc_naw_weight", "auroc_p_given")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def logged(self) -> dict[str, float]:
+        """The figures by the names the loggers show (``noise/memorised``, ...), those that could be measured."""
+        names = (*self.SHOWN, "clean_fit", "weight_flipped", "weight_clean")
+        return {f"noise/{name}": value for name in names if (value := getattr(self, name)) is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NoiseRecord:
+        known = {name for name in cls.__dataclass_fields__}
+        return cls(**{key: value for key, value in data.items() if key in known})
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -120,8 +158,9 @@ class RunSummary:
     ``validation`` records what was validated on: the split, its number of images and any batch limits;
     ``environment`` what the numbers came from: the versions, the device and the threads of the process that
     wrote the summary (:func:`nla.callbacks.environment`), so that two runs that differ can be told apart; ``start``
-    what the backbone's weights started from (:class:`nla.backbones.starts.Start`, with the backbone's name) and
-    ``input`` the image size and normalisation it was trained with.
+    what the backbone's weights started from (:class:`nla.backbones.starts.Start`, with the backbone's name),
+    ``input`` the image size and normalisation it was trained with, and ``label_noise`` what each training epoch did
+    with the flipped labels (:class:`NoiseRecord`; empty where the protocol flipped none).
     """
 
     epochs: list[Evaluation] = field(default_factory=list)
@@ -130,6 +169,7 @@ class RunSummary:
     environment: dict[str, Any] = field(default_factory=dict)
     start: dict[str, Any] = field(default_factory=dict)
     input: dict[str, Any] = field(default_factory=dict)
+    label_noise: list[NoiseRecord] = field(default_factory=list)
 
     FILENAME = "summary.json"
 
@@ -154,6 +194,14 @@ class RunSummary:
     def mean_last(self) -> Aggregate:
         return Aggregate.of(self.epochs[-self.last_k :])
 
+    def noise_over(self, epochs: Sequence[Optional[int]]) -> dict[str, Optional[float]]:
+        """The label-noise figures (:attr:`NoiseRecord.SHOWN`) of these epochs, averaged; empty where none of them
+        has a record."""
+        chosen = [r for r in self.label_noise if r.epoch in set(epochs)]
+        if not chosen:
+            return {}
+        return {name: mean_of([getattr(r, name) for r in chosen]) for name in NoiseRecord.SHOWN}
+
     def to_dict(self) -> dict[str, Any]:
         records = {
             "validation": self.validation,
@@ -161,8 +209,9 @@ class RunSummary:
             "input": self.input,
             "environment": self.environment,
         }
+        noise = {"label_noise": [r.to_dict() for r in self.label_noise]} if self.label_noise else {}
         if not self.epochs:
-            return {"epochs": [], "last_k": self.last_k, **records}
+            return {"epochs": [], "last_k": self.last_k, **records, **noise}
         return {
             "last": self.last.to_dict(),
             "best": self.best.to_dict(),
@@ -171,6 +220,7 @@ class RunSummary:
             "last_k": self.last_k,
             **records,
             "epochs": [r.to_dict() for r in self.epochs],
+            **noise,
         }
 
     def write(self, folder: str | Path) -> Path:
@@ -188,6 +238,7 @@ class RunSummary:
             dict(data.get("environment", {})),
             dict(data.get("start", {})),
             dict(data.get("input", {})),
+            [NoiseRecord.from_dict(r) for r in data.get("label_noise", [])],
         )
 
     @classmethod

@@ -62,6 +62,19 @@ def test_training_step_returns_the_criterions_loss(criterion):
     assert ("weights" in out) == nla.criterion.config.naw
 
 
+@pytest.mark.parametrize("consistency", ["none", "jsd"])
+def test_a_face_batch_s_mirrors_are_computed_only_for_a_consistency_term(consistency):
+    """nla's DataModules deliver every training batch with its mirrors; CE must not pay a forward and backward pass
+    over them (the face-start study's CE cells once cost as much as NLA's)."""
+    nla = module(consistency=consistency)
+    images, labels = batch()
+    seen = count_forward_images(nla)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        nla.training_step(FaceBatch(images, labels, views=torch.cat([images, images.flip(-1)])), 0)
+    assert seen == [12 if consistency == "jsd" else 6]
+
+
 def test_a_face_batch_with_its_mirrors_is_used_as_it_is():
     nla = module()
     images, labels = batch()

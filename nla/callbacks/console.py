@@ -136,11 +136,14 @@ class RunReport(Callback):
         best = max(history, key=lambda r: r.acc)
         best_mean = max(history, key=lambda r: r.mean_acc)
         loss_text = f"train loss {float(self._loss_sum) / self._loss_count:.4f}  " if self._loss_count else ""
+        noise = getattr(pl_module, "label_noise", None)
+        record = next((r for r in getattr(noise, "records", []) if r.epoch == last.epoch), None)
+        noise_text = f"  flipped labels memorised {100 * record.memorised:.1f}%" if record is not None else ""
         say(
             trainer,
             f"epoch {last.epoch + 1}/{trainer.max_epochs}  {loss_text}val {last.line()}  (best acc "
             f"{100 * best.acc:.1f}% at epoch {best.epoch + 1}, best mean {100 * best_mean.mean_acc:.1f}% at "
-            f"epoch {best_mean.epoch + 1})",
+            f"epoch {best_mean.epoch + 1}){noise_text}",
         )
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

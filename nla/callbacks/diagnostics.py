@@ -6,7 +6,7 @@
 - ``class_accuracy_curves``: per-class test accuracy over the epochs (Fig. 6);
 - ``confusion_matrix_figure``;
 - ``noise_weight_histogram``: under label noise, the weights of flipped against clean samples, with the
-  AUROC of "low weight" as a detector of flipped labels.
+  AUROC of "low weight" as a detector of flipped labels (:mod:`nla.memorisation`).
 
 :class:`SampleRecord` keeps, for every training image and epoch, its NAW weight, ``p_GT``, ``p_NN`` and
 predicted class in ``<run dir>/per_sample.npz``, for studies of what the weight tracks.
@@ -22,12 +22,11 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import Callback, Trainer
 from matplotlib.figure import Figure  # figures without pyplot: no GUI backend, no global state
-from torchmetrics.functional.classification import binary_auroc
 
 from nla import losses
-from nla.records import Evaluation
+from nla.records import Evaluation, NoiseRecord
 
 
 def naw_weight_boxplot(weights: np.ndarray, labels: np.ndarray, class_names: Sequence[str], epoch: int) -> Figure:
@@ -117,82 +116,25 @@ def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str], titl
     return figure
 
 
-def noise_detection(weights: np.ndarray, flipped: np.ndarray) -> dict[str, float]:
-    """AUROC of a low NAW weight as a detector of flipped labels, and the mean weight of each group."""
-    if flipped.all() or not flipped.any():
-        return {}
-    auroc = binary_auroc(torch.as_tensor(-weights), torch.as_tensor(flipped.astype(np.int64))).item()
-    return {
-        "noise_auroc": auroc,
-        "weight_flipped": float(weights[flipped].mean()),
-        "weight_clean": float(weights[~flipped].mean()),
-    }
-
-
-def noise_weight_histogram(weights: np.ndarray, flipped: np.ndarray, epoch: int) -> Figure:
-    stats = noise_detection(weights, flipped)
+def noise_weight_histogram(weights: np.ndarray, flipped: np.ndarray, record: NoiseRecord) -> Figure:
     figure = Figure(figsize=(5, 3.4))
     axis = figure.subplots()
     bins = np.linspace(0, max(float(weights.max()), 1e-6), 40).tolist()
-    axis.hist(
-        weights[~flipped],
-        bins=bins,
-        alpha=0.6,
-        density=True,
-        label=f"clean (mean {stats.get('weight_clean', math.nan):.3f})",
-    )
-    axis.hist(
-        weights[flipped],
-        bins=bins,
-        alpha=0.6,
-        density=True,
-        label=f"flipped (mean {stats.get('weight_flipped', math.nan):.3f})",
-    )
+    axis.hist(weights[~flipped], bins=bins, alpha=0.6, density=True, label=f"clean (mean {record.weight_clean:.3f})")
+    axis.hist(weights[flipped], bins=bins, alpha=0.6, density=True, label=f"flipped (mean {record.weight_flipped:.3f})")
+    auroc = math.nan if record.auroc_naw_weight is None else record.auroc_naw_weight
     axis.set(
         xlabel="NAW weight w",
         ylabel="density",
-        title=f"NAW weights of clean and flipped labels, epoch {epoch}\n"
-        f"AUROC of low weight as noise detector: {stats.get('noise_auroc', math.nan):.3f}",
+        title=f"NAW weights of clean and flipped labels, epoch {record.epoch}\n"
+        f"AUROC of low weight as noise detector: {auroc:.3f}",
     )
     axis.legend(fontsize=8)
     figure.tight_layout()
     return figure
 
 
-class EpochOutputs(Callback):
-    """Collects what ``training_step`` publishes (probabilities, labels, NAW weights, sample indices) over an epoch
-    on the device, so the step never waits for the host; :meth:`gather` moves it to the host once."""
-
-    def __init__(self) -> None:
-        self._batches: list[dict[str, torch.Tensor]] = []
-
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._batches = []
-
-    def on_train_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        if not isinstance(outputs, dict) or "probs" not in outputs:
-            return
-        kept = {key: outputs[key].detach() for key in ("probs", "labels", "weights", "index") if key in outputs}
-        self._batches.append(kept)
-
-    def gather(self, pl_module: Any) -> Optional[dict[str, torch.Tensor]]:
-        """The epoch's outputs on the host, with ``weights`` the NAW weight that NAW gives (or would give, in a
-        run without it) at this epoch; ``None`` when nothing was collected."""
-        if not self._batches:
-            return None
-        gathered = {key: torch.cat([b[key] for b in self._batches]).float().cpu() for key in self._batches[0]}
-        self._batches = []
-        gathered["labels"] = gathered["labels"].long()
-        if "weights" not in gathered:
-            schedule = pl_module.criterion.schedule(pl_module.current_epoch, pl_module.schedule_epochs)
-            config = pl_module.criterion.config
-            gathered["weights"] = losses.naw_weight(gathered["probs"], gathered["labels"], schedule, config.kernels)
-        return gathered
-
-
-class SampleRecord(EpochOutputs):
+class SampleRecord(Callback):
     """Per training image and epoch: the NAW weight, ``p_GT``, ``p_NN``, the predicted class and the label trained
     on, written to ``<run dir>/per_sample.npz`` after every epoch (arrays of epochs x images; NaN or -1 where an
     image was not seen, as with ``limit_train_batches``).
@@ -205,11 +147,10 @@ class SampleRecord(EpochOutputs):
     FILE = "per_sample.npz"
 
     def __init__(self) -> None:
-        super().__init__()
         self._record: dict[str, np.ndarray] = {}
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: Any) -> None:
-        gathered = self.gather(pl_module)
+        gathered = epoch_training_outputs(pl_module)
         if gathered is None or "index" not in gathered or not trainer.is_global_zero:
             return
         path = Path(trainer.default_root_dir) / self.FILE
@@ -242,16 +183,16 @@ class SampleRecord(EpochOutputs):
         os.replace(partial, path)
 
 
-class NAWDiagnostics(EpochOutputs):
+class NAWDiagnostics(Callback):
     """Draws the NAW figures during training and saves them under ``<run dir>/figures`` and to W&B.
 
-    Under label noise it also logs, every epoch, ``naw/noise_auroc`` (how well a low weight detects the
-    flipped labels) and the mean weight of flipped and clean samples.
+    Under label noise it also draws the weights of the flipped and the clean labels (the figures of each epoch's
+    :class:`~nla.records.NoiseRecord`, which the module measures and logs under ``noise/``).
 
     It reads what :class:`~nla.module.NLAModule` publishes: the outputs of ``training_step`` (probabilities,
     labels, weights, sample indices), ``criterion``, ``class_names``, ``validation_history`` and
-    ``evaluations``. Weights, probabilities and labels are gathered on the device and moved to the host
-    once per epoch, so the training step never waits for them.
+    ``evaluations``, and its ``epoch_training_outputs()`` (weights, probabilities and labels gathered on the device
+    and moved to the host once per epoch, so the training step never waits for them).
 
     Args:
         every_n_epochs: Draw the per-epoch figures every this many epochs (and always at the last).
@@ -260,9 +201,7 @@ class NAWDiagnostics(EpochOutputs):
     """
 
     def __init__(self, every_n_epochs: int = 1, max_points: int = 4000, log_to_loggers: bool = True) -> None:
-        super().__init__()
         self.every_n_epochs, self.max_points, self.log_to_loggers = every_n_epochs, max_points, log_to_loggers
-        self.noise_stats: list[dict[str, float]] = []
 
     def _draws_this_epoch(self, trainer: Trainer) -> bool:
         last = trainer.max_epochs is not None and trainer.current_epoch == trainer.max_epochs - 1
@@ -271,7 +210,7 @@ class NAWDiagnostics(EpochOutputs):
     # --- drawing ------------------------------------------------------------------------------------
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: Any) -> None:
-        gathered = self.gather(pl_module)
+        gathered = epoch_training_outputs(pl_module)
         if gathered is None or not trainer.is_global_zero:
             return
         probs, labels, given = gathered["probs"], gathered["labels"], gathered["weights"]
@@ -290,16 +229,12 @@ class NAWDiagnostics(EpochOutputs):
                 "naw_kernel_scatter",
                 kernel_scatter(p_gt, p_nn, prediction_true, epoch, schedule, criterion.config.kernels, self.max_points),
             )
-        flipped_all = getattr(getattr(trainer, "datamodule", None), "flipped", None)
-        if flipped_all is not None and "index" in gathered and flipped_all.any():
-            flipped = np.asarray(flipped_all)[gathered["index"].long().numpy()]
-            stats = noise_detection(weights, flipped)
-            if stats:
-                self.noise_stats = [r for r in self.noise_stats if r["epoch"] != epoch] + [{"epoch": epoch, **stats}]
-                for logger in trainer.loggers:
-                    logger.log_metrics({f"naw/{k}": v for k, v in stats.items()}, step=trainer.global_step)
-                if draw:
-                    self._emit(trainer, "naw_weights_noise", noise_weight_histogram(weights, flipped, epoch))
+        noise = getattr(pl_module, "label_noise", None)  # measured by the module after the epoch's last step
+        true = getattr(noise, "true_labels", None)
+        record = next((r for r in getattr(noise, "records", []) if r.epoch == epoch), None)
+        if draw and record is not None and true is not None and "index" in gathered:
+            flipped = true[gathered["index"]].numpy() != labels_np
+            self._emit(trainer, "naw_weights_noise", noise_weight_histogram(weights, flipped, record))
 
     def on_validation_end(self, trainer: Trainer, pl_module: Any) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
@@ -350,8 +285,9 @@ class NAWDiagnostics(EpochOutputs):
                 if hasattr(logger, "log_image"):
                     logger.log_image(key=f"figures/{name}", images=[str(path)], step=trainer.global_step)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"noise_stats": self.noise_stats}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.noise_stats = list(state_dict.get("noise_stats", []))
+def epoch_training_outputs(pl_module: Any) -> Optional[dict[str, torch.Tensor]]:
+    """What the module's training steps gave this epoch, on the host
+    (:meth:`nla.module.NLAModule.epoch_training_outputs`); ``None`` for a module that does not keep them."""
+    gather = getattr(pl_module, "epoch_training_outputs", None)
+    return gather() if callable(gather) else None

@@ -117,8 +117,8 @@ class AccuracySummary(Callback):
 
     FER papers validate on the test split and report the last epoch, the best epoch and the mean of the
     last ``last_k``; the summary holds all three, with overall, mean and per-class accuracy, and what was
-    validated on (the split, its size, any batch limits). The history is part of the checkpoint, so a
-    resumed run's summary covers every epoch.
+    validated on (the split, its size, any batch limits), and under label noise what each training epoch did with
+    the flipped labels. The history is part of the checkpoint, so a resumed run's summary covers every epoch.
     """
 
     def __init__(self, last_k: int = 5) -> None:
@@ -141,7 +141,8 @@ class AccuracySummary(Callback):
         started = {"backbone": pl_module.hparams.get("backbone"), **start.to_dict()} if start is not None else {}
         used = getattr(datamodule, "preprocessing", None)
         given = used.to_dict() if used is not None else {}
-        return RunSummary(history, self.last_k, validation, environment(trainer), started, given)
+        noise = list(getattr(getattr(pl_module, "label_noise", None), "records", []))
+        return RunSummary(history, self.last_k, validation, environment(trainer), started, given, noise)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         summary = self.summary(trainer, pl_module)

@@ -3,7 +3,9 @@
 Each run directory's ``summary.json`` gives overall, mean and per-class accuracy; the table is printed as
 markdown, or as CSV with ``--csv``. Classes are matched by name across datasets (``Surprise`` and ``surprise``,
 ``happy`` and ``happiness``); a class with no image in a run's validation split is blank. Epochs count from 1, as
-``nla fit`` prints them. Runs validated on different data are said to be so.
+``nla fit`` prints them. Runs validated on different data are said to be so. Runs under label noise add what their
+training did with the flipped labels (memorised, corrected, in %) and how well NAW's weight and the probability of the
+given label detect them (AUROC), over the same epochs.
 
     nla compare runs/rafdb-ce runs/rafdb
 """
@@ -20,7 +22,7 @@ from typing import Any, Optional
 from jsonargparse import ArgumentParser, Namespace
 
 from nla.class_names import canonical
-from nla.experiment.tables import EVALUATIONS, SummaryEvaluation, evaluation_title, summary_rows
+from nla.experiment.tables import EVALUATIONS, NOISE_COLUMNS, SummaryEvaluation, evaluation_title, summary_rows
 from nla.records import RunSummary
 
 
@@ -43,12 +45,14 @@ def percent(value: Optional[float]) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """One column per class, matched by name across the runs (shown as the first run spells it)."""
+    """One column per class, matched by name across the runs (shown as the first run spells it), then the label-noise
+    figures of the training epochs (in %; AUROC as a fraction) where a run has them."""
     columns: dict[str, str] = {}
     for row in rows:
         for name in row["class_acc"]:
             columns.setdefault(canonical(name), name)
-    header = ["run", "evaluation", "epoch", "acc", "mean_acc", *columns.values()]
+    noise = [name for name in NOISE_COLUMNS if any(row["noise"].get(name) is not None for row in rows)]
+    header = ["run", "evaluation", "epoch", "acc", "mean_acc", *columns.values(), *noise]
     body = []
     for row in rows:
         epoch = row["epoch"]  # nla fit counts epochs from 1; the summary from 0
@@ -62,9 +66,17 @@ def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
                 percent(row["acc"]),
                 percent(row["mean_acc"]),
                 *[percent(by_class.get(key)) for key in columns],
+                *[noise_figure(name, row["noise"].get(name)) for name in noise],
             ]
         )
     return header, body
+
+
+def noise_figure(name: str, value: Optional[float]) -> str:
+    """A label-noise figure as a table shows it: a share in %, an AUROC as it is."""
+    if value is None:
+        return ""
+    return f"{value:.3f}" if name.startswith("auroc") else percent(value)
 
 
 def validated_on(summary: RunSummary) -> tuple[Any, ...]:

@@ -15,7 +15,8 @@ from jsonargparse import ArgumentError, ArgumentParser, Namespace
 
 from nla.cli.messages import Terminated, parse_error_line
 from nla.errors import UserError, check_seed
-from nla.experiment import Experiment, ExperimentError, collect, run_grid, write_tables
+from nla.experiment import Experiment, ExperimentError, collect, finished_runs, run_grid, write_tables
+from nla.experiment.curves import draw_curves
 from nla.experiment.launchers import LauncherName
 from nla.experiment.runner import claim_folder
 
@@ -146,7 +147,8 @@ def run(config: Namespace) -> None:
         else:
             failed, busy = run_grid(experiment, extra, options.dry_run, options.jobs, options.launcher, options.cluster)
         if not options.dry_run:
-            markdown, table = write_tables(whole, collect(whole))
+            runs = finished_runs(whole)
+            markdown, table = write_tables(whole, collect(whole, runs), draw_curves(whole, runs))
     except ExperimentError as error:
         print(f"nla experiment: error: {error}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -235,6 +235,14 @@ class FERDataModule(LightningDataModule):
         return self.splits["train"].flipped if "train" in self.splits else None
 
     @property
+    def true_labels(self) -> Optional[np.ndarray]:
+        """The training images' labels as the dataset ships them, by training index, where the label protocol changed
+        any (a noise file or the seeded generator): what the label-noise figures of a run compare with. ``None`` where
+        the labels trained on are the shipped ones."""
+        flipped = self.flipped
+        return self.splits["train"].shipped_labels if flipped is not None and flipped.any() else None
+
+    @property
     def train_batches(self) -> Optional[int]:
         """Training batches per epoch, once the training split is set up."""
         if "train" not in self.splits:

@@ -20,22 +20,34 @@ taken back) goes on where it stopped; an interrupted cell resumes from its ``las
 died before its first checkpoint is moved aside, never deleted (its time still counts). SIGTERM or Ctrl-C to
 the runner stops the runs it started; each cell's ``runner.json`` records every attempt and its wall time. The
 tables (``results.md``, ``results.csv``) give overall and mean accuracy as mean ± std over seeds, and per-class
-accuracy, for the last epoch, the best epoch and the mean of the last k.
+accuracy, for the last epoch, the best epoch and the mean of the last k; under label noise, what training did with the
+flipped labels over the same epochs. Beside them, ``curves-<protocol>.png`` draws every epoch (:mod:`.curves`).
 
     nla experiment configs/experiments/table5_rafdb.yaml --data.root /path/to/RAF-DB
 """
 
 from nla.experiment.runner import fit_command, run_grid, runner_record
 from nla.experiment.spec import Experiment, ExperimentError, slug
-from nla.experiment.tables import EVALUATIONS, SummaryEvaluation, collect, evaluation_title, summary_rows, write_tables
+from nla.experiment.tables import (
+    EVALUATIONS,
+    FinishedRun,
+    SummaryEvaluation,
+    collect,
+    evaluation_title,
+    finished_runs,
+    summary_rows,
+    write_tables,
+)
 
 __all__ = [
     "EVALUATIONS",
     "Experiment",
     "ExperimentError",
+    "FinishedRun",
     "SummaryEvaluation",
     "collect",
     "evaluation_title",
+    "finished_runs",
     "fit_command",
     "run_grid",
     "runner_record",

@@ -8,12 +8,13 @@ import math
 import typing
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 from nla.experiment.runner import finished_command, finished_with, fit_command, read_summary, runner_record
 from nla.experiment.spec import Experiment
-from nla.records import RunSummary
+from nla.records import NoiseRecord, RunSummary
 
 #: How a run is summed up: its last epoch, its best epoch, the mean of its last k epochs.
 SummaryEvaluation = Literal["last", "best", "mean_last"]
@@ -28,13 +29,14 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, std
 
 
-def format_cell(values: Sequence[Optional[float]], seeds: int = 1) -> str:
-    """Mean ± std in %, and how many of the ``seeds`` it is over where some did not finish."""
+def format_cell(values: Sequence[Optional[float]], seeds: int = 1, scale: float = 100, digits: int = 2) -> str:
+    """Mean ± std in % (or times another ``scale``), and how many of the ``seeds`` it is over where some did not
+    finish."""
     present = [v for v in values if v is not None]
     if not present:
         return "—"
-    mean, std = mean_std([100 * v for v in present])
-    shown = f"{mean:.2f} ± {std:.2f}" if len(present) > 1 else f"{mean:.2f}"
+    mean, std = mean_std([scale * v for v in present])
+    shown = f"{mean:.{digits}f} ± {std:.{digits}f}" if len(present) > 1 else f"{mean:.{digits}f}"
     return shown + (f" ({len(present)} of {seeds} seeds)" if len(present) < seeds else "")
 
 
@@ -46,8 +48,19 @@ def evaluation_title(evaluation: str, last_k: int | Sequence[int]) -> str:
     return {"last": "last epoch", "best": "best epoch", "mean_last": f"mean of the last {k} epochs"}[evaluation]
 
 
+#: The label-noise figures a row carries (:class:`nla.records.NoiseRecord`), of the row's epochs.
+NOISE_COLUMNS = NoiseRecord.SHOWN
+NOISE_TITLES = {
+    "memorised": "memorised",
+    "corrected": "corrected",
+    "auroc_naw_weight": "AUROC NAW weight",
+    "auroc_p_given": "AUROC p(given)",
+}
+
+
 def summary_rows(summary: RunSummary, **identity: Any) -> list[dict[str, Any]]:
-    """One row per evaluation (last, best, mean of the last k) of a run's summary."""
+    """One row per evaluation (last, best, mean of the last k) of a run's summary, with the label-noise figures of
+    the same epochs under ``noise`` (empty for a run without them)."""
     rows = []
     for evaluation in EVALUATIONS:
         record = getattr(summary, evaluation)
@@ -60,28 +73,47 @@ def summary_rows(summary: RunSummary, **identity: Any) -> list[dict[str, Any]]:
                 "acc": record.acc,
                 "mean_acc": record.mean_acc,
                 "class_acc": record.class_acc,
+                "noise": summary.noise_over(epoch if isinstance(epoch, list) else [epoch]),
                 "last_k": summary.last_k,
             }
         )
     return rows
 
 
-def collect(experiment: Experiment) -> list[dict[str, Any]]:
-    """One row per finished run and evaluation."""
-    rows = []
+@dataclass
+class FinishedRun:
+    """A cell of the grid with its run's summary and its ``runner.json`` (:func:`nla.experiment.runner_record`)."""
+
+    protocol: str
+    method: str
+    seed: int
+    run_dir: Path
+    summary: RunSummary
+    record: dict[str, Any]
+
+
+def finished_runs(experiment: Experiment) -> list[FinishedRun]:
+    """The grid's cells that hold a finished run, in the grid's order."""
+    runs = []
     for protocol, method, seed in experiment.cells():
         run_dir = experiment.run_dir(protocol, method, seed)
-        if not (run_dir / RunSummary.FILENAME).is_file():
-            continue
-        timing = runner_record(run_dir)
+        if (run_dir / RunSummary.FILENAME).is_file():
+            runs.append(FinishedRun(protocol, method, seed, run_dir, read_summary(run_dir), runner_record(run_dir)))
+    return runs
+
+
+def collect(experiment: Experiment, runs: Optional[list[FinishedRun]] = None) -> list[dict[str, Any]]:
+    """One row per finished run (``runs``, else the grid's) and evaluation."""
+    rows = []
+    for run in finished_runs(experiment) if runs is None else runs:
         rows += summary_rows(
-            read_summary(run_dir),
-            method=method,
-            protocol=protocol,
-            seed=seed,
-            wall_s=timing.get("wall_s"),
-            run_dir=str(run_dir),
-            extra_args=command_line_arguments(experiment, protocol, method, seed, timing),
+            run.summary,
+            method=run.method,
+            protocol=run.protocol,
+            seed=run.seed,
+            wall_s=run.record.get("wall_s"),
+            run_dir=str(run.run_dir),
+            extra_args=command_line_arguments(experiment, run.protocol, run.method, run.seed, run.record),
         )
     return rows
 
@@ -115,7 +147,9 @@ def markdown_text(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def write_tables(experiment: Experiment, rows: list[dict[str, Any]]) -> tuple[Path, Path]:
+def write_tables(experiment: Experiment, rows: list[dict[str, Any]], figures: Sequence[Path] = ()) -> tuple[Path, Path]:
+    """``results.csv`` (a row per run and evaluation) and ``results.md`` (the paper's layout), which shows ``figures``,
+    files beside it."""
     root = experiment.root
     root.mkdir(parents=True, exist_ok=True)
     class_names = list(dict.fromkeys(name for r in rows for name in r["class_acc"]))  # every protocol's classes
@@ -133,6 +167,7 @@ def write_tables(experiment: Experiment, rows: list[dict[str, Any]]) -> tuple[Pa
                 "acc",
                 "mean_acc",
                 *class_names,
+                *NOISE_COLUMNS,
                 "wall_s",
                 "run_dir",
                 "extra_args",
@@ -150,6 +185,7 @@ def write_tables(experiment: Experiment, rows: list[dict[str, Any]]) -> tuple[Pa
                     f"{r['acc']:.6f}",
                     f"{r['mean_acc']:.6f}",
                     *classes,
+                    *["" if r["noise"].get(name) is None else f"{r['noise'][name]:.6f}" for name in NOISE_COLUMNS],
                     f"{r['wall_s']:.1f}" if r["wall_s"] is not None else "",
                     r["run_dir"],
                     "" if r.get("extra_args") is None else r["extra_args"],
@@ -158,7 +194,7 @@ def write_tables(experiment: Experiment, rows: list[dict[str, Any]]) -> tuple[Pa
 
     def values(
         method: str, protocol: str, evaluation: str, key: str, name: Optional[str] = None
-    ) -> list[Optional[float]]:
+    ) -> list[Optional[float]]:  # key: acc, mean_acc, or class_acc and noise by name
         chosen = [r for r in rows if (r["method"], r["protocol"], r["evaluation"]) == (method, protocol, evaluation)]
         return [r[key] if name is None else r[key].get(name) for r in chosen]
 
@@ -175,6 +211,14 @@ def write_tables(experiment: Experiment, rows: list[dict[str, Any]]) -> tuple[Pa
         "as FER papers do).",
         "",
     ]
+    if figures:
+        lines += [
+            "Curves against the epoch, per protocol (line: mean over the seeds; band: lowest to highest seed; every "
+            "value from the runs' summary.json): " + ", ".join(f"[{path.name}]({path.name})" for path in figures) + ".",
+            "",
+            *[f"![{path.stem}]({path.name})" for path in figures],
+            "",
+        ]
     for evaluation in EVALUATIONS:
         lines += [f"## Overall / mean accuracy, {evaluation_title(evaluation, averaged)}", ""]
         header = ["method"]
@@ -217,6 +261,28 @@ def write_tables(experiment: Experiment, rows: list[dict[str, Any]]) -> tuple[Pa
                     + " |"
                 )
             lines.append("")
+    noisy = [p for p in experiment.protocols if any(r["noise"] for r in rows if r["protocol"] == p)]
+    for evaluation in EVALUATIONS if noisy else ():
+        lines += [f"## Label noise in training, {evaluation_title(evaluation, averaged)}", ""]
+        if evaluation == EVALUATIONS[0]:
+            lines += [
+                "What the training steps of those epochs did with the labels the protocol flipped: the share of "
+                "flipped images predicted as their given, wrong label (memorised) and as their true label "
+                "(corrected), in %, and the AUROC of a low NAW weight and of a low probability of the given label as "
+                "detectors of a flipped label (0.5: chance).",
+                "",
+            ]
+        header = ["method"] + [f"{markdown_text(p)} {NOISE_TITLES[n]}" for p in noisy for n in NOISE_COLUMNS]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for method in experiment.methods:
+            cells = [markdown_text(method)]
+            for protocol in noisy:
+                for name in NOISE_COLUMNS:
+                    found = values(method, protocol, evaluation, "noise", name)
+                    auroc = name.startswith("auroc")
+                    cells.append(format_cell(found, seeds, scale=1 if auroc else 100, digits=3 if auroc else 2))
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
     times = [r["wall_s"] for r in rows if r["evaluation"] == "last" and r["wall_s"] is not None]
     if times:
         lines += [f"Wall time per run: {min(times) / 60:.1f}-{max(times) / 60:.1f} min ({len(times)} runs).", ""]

@@ -3,18 +3,8 @@
 import numpy as np
 import pytest
 
-from nla.callbacks.diagnostics import noise_detection
 from nla.cli import run_cli
 from tests.conftest import CONFIGS, fit_args
-
-
-def test_noise_detection_on_known_weights():
-    weights = np.array([0.1, 0.2, 0.9, 0.8, 0.7])
-    flipped = np.array([True, True, False, False, False])
-    stats = noise_detection(weights, flipped)
-    assert stats["noise_auroc"] == pytest.approx(1.0)
-    assert stats["weight_flipped"] == pytest.approx(0.15) and stats["weight_clean"] == pytest.approx(0.8)
-    assert noise_detection(weights, np.zeros(5, dtype=bool)) == {}
 
 
 @pytest.mark.slow
@@ -31,12 +21,15 @@ def test_figures_are_written_beside_the_run(method, rafdb_root, tmp_path):
             assert f"{name}-epoch{epoch}.png" in figures, (name, epoch, sorted(figures))
     assert "class_accuracy_curves.png" in figures
     assert all((run_dir / "figures" / f).stat().st_size > 5000 for f in figures)
-    diagnostics = next(c for c in cli.trainer.callbacks if type(c).__name__ == "NAWDiagnostics")
-    assert [r["epoch"] for r in diagnostics.noise_stats] == [0, 1]
-    assert 0.0 <= diagnostics.noise_stats[-1]["noise_auroc"] <= 1.0
+    records = cli.model.label_noise.records
+    assert [r.epoch for r in records] == [0, 1] and 0.0 <= records[-1].auroc_naw_weight <= 1.0
     (metrics,) = run_dir.glob("**/metrics.csv")
     header = metrics.read_text().splitlines()[0]
-    assert "naw/noise_auroc" in header and "train/false_branch_share" in header and "train/prediction_entropy" in header
+    assert (
+        "noise/auroc_naw_weight" in header
+        and "train/false_branch_share" in header
+        and "train/prediction_entropy" in header
+    )
     assert ("train/naw_weight_false_branch" in header) == (method == "nla")
     assert ("train/weight_gradient_norm" in header) == (method == "nla")
 

@@ -61,6 +61,11 @@ def test_grid_runs_writes_tables_and_resumes(tmp_path, rafdb_root, capsys, monke
         and "Per-class accuracy, noise 20%, best epoch" in markdown
     )
     assert "mean of the last 2 epochs" in markdown  # runs of 2 epochs average both, whatever last_k
+    noisy_rows = [r for r in rows if r["protocol"] == "noise 20%"]
+    assert all(0 <= float(r["memorised"]) <= 1 and r["auroc_p_given"] for r in noisy_rows)  # the fits measured them
+    assert all(r["memorised"] == "" for r in rows if r["protocol"] == "clean")
+    assert "## Label noise in training, last epoch" in markdown and "noise 20% memorised" in markdown
+    assert (tmp_path / "grid" / "curves-noise-20pct.png").is_file() and "(curves-clean.png)" in markdown
     noisy_nla = experiment.run_dir("noise 20%", "NLA", 0)
     assert (noisy_nla / "train_labels.txt").is_file()
 
