@@ -79,6 +79,8 @@ def run_of_checkpoint(ckpt_path: Path) -> Optional[Path]:
 
 def missing_file(path: Path, what: str) -> FileNotFoundError:
     """The error for a ``path`` that is no file: absent, or a folder (then naming a checkpoint in it, if any)."""
+    if path.exists() and not path.is_dir():  # a FIFO, a socket, a device
+        return FileNotFoundError(f"{what} {str(path)!r} is not a regular file; give the path of a file")
     if not path.is_dir():
         return FileNotFoundError(f"{what} {str(path)!r} does not exist")
     inside = next((p for p in (path / "last.ckpt", path / CHECKPOINTS / "last.ckpt") if p.is_file()), None)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,19 +98,58 @@ def check_start(backbone: str, pretrained: str, weights: Optional[str]) -> None:
     require_timm_model(backbone)
     if pretrained not in ("none", "face", "imagenet"):
         raise ConfigError(f"--model.pretrained {pretrained!r}: expected none, face or imagenet")
-    if pretrained == "face" and backbone.split(".")[0] != dlib_resnet.NAME:
+    face_backbone = backbone.split(".")[0] == dlib_resnet.NAME
+    if pretrained == "face" and not face_backbone:
         raise ConfigError(
             f"--model.pretrained face starts dlib's face-recognition network, not {backbone}: set --model.backbone "
             f"{dlib_resnet.NAME} (configs/presets/face_start.yaml sets both)"
+        )
+    if pretrained == "imagenet" and face_backbone:  # timm's pretrained weights of it are dlib's face network
+        raise ConfigError(
+            f"--model.pretrained imagenet: {backbone} has no ImageNet weights; its pre-trained weights are dlib's "
+            "face network: --model.pretrained face"
         )
     if weights:
         path = Path(weights)
         if not path.is_file():
             raise missing_file(path, "pre-trained weights file")
-        if pretrained == "none":
+        if pretrained == "none" or (pretrained == "imagenet" and path.suffix != ".safetensors"):
             require_torch_file(path, "pre-trained weights file")
     if pretrained == "face":  # read (and its tensors cached) now: a truncated or foreign file stops before the data
         dlib_resnet.face_network(weights or dlib_resnet.installed_face_network())
+    if pretrained == "imagenet" and not weights:  # found now: an offline machine stops before the data is read
+        imagenet_weights(backbone)
+
+
+@functools.lru_cache(maxsize=8)
+def imagenet_weights(backbone: str) -> Optional[str]:
+    """The file of timm's pre-trained weights for ``backbone`` in the Hugging Face cache, fetched into it if it is not
+    there yet (once per process); ``None`` for weights timm keeps elsewhere (a URL), which timm fetches itself.
+    Offline (``HF_HUB_OFFLINE``), weights that are not in the cache stop the run at once."""
+    config = timm.models.get_pretrained_cfg(backbone)
+    hub = getattr(config, "hf_hub_id", None)
+    if not hub:
+        return None
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError
+
+    named = getattr(config, "hf_hub_filename", None)
+    names = [named] if named else ["model.safetensors", "pytorch_model.bin"]
+    for name in names:
+        cached = try_to_load_from_cache(hub, name)
+        if isinstance(cached, str):
+            return cached
+    error: BaseException = FileNotFoundError("not in the Hugging Face cache and HF_HUB_OFFLINE is set")
+    if not constants.HF_HUB_OFFLINE:
+        for name in names:
+            try:
+                return hf_hub_download(hub, name)
+            except EntryNotFoundError as failure:  # no file of that name: the next one
+                error = failure
+            except Exception as failure:  # offline, or refused: one line, at once
+                error = failure
+                break
+    raise ConfigError(imagenet_failure(backbone, None, error))
 
 
 def start_backbone(
@@ -135,7 +175,8 @@ def start_backbone(
             return model, Start("random")
         loaded = load_pretrained_weights(model, weights, ignore_keys, trust=trust)
         return model, Start("weights", str(weights), tensors=len(loaded))
-    overlay = {"file": str(weights)} if weights else None
+    cached = None if weights else imagenet_weights(backbone)
+    overlay = {"file": str(weights or cached)} if weights or cached else None
     if pretrained == "face":
         path = Path(weights) if weights else dlib_resnet.installed_face_network()
         model = timm.create_model(
@@ -149,7 +190,7 @@ def start_backbone(
     except Exception as error:  # offline, no such weights, or a file timm cannot read: one line that says what to do
         raise ConfigError(imagenet_failure(backbone, weights, error)) from None
     config: Any = getattr(model, "pretrained_cfg", {}) or {}
-    source = str(weights) if weights else str(config.get("hf_hub_id") or config.get("url") or backbone)
+    source = str(weights) if weights else str(config.get("hf_hub_id") or config.get("url") or backbone)  # the tag too
     return model, Start("imagenet", source, tensors=backbone_tensors(model))
 
 
@@ -172,9 +213,9 @@ def imagenet_failure(backbone: str, weights: Optional[str], error: BaseException
         return f"--model.pretrained imagenet: timm has no pre-trained weights for {backbone}"
     where = f"https://huggingface.co/{hub}" if hub else url
     return (
-        f"--model.pretrained imagenet: timm could not fetch {backbone}'s weights ({first}); nla downloads nothing "
-        f"itself: on a machine that is online, run it once to fill timm's cache, or download {where} and pass the "
-        "file with --model.pretrained_weights"
+        f"--model.pretrained imagenet: timm could not fetch {backbone}'s weights ({first}); they come from the "
+        f"Hugging Face hub: on a machine that is online, run it once to fill the cache, or download {where} and pass "
+        "the file with --model.pretrained_weights (HF_HUB_OFFLINE=1 stops at once where the cache lacks them)"
     )
 
 

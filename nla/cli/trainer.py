@@ -1,9 +1,12 @@
 """:class:`NLATrainer`, Lightning's Trainer with nla's own command, ``label-issues``: the documented way to add a
-command to LightningCLI (a Trainer method of that name, its typed arguments the command's options)."""
+command to LightningCLI (a Trainer method of that name, its typed arguments the command's options); and whose options
+that take an integer or a fraction keep an integer a user gives (:func:`integers_first`)."""
 
 from __future__ import annotations
 
 import importlib.util
+import inspect
+import typing
 from typing import Any, Literal, Optional, Union
 
 from jsonargparse.typing import PositiveInt
@@ -15,8 +18,33 @@ from nla.errors import UserError
 Suspects = Union[PositiveInt, Literal["contradicted", "confident_learning"]]
 
 
+def integers_first(signature: inspect.Signature) -> inspect.Signature:
+    """``signature`` with every ``Union`` of float and int annotated int first. The command line's parser tries a
+    union's types in order, and Lightning annotates ``limit_train_batches`` and its kin ``Union[float, int, None]``:
+    ``--trainer.limit_train_batches 1`` (one batch) would become 1.0 (all of them). An integer stays an integer, and
+    a fraction, which int refuses, is a float."""
+
+    def reordered(annotation: Any) -> Any:
+        args = typing.get_args(annotation)
+        if typing.get_origin(annotation) is Union and float in args and int in args:
+            return Union[(int, *(arg for arg in args if arg is not int))]
+        return annotation
+
+    return signature.replace(
+        parameters=[p.replace(annotation=reordered(p.annotation)) for p in signature.parameters.values()]
+    )
+
+
 class NLATrainer(Trainer):
-    """Lightning's Trainer, and :meth:`label_issues`."""
+    """Lightning's Trainer, and :meth:`label_issues`; its options as Lightning's (:func:`integers_first`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+
+    # The parser reads a class's options from inspect.signature, which takes __signature__ where a function has one
+    # (PEP 362): Lightning's own, integers first; the help texts from Lightning's docstring.
+    __init__.__signature__ = integers_first(inspect.signature(Trainer.__init__))  # type: ignore[attr-defined]
+    __init__.__doc__ = Trainer.__init__.__doc__
 
     def label_issues(
         self,

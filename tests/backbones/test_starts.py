@@ -88,14 +88,20 @@ def test_the_imagenet_start_goes_through_timms_own_loading(tmp_path):
     assert module.input_spec().mean == pytest.approx((0.5, 0.5, 0.5))  # test_resnet's ImageNet normalisation
 
 
-def test_offline_the_imagenet_start_says_what_to_download(monkeypatch):
+def test_offline_the_imagenet_start_says_what_to_download(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    from nla.backbones import starts
+
     def offline(*args, **kwargs):
         raise OSError("We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them")
 
-    monkeypatch.setattr(timm.models._builder, "load_state_dict_from_hf", offline)
-    monkeypatch.setattr(timm.models._builder, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # nothing cached
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    starts.imagenet_weights.cache_clear()
     with pytest.raises(ConfigError) as error:
         NLAModule(backbone="test_resnet", pretrained="imagenet", num_classes=7)
+    starts.imagenet_weights.cache_clear()
     message = str(error.value)
     assert "\n" not in message and "https://huggingface.co/timm/test_resnet.r160_in1k" in message
     assert "--model.pretrained_weights" in message and "couldn't connect" in message

@@ -1,0 +1,68 @@
+"""Every setting means what it says: an option given one way is not read as another (an integer as a fraction, one
+start as another, a path as a literal folder, an option as nothing at all)."""
+
+import os
+
+import pytest
+
+from nla.cli import main, run_cli
+from tests.conftest import fit_args
+from tests.helpers import fails, says
+
+
+def test_an_integer_batch_limit_is_a_number_of_batches(rafdb_root, tmp_path, capsys):
+    """Lightning annotates the limits Union[float, int]: its parser read 1 as 1.0, every batch."""
+    run = tmp_path / "run"
+    limits = ["--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1"]
+    cli = run_cli(fit_args(rafdb_root, run, *limits, epochs=2))
+    assert cli.trainer.global_step == 2  # one batch an epoch, of the six
+    assert [record.num_samples for record in cli.model.validation_history] == [8, 8]  # one batch of 21 test images
+    assert "limit_train_batches: 1\n" in (run / "config.yaml").read_text()
+    with pytest.raises(SystemExit):
+        main([*fit_args(rafdb_root, tmp_path / "other"), "--trainer.limit_train_batches", "0.5", "--print_config"])
+    assert "limit_train_batches: 0.5\n" in capsys.readouterr().out  # a fraction stays a fraction
+
+
+def test_an_integer_batch_limit_in_a_config_file_too(rafdb_root, tmp_path):
+    overlay = tmp_path / "limits.yaml"
+    overlay.write_text("trainer:\n  limit_train_batches: 2\n  limit_val_batches: 0.5\n")
+    cli = run_cli(fit_args(rafdb_root, tmp_path / "run", "--config", str(overlay)))
+    assert cli.trainer.global_step == 2 and cli.trainer.limit_train_batches == 2
+    assert cli.trainer.limit_val_batches == pytest.approx(0.5)
+
+
+# --- where the weights start: what a run records is what it loaded ---------------------------------------------
+
+
+def test_a_face_network_asked_for_imagenet_weights_is_refused(rafdb_root, tmp_path, capsys):
+    """timm's pre-trained weights of dlib_resnet29 are dlib's face network: the run loaded them and recorded
+    'imagenet'."""
+    start = ["--model.backbone", "dlib_resnet29", "--model.pretrained", "imagenet"]
+    err = fails([*fit_args(rafdb_root, tmp_path / "run"), *start], capsys)
+    says(err, "--model.pretrained imagenet: dlib_resnet29 has no ImageNet weights", "--model.pretrained face")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("weights", ["fifo", "dat"])
+def test_weights_that_are_no_file_of_weights_are_one_line(weights, rafdb_root, tmp_path, capsys):
+    path = tmp_path / f"weights.{weights}"
+    os.mkfifo(path) if weights == "fifo" else path.write_bytes(b"dlib's format, not PyTorch's")
+    start = ["--model.pretrained", "imagenet", "--model.pretrained_weights", str(path)]
+    err = fails([*fit_args(rafdb_root, tmp_path / "run"), *start], capsys)
+    expected = "is not a regular file" if weights == "fifo" else "cannot be read as a PyTorch file"
+    says(err, f"pre-trained weights file {str(path)!r} {expected}")
+
+
+def test_imagenet_weights_offline_stop_the_run_before_the_data_is_read(rafdb_root, tmp_path, capsys, monkeypatch):
+    import huggingface_hub.constants
+
+    from nla.backbones import starts
+    from nla.data.base import FERDataModule
+
+    starts.imagenet_weights.cache_clear()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(FERDataModule, "setup", lambda *args, **kwargs: pytest.fail("the data was read first"))
+    err = fails([*fit_args(rafdb_root, tmp_path / "run"), "--model.pretrained", "imagenet"], capsys)
+    says(err, "--model.pretrained imagenet: timm could not fetch test_resnet's weights", "HF_HUB_OFFLINE")
+    starts.imagenet_weights.cache_clear()
