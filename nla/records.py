@@ -9,10 +9,11 @@ evaluated split has no accuracy (``None``), not 0.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -141,13 +142,28 @@ class NoiseRecord:
         return cls(**{key: value for key, value in data.items() if key in known})
 
 
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """An error of the file system while ``path`` is written names it (a full disk's names none)."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is None:
+            raise OSError(error.errno, error.strerror, str(path)) from error
+        raise
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` whole or not at all: a kill while writing leaves the old file (or none), never
     half of one that a later reader would take for finished; two processes writing it at once each write a partial
     file of their own."""
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_text(text)
-    os.replace(partial, path)
+    with writing(path):
+        try:
+            partial.write_text(text)
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
 
 
 @dataclass

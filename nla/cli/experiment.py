@@ -143,12 +143,17 @@ def run(config: Namespace) -> None:
     busy: list[str] = []
     try:
         if options.tables_only:
-            claim_folder(whole)
+            fit_args = tables_fit_args(whole, options.config, extra)
         else:
-            failed, busy = run_grid(experiment, extra, options.dry_run, options.jobs, options.launcher, options.cluster)
+            failed, busy = run_grid(
+                experiment, extra, options.dry_run, options.jobs, options.launcher, options.cluster, options.config
+            )
+            fit_args = list(extra)
         if not options.dry_run:
-            runs = finished_runs(whole)
-            markdown, table = write_tables(whole, collect(whole, runs), draw_curves(whole, runs))
+            runs = finished_runs(whole, fit_args)
+            current = [run for run in runs if not run.problem]
+            stale = [run for run in runs if run.problem]
+            markdown, table = write_tables(whole, collect(whole, current), draw_curves(whole, current), stale)
     except ExperimentError as error:
         print(f"nla experiment: error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -162,6 +167,8 @@ def run(config: Namespace) -> None:
     if options.dry_run:
         return
     print(f"tables: {markdown} and {table}")
+    for run in stale:  # a cell of the whole grid, whether or not this command chose it
+        print(f"[stale]   {run.method} / {run.protocol} / seed {run.seed}: in no table; {run.problem}", file=sys.stderr)
     if failed:
         print(f"nla experiment: {len(failed)} run(s) failed: {failed}", file=sys.stderr)
     if busy:
@@ -172,6 +179,17 @@ def run(config: Namespace) -> None:
         )
     if failed or busy:
         raise SystemExit(1)
+
+
+def tables_fit_args(experiment: Experiment, source: str, given: Sequence[str]) -> Optional[list[str]]:
+    """The arguments every fit of the tables' runs was given on the command line: those given now, else those the
+    grid's folder recorded, else (``None``) those the runs share. A folder no grid has run in is refused, not made."""
+    if not any(experiment.run_dir(*cell).is_dir() for cell in experiment.cells()):
+        raise ExperimentError(
+            f"no run of grid {experiment.name!r} in {experiment.root}: nothing to tabulate (is --output_dir right?)"
+        )
+    recorded = claim_folder(experiment, source=source)  # the tables it writes there are this grid's
+    return list(given) if given else recorded.get("fit_args")
 
 
 def main(argv: Sequence[str]) -> None:

@@ -19,6 +19,7 @@ import yaml
 
 from nla.cli.args import config_files
 from nla.errors import UserError
+from nla.moved import MOVED_CLASSES
 
 #: The Lightning commands and label-issues, which take a model from a checkpoint and evaluate it (by the names of
 #: their Trainer methods, label_issues for label-issues).
@@ -86,16 +87,6 @@ def needs_model_and_data(command: str) -> str:
 TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
 TYPE_WORDS |= {"PositiveInt": "a positive integer", "NonNegativeInt": "an integer >= 0"}
 TYPE_WORDS |= {"PositiveFloat": "a positive number", "NonNegativeFloat": "a number >= 0"}
-
-
-#: Classes of nla 0.2 that configs name by class path, and where they are now.
-MOVED_CLASSES = {
-    "nla.console.RunReport": "nla.callbacks.RunReport",
-    "nla.console.ProgressBar": "nla.callbacks.ProgressBar",
-    "nla.diagnostics.NAWDiagnostics": "nla.callbacks.NAWDiagnostics",
-    "nla.diagnostics.SampleRecord": "nla.callbacks.SampleRecord",
-    "nla.predictions.PredictionWriter": "nla.callbacks.PredictionWriter",
-}
 
 
 def parse_error_line(message: str, args: Sequence[str] = ()) -> str:

@@ -14,7 +14,7 @@ from matplotlib.ticker import MaxNLocator
 
 from nla.experiment.spec import Experiment, slug
 from nla.experiment.tables import FinishedRun
-from nla.records import RunSummary
+from nla.records import RunSummary, writing
 
 #: The panels: a summary's figure, its title, and whether it is a share (drawn in %).
 ACCURACY_PANELS = (
@@ -95,6 +95,7 @@ def draw_curves(experiment: Experiment, runs: Sequence[FinishedRun]) -> list[Pat
         if figure is None:
             continue
         path = experiment.root / f"curves-{slug(protocol)}.png"
-        figure.savefig(path, dpi=100)
+        with writing(path):
+            figure.savefig(path, dpi=100)
         written.append(path)
     return written

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import subprocess
 from pathlib import Path
 from typing import IO, Any, Literal, Optional, Protocol
@@ -55,11 +56,21 @@ class ProcessHandle:
         return {"pid": self.process.pid}
 
 
+#: What a job may be stopped with: a cancel (SIGINT under submitit's local executor), a scheduler's SIGTERM, and
+#: submitit's warning before a time limit (SIGUSR2).
+STOPPING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR2") if hasattr(signal, name))
+
+
 def run_logged(command: list[str], cwd: str, log: str) -> int:
     """What a cluster job runs: the cell's command, from the folder the grid was started in, its output appended to
-    the cell's ``fit.log``; returns the exit code."""
+    the cell's ``fit.log``; returns the exit code. A signal that stops the job is passed on to the fit as SIGTERM
+    (nla fit then keeps its checkpoints and exits), and the job waits for it: a job that died at once would leave
+    its fit running."""
     with open(log, "a") as output:
-        return subprocess.run(command, cwd=cwd, stdout=output, stderr=subprocess.STDOUT).returncode
+        process = subprocess.Popen(command, cwd=cwd, stdout=output, stderr=subprocess.STDOUT)
+        for number in STOPPING_SIGNALS:
+            signal.signal(number, lambda *_: process.send_signal(signal.SIGTERM))
+        return process.wait()
 
 
 class JobHandle:

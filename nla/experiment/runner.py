@@ -3,11 +3,8 @@ time in its runner.json; finished cells skipped, interrupted ones resumed, faile
 
 from __future__ import annotations
 
-import difflib
-import hashlib
-import itertools
 import json
-import math
+import shlex
 import signal
 import subprocess
 import sys
@@ -19,11 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from nla.experiment.attempts import (
+    attempts_problem,
+    carry_attempts,
+    config_digests,
+    runner_record,
+    running_attempt,
+    settings_problem,
+    write_runner_record,
+)
 from nla.experiment.launchers import Handle, LauncherName
 from nla.experiment.launchers import launcher as make_launcher
 from nla.experiment.spec import CLUSTER_FOLDER, Experiment, ExperimentError
 from nla.records import RunSummary, write_text_atomic
-from nla.rundir import LOCK_FILE, RunDirectoryError, RunLock, free_path
+from nla.rundir import RunDirectoryError, RunLock, free_path
 
 
 def cell_state(run_dir: Path) -> str:
@@ -64,52 +70,6 @@ def check_reserved(experiment: Experiment, extra: Sequence[str]) -> None:
                 )
 
 
-def config_digests(command: Sequence[str]) -> dict[str, str]:
-    """The SHA-256 of each config file a command names: a cell is as stale when an overlay's content changed."""
-    digests = {}
-    for flag, value in itertools.pairwise(command):
-        if flag == "--config" and Path(value).is_file():
-            digests[value] = hashlib.sha256(Path(value).read_bytes()).hexdigest()
-    return digests
-
-
-def changes(finished: Sequence[str], now: Sequence[str]) -> str:
-    """What differs between the command a cell finished with and the one the grid gives it now, in a few words."""
-    matcher = difflib.SequenceMatcher(a=list(finished), b=list(now), autojunk=False)
-    parts = []
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
-        if tag != "equal":
-            was, is_now = " ".join(finished[i1:i2]) or "(nothing)", " ".join(now[j1:j2]) or "(nothing)"
-            parts.append(f"`{was}` is now `{is_now}`")
-    return "; ".join(parts[:3]) + ("; ..." if len(parts) > 3 else "")
-
-
-def finished_with(record: dict[str, Any]) -> Optional[dict[str, Any]]:
-    """The attempt of a cell's ``runner.json`` (:func:`runner_record`) that finished it (exit code 0); ``None``
-    where none is recorded (a run made by hand, or by an older runner)."""
-    done = [a for a in record["attempts"] if a.get("exit_code") == 0]
-    return done[-1] if done else None
-
-
-def finished_command(attempt: dict[str, Any]) -> list[str]:
-    """The command of an attempt without its ``--ckpt_path last`` (a resumed attempt's): what the cell ran."""
-    command = list(attempt["command"])
-    return command[:-2] if command[-2:] == ["--ckpt_path", "last"] else command
-
-
-def stale_reason(run_dir: Path, command: Sequence[str]) -> Optional[str]:
-    """Why a finished cell no longer is what the grid would run: its command, or a config file it read, changed."""
-    attempt = finished_with(runner_record(run_dir))
-    if attempt is None:
-        return None
-    before = finished_command(attempt)
-    if before != list(command):
-        return changes(before, command)
-    now = config_digests(command)
-    edited = [path for path, digest in (attempt.get("configs") or {}).items() if now.get(path) not in (None, digest)]
-    return f"{', '.join(edited)} changed since" if edited else None
-
-
 def fit_command(
     experiment: Experiment, protocol: str, method: str, seed: int, extra: Sequence[str], resume: bool
 ) -> list[str]:
@@ -145,6 +105,7 @@ def run_grid(
     jobs: Optional[int] = None,
     launcher: LauncherName = "local",
     cluster: Optional[dict[str, Any]] = None,
+    source: Optional[str] = None,
 ) -> tuple[list[str], list[str]]:
     """Run every unfinished cell, ``jobs`` at a time (one on this machine, every cell on a cluster, unless given),
     each an ``nla fit`` of its own (:mod:`nla.experiment.launchers`); returns the cells that failed and those left
@@ -153,7 +114,7 @@ def run_grid(
     before anything runs."""
     check_reserved(experiment, extra)
     if dry_run:
-        claim_folder(experiment, write=False)
+        claim_folder(experiment, write=False, source=source)
         plan(experiment, extra, dry_run=True)  # prints what would run
         return [], []
     lock = RunLock(experiment.root, "grid folder", "run it in another --output_dir")
@@ -162,7 +123,7 @@ def run_grid(
     except RunDirectoryError as error:
         raise ExperimentError(str(error)) from None
     try:
-        claim_folder(experiment)
+        claim_folder(experiment, source=source, fit_args=extra)
         states = cell_states(experiment)
         unfinished = sum(state != "done" for state in states.values())
         jobs = jobs or (1 if launcher == "local" else max(1, unfinished))
@@ -185,26 +146,41 @@ def run_grid(
 GRID_FILE = "grid.json"
 
 
-def claim_folder(experiment: Experiment, write: bool = True) -> None:
+def claim_folder(
+    experiment: Experiment, write: bool = True, source: Optional[str] = None, fit_args: Optional[Sequence[str]] = None
+) -> dict[str, Any]:
     """A grid's folder holds one grid: its cells and tables. Another grid's name there stops this one, which would
-    count the other's runs as its own and write its tables over the other's (``write``: name this grid there)."""
-    path = experiment.root / GRID_FILE
+    count the other's runs as its own and write its tables over the other's; so does a second grid file of the same
+    name (``source``, the file's path). With ``write``, the grid's name, file and the arguments its command line gives
+    every fit (``fit_args``) are recorded there (``grid.json``); what was recorded before is returned."""
+    root = experiment.root
+    existing = next((folder for folder in (root, *root.parents) if folder.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ExperimentError(f"--output_dir {str(root)!r}: {str(existing)!r} is a file, not a folder")
+    path = root / GRID_FILE
+    recorded: dict[str, Any] = {}
     if path.is_file():
         try:
-            owner = json.loads(path.read_text()).get("name")
-        except (OSError, ValueError, AttributeError):
-            owner = None
-        if owner is not None and owner != experiment.name:
-            raise ExperimentError(
-                f"{experiment.root} holds the runs and tables of grid {owner!r}, not {experiment.name!r}: give "
-                "another --output_dir"
-            )
-        if owner == experiment.name:
-            return
-    if not write:
-        return
-    experiment.root.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps({"name": experiment.name}, indent=2))
+            recorded = dict(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            recorded = {}
+    owner, file = recorded.get("name"), recorded.get("file")
+    if owner is not None and owner != experiment.name:
+        raise ExperimentError(
+            f"{root} holds the runs and tables of grid {owner!r}, not {experiment.name!r}: give another --output_dir"
+        )
+    here = str(Path(source).resolve()) if source else None
+    if here and file and file != here and Path(file).is_file():
+        raise ExperimentError(
+            f"{root} holds the runs and tables of grid {experiment.name!r} of {file}, not of {here}: two grid files "
+            "have that name; rename one or give another --output_dir"
+        )
+    if write:
+        root.mkdir(parents=True, exist_ok=True)
+        given = list(fit_args) if fit_args is not None else recorded.get("fit_args")
+        claimed = {"name": experiment.name, "file": here or file, "fit_args": given}
+        write_text_atomic(path, json.dumps({k: v for k, v in claimed.items() if v is not None}, indent=2))
+    return recorded
 
 
 def cell_states(experiment: Experiment) -> dict[tuple[str, str, int], str]:
@@ -221,17 +197,34 @@ def plan(
 ) -> list[Cell]:
     """The cells to run, each with its command: finished cells skipped, interrupted ones resumed, and a cell that
     died before its first checkpoint moved aside (unless a fit holds it: then it is left alone, and named in
-    ``busy``). A finished cell whose command or config files changed since stops the grid before anything moves."""
+    ``busy``). A cell whose run is not the one the grid would make now (finished, or to be resumed, with other
+    arguments or config files) stops the grid before anything moves: its table cell would hold a run of other
+    settings, or of two."""
     states = states if states is not None else cell_states(experiment)  # the runner's, read once
+    for cell in states:  # a file where a cell's folder goes would stop the grid halfway, at that cell
+        run_dir = experiment.run_dir(*cell)
+        blocking = next((f for f in (run_dir, *run_dir.parents) if f.exists() and not f.is_dir()), None)
+        if blocking is not None:
+            raise ExperimentError(f"{blocking} is a file where the grid keeps its runs ({run_dir}); move it aside")
+    records = {cell: runner_record(experiment.run_dir(*cell)) for cell in states}
     for (protocol, method, seed), state in states.items():
         run_dir = experiment.run_dir(protocol, method, seed)
         command = fit_command(experiment, protocol, method, seed, extra, resume=False)[2:]
-        why = stale_reason(run_dir, command) if state == "done" else None
-        if why:
+        record = records[protocol, method, seed]
+        if state == "done":
+            why = settings_problem(record, command)
+            if why:
+                raise ExperimentError(
+                    f"{method} / {protocol} / seed {seed} finished in {run_dir} with other settings than the grid "
+                    f"gives it now ({why}); nothing was run: move that folder aside to run the cell again, or give "
+                    "another --output_dir"
+                )
+        why = attempts_problem(record, command) if state == "resume" else None
+        if why and not (in_use(run_dir) or running_attempt(record, run_dir)):
             raise ExperimentError(
-                f"{method} / {protocol} / seed {seed} finished in {run_dir} with other settings than the grid gives "
-                f"it now ({why}); nothing was run: move that folder aside to run the cell again, or give another "
-                "--output_dir"
+                f"{method} / {protocol} / seed {seed} was started in {run_dir} with other settings than the grid "
+                f"gives it now ({why}); resuming would make one run of two settings; nothing was run: move that folder "
+                "aside to run the cell anew"
             )
     pending: list[Cell] = []
     for (protocol, method, seed), state in states.items():
@@ -240,7 +233,8 @@ def plan(
         if state == "done":
             print(f"[done]    {label}: {run_dir}")
             continue
-        if state in ("stale", "resume") and in_use(run_dir):
+        running = running_attempt(records[protocol, method, seed], run_dir)
+        if state in ("stale", "resume") and (in_use(run_dir) or running):
             print(f"[busy]    {label}: a fit is running in {run_dir}; left alone")
             if busy is not None:
                 busy.append(label)
@@ -252,7 +246,7 @@ def plan(
                 run_dir.rename(aside)
                 carry_attempts(aside, run_dir)
         command = fit_command(experiment, protocol, method, seed, extra, resume=state == "resume")
-        print(f"[{'resume' if state == 'resume' else 'run':<7}] {label}: {' '.join(command[2:])}")
+        print(f"[{'resume' if state == 'resume' else 'run':<7}] {label}: {shlex.join(command[2:])}")
         pending.append(Cell(label, run_dir, command, method, protocol))
     return pending
 
@@ -315,48 +309,6 @@ def deaf_to_interrupts() -> Iterator[None]:
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
-
-
-RUNNER_FILE = "runner.json"
-
-
-def runner_record(run_dir: Path) -> dict[str, Any]:
-    """A cell's ``runner.json``: its attempts (command, start, wall time, exit code) and their total wall time.
-
-    An attempt is written when it starts, so one whose runner died without a word (a machine taken back) is still
-    there; it is closed at the last time anything in the run's folder was written, and marked interrupted."""
-    path = run_dir / RUNNER_FILE
-    record: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {"attempts": []}
-    for attempt in record["attempts"]:
-        if attempt.get("wall_s") is None:
-            writes = [
-                p.stat().st_mtime for p in run_dir.rglob("*") if p.is_file() and p.name not in (RUNNER_FILE, LOCK_FILE)
-            ]
-            attempt["wall_s"] = max([0.0, *(t - attempt["started"] for t in writes)])
-            attempt["interrupted"] = True
-    record["wall_s"] = total_wall_s(record["attempts"])
-    return record
-
-
-def total_wall_s(attempts: list[dict[str, Any]]) -> Optional[float]:
-    """The attempts' wall time together (an attempt still running counts 0); ``None`` when there is none."""
-    return math.fsum(attempt["wall_s"] or 0.0 for attempt in attempts) if attempts else None
-
-
-def write_runner_record(run_dir: Path, record: dict[str, Any]) -> None:
-    record["wall_s"] = total_wall_s(record["attempts"])
-    write_text_atomic(run_dir / RUNNER_FILE, json.dumps(record, indent=2))
-
-
-def carry_attempts(aside: Path, run_dir: Path) -> None:
-    """A cell moved aside keeps its files; its attempts, time spent on the cell though they left no checkpoint,
-    go on counting in the new folder's ``runner.json``, each naming the folder it was moved to."""
-    record = runner_record(aside)
-    if record["attempts"]:
-        for attempt in record["attempts"]:
-            attempt.setdefault("moved_aside_to", aside.name)
-        run_dir.mkdir(parents=True)
-        write_runner_record(run_dir, record)
 
 
 def start(cell: Cell, where: Any) -> Cell:

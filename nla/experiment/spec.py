@@ -55,6 +55,11 @@ class Experiment:
                 shown = str(hints[key]).replace("typing.", "")
                 raise ExperimentError(f"{path}: {key} is {value!r}; expected {shown}")
         experiment = cls(**raw)
+        if experiment.name in ("", ".", "..") or re.search(r"[/\\]", experiment.name):
+            raise ExperimentError(
+                f"{path}: name {experiment.name!r} is the grid's folder under runs/experiments; give a name without "
+                "/ or \\, not . or .."
+            )
         for key in ("methods", "protocols"):
             if not getattr(experiment, key):
                 raise ExperimentError(f"{path}: {key} is empty; a grid needs at least one")

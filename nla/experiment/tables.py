@@ -4,7 +4,9 @@ accuracy, for the last epoch, the best epoch and the mean of the last k (results
 from __future__ import annotations
 
 import csv
+import io
 import math
+import shlex
 import typing
 from collections import Counter
 from collections.abc import Sequence
@@ -12,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from nla.experiment.runner import finished_command, finished_with, fit_command, read_summary, runner_record
-from nla.experiment.spec import Experiment
-from nla.records import NoiseRecord, RunSummary
+from nla.experiment.attempts import comparable, finished_command, finished_with, runner_record, settings_problem
+from nla.experiment.runner import fit_command, read_summary
+from nla.experiment.spec import Experiment, ExperimentError
+from nla.records import NoiseRecord, RunSummary, write_text_atomic
 
 #: How a run is summed up: its last epoch, its best epoch, the mean of its last k epochs.
 SummaryEvaluation = Literal["last", "best", "mean_last"]
@@ -82,7 +85,8 @@ def summary_rows(summary: RunSummary, **identity: Any) -> list[dict[str, Any]]:
 
 @dataclass
 class FinishedRun:
-    """A cell of the grid with its run's summary and its ``runner.json`` (:func:`nla.experiment.runner_record`)."""
+    """A cell of the grid with its run's summary, its ``runner.json`` (:func:`nla.experiment.runner_record`) and why
+    the run is not the one the grid names now (``problem``; ``None`` where it is)."""
 
     protocol: str
     method: str
@@ -90,22 +94,58 @@ class FinishedRun:
     run_dir: Path
     summary: RunSummary
     record: dict[str, Any]
+    problem: Optional[str] = None
 
 
-def finished_runs(experiment: Experiment) -> list[FinishedRun]:
-    """The grid's cells that hold a finished run, in the grid's order."""
+def finished_runs(experiment: Experiment, fit_args: Optional[Sequence[str]] = None) -> list[FinishedRun]:
+    """The grid's cells that hold a finished run, in the grid's order, each checked against the command the grid
+    gives it with ``fit_args``, the arguments the command line adds to every fit (``None``: those the runs were
+    made with, where they all agree)."""
     runs = []
     for protocol, method, seed in experiment.cells():
         run_dir = experiment.run_dir(protocol, method, seed)
         if (run_dir / RunSummary.FILENAME).is_file():
             runs.append(FinishedRun(protocol, method, seed, run_dir, read_summary(run_dir), runner_record(run_dir)))
+    if fit_args is None:
+        fit_args = shared_fit_args(experiment, runs)
+    for run in runs:
+        command = fit_command(experiment, run.protocol, run.method, run.seed, fit_args, resume=False)[2:]
+        run.problem = settings_problem(run.record, command)
     return runs
 
 
+def shared_fit_args(experiment: Experiment, runs: Sequence[FinishedRun]) -> list[str]:
+    """The arguments the command line added to every run (empty where no run recorded any); runs made with different
+    ones stop the tables, which would not know which of them the table is for."""
+    found = {tuple(given) for run in runs if (given := fit_args_of(experiment, run)) is not None}
+    if len(found) > 1:
+        shown = "; ".join(f"`{shlex.join(given) or '(none)'}`" for given in sorted(found))
+        raise ExperimentError(
+            f"the runs in {experiment.root} were made with different command lines ({shown}): give the arguments the "
+            "tables are for after the experiment file, e.g. --data.root /path/to/data"
+        )
+    return list(found.pop()) if found else []
+
+
+def fit_args_of(experiment: Experiment, run: FinishedRun) -> Optional[list[str]]:
+    """What the command line added to a finished cell's ``nla fit`` (``--data.root``, a CPU-scale config, ...), from
+    its ``runner.json``; ``None`` where no runner recorded it, or the command is not the grid's."""
+    attempt = finished_with(run.record)
+    if attempt is None:
+        return None
+    own = fit_command(experiment, run.protocol, run.method, run.seed, [], resume=False)[2:]
+    command = finished_command(attempt)
+    return command[len(own) :] if comparable(command[: len(own)]) == comparable(own) else None
+
+
 def collect(experiment: Experiment, runs: Optional[list[FinishedRun]] = None) -> list[dict[str, Any]]:
-    """One row per finished run (``runs``, else the grid's) and evaluation."""
+    """One row per finished run (``runs``, else the grid's) and evaluation; runs of other settings than their cell's
+    (:attr:`FinishedRun.problem`) are left out."""
     rows = []
     for run in finished_runs(experiment) if runs is None else runs:
+        if run.problem:
+            continue
+        given = fit_args_of(experiment, run)
         rows += summary_rows(
             run.summary,
             method=run.method,
@@ -113,21 +153,9 @@ def collect(experiment: Experiment, runs: Optional[list[FinishedRun]] = None) ->
             seed=run.seed,
             wall_s=run.record.get("wall_s"),
             run_dir=str(run.run_dir),
-            extra_args=command_line_arguments(experiment, run.protocol, run.method, run.seed, run.record),
+            extra_args=None if given is None else shlex.join(given),
         )
     return rows
-
-
-def command_line_arguments(
-    experiment: Experiment, protocol: str, method: str, seed: int, record: dict[str, Any]
-) -> Optional[str]:
-    """What the command line added to a finished cell's ``nla fit`` (``--data.root``, a CPU-scale config, ...), from
-    its ``runner.json`` (``record``); ``None`` where no runner recorded it."""
-    attempt = finished_with(record)
-    if attempt is None:
-        return None
-    command, own = finished_command(attempt), fit_command(experiment, protocol, method, seed, [], resume=False)[2:]
-    return " ".join(command[len(own) :]) if command[: len(own)] == own else None
 
 
 def given_on_command_line(rows: list[dict[str, Any]]) -> str:
@@ -147,15 +175,20 @@ def markdown_text(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def write_tables(experiment: Experiment, rows: list[dict[str, Any]], figures: Sequence[Path] = ()) -> tuple[Path, Path]:
+def write_tables(
+    experiment: Experiment,
+    rows: list[dict[str, Any]],
+    figures: Sequence[Path] = (),
+    stale: Sequence[FinishedRun] = (),
+) -> tuple[Path, Path]:
     """``results.csv`` (a row per run and evaluation) and ``results.md`` (the paper's layout), which shows ``figures``,
-    files beside it."""
+    files beside it, and lists the ``stale`` runs: finished in a cell with other settings, in no table."""
     root = experiment.root
     root.mkdir(parents=True, exist_ok=True)
     class_names = list(dict.fromkeys(name for r in rows for name in r["class_acc"]))  # every protocol's classes
     averaged = sorted({len(r["epoch"]) for r in rows if r["evaluation"] == "mean_last"})
     csv_path = root / "results.csv"
-    with open(csv_path, "w", newline="") as handle:
+    with io.StringIO(newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(
             [
@@ -192,6 +225,8 @@ def write_tables(experiment: Experiment, rows: list[dict[str, Any]], figures: Se
                 ]
             )
 
+        write_text_atomic(csv_path, handle.getvalue())
+
     def values(
         method: str, protocol: str, evaluation: str, key: str, name: Optional[str] = None
     ) -> list[Optional[float]]:  # key: acc, mean_acc, or class_acc and noise by name
@@ -211,6 +246,14 @@ def write_tables(experiment: Experiment, rows: list[dict[str, Any]], figures: Se
         "as FER papers do).",
         "",
     ]
+    if stale:
+        lines += [
+            f"{len(stale)} finished run(s) are in no table: their settings are not those the grid gives the cell now "
+            "(move each folder aside, and the grid runs the cell again):",
+            "",
+            *[f"- {markdown_text(f'{r.method} / {r.protocol} / seed {r.seed}')}: {r.problem}" for r in stale],
+            "",
+        ]
     if figures:
         lines += [
             "Curves against the epoch, per protocol (line: mean over the seeds; band: lowest to highest seed; every "
@@ -287,5 +330,5 @@ def write_tables(experiment: Experiment, rows: list[dict[str, Any]], figures: Se
     if times:
         lines += [f"Wall time per run: {min(times) / 60:.1f}-{max(times) / 60:.1f} min ({len(times)} runs).", ""]
     markdown_path = root / "results.md"
-    markdown_path.write_text("\n".join(lines))
+    write_text_atomic(markdown_path, "\n".join(lines))
     return markdown_path, csv_path

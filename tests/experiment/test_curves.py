@@ -9,6 +9,7 @@ from nla.cli import main
 from nla.experiment import Experiment, finished_runs
 from nla.experiment.curves import protocol_figure
 from nla.records import Evaluation, NoiseRecord, RunSummary
+from tests.helpers import finish_by_hand
 
 
 def evaluation(epoch: int, right: int) -> Evaluation:
@@ -33,10 +34,9 @@ def grid(tmp_path) -> Experiment:
         history = [evaluation(epoch, r) for epoch, r in enumerate(right)]
         label_noise = [noise(epoch, 0.2 * (epoch + 1) + 0.1 * seed) for epoch in range(3)]
         # seed 1 of CE from an nla that recorded no label noise
-        RunSummary(history, label_noise=label_noise if seed == 0 else []).write(
-            experiment.run_dir(protocol, method, seed)
-        )
-    RunSummary([evaluation(0, 4)]).write(experiment.run_dir("clean", "CE", 0))
+        summary = RunSummary(history, label_noise=label_noise if seed == 0 else [])
+        finish_by_hand(experiment, protocol, method, seed, summary=summary)
+    finish_by_hand(experiment, "clean", "CE", 0, summary=RunSummary([evaluation(0, 4)]))
     return experiment
 
 

@@ -14,6 +14,7 @@ from nla.experiment import Experiment, ExperimentError, collect, write_tables
 from nla.records import Evaluation, RunSummary
 from nla.rundir import RunLock
 from tests.experiment.test_runner import write_experiment
+from tests.helpers import finish_by_hand, says
 
 
 def rewrite(path, change) -> str:
@@ -100,28 +101,11 @@ def test_a_cell_a_fit_is_running_in_is_left_alone(tmp_path, rafdb_root, capsys, 
 def test_the_tables_say_how_many_of_the_listed_cells_they_hold(tmp_path, rafdb_root):
     config = rewrite(write_experiment(tmp_path, rafdb_root), lambda spec: spec.update(seeds=[0, 1]))
     experiment = Experiment.load(config)
-    run_dir = experiment.run_dir("clean", "CE", 0)
-    run_dir.mkdir(parents=True)
-    record = Evaluation.from_confusion([[1, 1], [0, 2]], ["a", "b"], epoch=0)  # 75% overall, 75% mean
-    RunSummary([record]).write(run_dir)
+    finish_by_hand(experiment, "clean", "CE", 0)  # 75% overall, 75% mean
     markdown, _ = write_tables(experiment, collect(experiment))
     text = markdown.read_text()
     assert "1 of the 8 cells finished" in text
     assert "| CE | 75.00 (1 of 2 seeds) | 75.00 (1 of 2 seeds) |" in text
-
-
-def finish_by_hand(experiment, protocol, method, seed, extra=(), acc_matrix=((1, 1), (0, 2))):
-    """A finished cell as the runner leaves it: its summary, and runner.json's attempt with the command it ran."""
-    from nla.experiment import fit_command
-    from nla.experiment.runner import config_digests
-
-    run_dir = experiment.run_dir(protocol, method, seed)
-    run_dir.mkdir(parents=True)
-    RunSummary([Evaluation.from_confusion([list(r) for r in acc_matrix], ["a", "b"], epoch=0)]).write(run_dir)
-    command = fit_command(experiment, protocol, method, seed, list(extra), resume=False)
-    attempt = {"command": command[2:], "configs": config_digests(command), "started": 0.0, "wall_s": 60.0}
-    (run_dir / "runner.json").write_text(json.dumps({"attempts": [{**attempt, "exit_code": 0}]}))
-    return run_dir
 
 
 def test_a_finished_cell_the_grid_would_now_run_otherwise_stops_the_grid(tmp_path, rafdb_root, capsys):
@@ -140,7 +124,7 @@ def test_a_finished_cell_the_grid_would_now_run_otherwise_stops_the_grid(tmp_pat
     err = capsys.readouterr().err.strip()
     assert stopped.value.code == 1 and len(err.splitlines()) == 1
     assert f"CE / clean / seed 0 finished in {done} with other settings" in err
-    assert "`(nothing)` is now `--trainer.max_epochs 4`" in err and "nothing was run" in err
+    assert "`--trainer.max_epochs 4` is given now" in err and "nothing was run" in err
     assert cells() == before  # no cell started or moved
 
     rewrite(config, lambda spec: spec["protocols"].update({"clean": [spec["protocols"]["noise 20%"][0]]}))
@@ -209,19 +193,39 @@ def test_the_tables_are_the_whole_grid_whatever_part_of_it_runs(tmp_path, rafdb_
     assert "--methods is empty: name some of ['CE', 'NLA']" in capsys.readouterr().err
 
 
-def test_the_tables_say_what_the_command_line_added_and_title_what_they_average(tmp_path, rafdb_root):
+def test_the_tables_hold_the_runs_of_one_command_line_and_title_what_they_average(tmp_path, rafdb_root, capsys):
+    """A table averaged runs made with different command lines, and counted a fit made by hand in a cell's folder."""
     config = write_experiment(tmp_path, rafdb_root)
     experiment = Experiment.load(config)
-    finish_by_hand(experiment, "clean", "CE", 0, extra=["--data.root", "/data/raf"])
-    finish_by_hand(experiment, "clean", "NLA", 0, extra=["--data.root", "/data/raf", "--config", "cpu.yaml"])
-    run_dir = experiment.run_dir("noise 20%", "CE", 0)
+    raf = ["--data.root", "/data/raf"]
+    finish_by_hand(experiment, "clean", "CE", 0, extra=raf)
+    finish_by_hand(experiment, "clean", "NLA", 0, extra=[*raf, "--config", "cpu.yaml"])
     records = [Evaluation.from_confusion([[1, 0, 0], [0, 1, 0], [0, 0, 1]], ["a", "b", "c"], epoch=k) for k in range(6)]
-    RunSummary(records, last_k=5).write(run_dir)  # by hand, no runner.json; a class the others lack
+    finish_by_hand(experiment, "noise 20%", "CE", 0, extra=raf, summary=RunSummary(records, last_k=5))
+    (experiment.run_dir("noise 20%", "CE", 0) / "runner.json").unlink()  # a fit made by hand
+    with pytest.raises(SystemExit):
+        main(["experiment", config, "--tables_only"])
+    says(capsys.readouterr().err, "were made with different command lines", "`--data.root /data/raf`")
+    main(["experiment", config, "--tables_only", *raf])
+    text = (experiment.root / "results.md").read_text()
+    assert "on the command line: `--data.root /data/raf`" in text and "1 of the 4 cells finished" in text
+    assert "2 finished run(s) are in no table" in text
+    assert "- NLA / clean / seed 0: `--config cpu.yaml` is not given now" in text
+    assert "- CE / noise 20% / seed 0: no attempt of the grid's runner finished it" in text
+    assert "| CE | 75.00 | 75.00 | — | — |" in text and "| NLA | — | — |" in text
+    err = capsys.readouterr().err
+    assert "[stale]   NLA / clean / seed 0: in no table" in err
+
+
+def test_the_tables_title_what_they_average_and_escape_names(tmp_path, rafdb_root):
+    config = write_experiment(tmp_path, rafdb_root)
+    experiment = Experiment.load(config)
+    finish_by_hand(experiment, "clean", "CE", 0)
+    records = [Evaluation.from_confusion([[1, 0, 0], [0, 1, 0], [0, 0, 1]], ["a", "b", "c"], epoch=k) for k in range(6)]
+    finish_by_hand(experiment, "noise 20%", "CE", 0, summary=RunSummary(records, last_k=5))  # a class the others lack
     experiment.methods["A|B"] = experiment.methods.pop("NLA")  # a name with the table's separator in it
     markdown, table = write_tables(experiment, collect(Experiment.load(config)))
     text = markdown.read_text()
-    assert "the runs' command lines differ: `--data.root /data/raf` (1 runs)" in text
-    assert "`--data.root /data/raf --config cpu.yaml` (1 runs), (not recorded: 1 runs)" in text
     assert "mean of the last 1 or 5 epochs" in text and "| A\\|B |" in text
     assert "| method | a | b | c |" in text  # every run's classes, not the first run's
     header = table.read_text().splitlines()[0].split(",")

@@ -14,6 +14,7 @@ import yaml
 from nla.cli import main
 from nla.experiment import Experiment, ExperimentError
 from tests.conftest import CONFIGS, QUICK
+from tests.helpers import finish_by_hand
 
 GRID_SETTINGS = "--trainer.max_epochs 2 --trainer.limit_train_batches 2 --data.protocol.noise_source generate"
 
@@ -256,7 +257,7 @@ def test_the_tables_read_any_last_k(tmp_path):
     (tmp_path / "k3.yaml").write_text(yaml.safe_dump(spec))
     experiment = Experiment.load(tmp_path / "k3.yaml")
     records = [Evaluation(a, a, {"x": a}, {"x": 1}, [[1]], 1, epoch=k) for k, a in enumerate([0.1, 0.2, 0.4, 0.6])]
-    RunSummary(records, last_k=3).write(experiment.run_dir("clean", "CE", 0))
+    finish_by_hand(experiment, "clean", "CE", 0, summary=RunSummary(records, last_k=3))
     rows = {r["evaluation"]: r for r in collect(experiment)}
     assert rows["mean_last"]["acc"] == pytest.approx((0.2 + 0.4 + 0.6) / 3) and rows["mean_last"]["epoch"] == [1, 2, 3]
     markdown, _ = write_tables(experiment, list(rows.values()))
