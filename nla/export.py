@@ -76,11 +76,13 @@ def export(ckpt_path: str | Path, output: str | Path, fmt: str = "onnx", image_s
     if image_size is not None:
         check_image_size(image_size, "--image_size")
     output = Path(output)
-    named = next((other for other, suffix in FORMATS.items() if output.suffix == suffix), fmt)
-    if named != fmt:
+    named = next((other for other, suffix in FORMATS.items() if output.suffix == suffix), None)
+    if named not in (fmt, None):
         raise UserError(
             f"{output} is named as {named} but the format is {fmt}; name it {FORMATS[fmt]} or pass --format {named}"
         )
+    if named is None and not output.is_dir():  # m.txt: a reader would not know what it holds
+        raise UserError(f"--output {output}: {fmt} files end in {FORMATS[fmt]}; name it {output.stem}{FORMATS[fmt]}")
     if output.is_dir():
         raise UserError(
             f"--output {output} is a folder; give the file to write, e.g. {output / ('model' + FORMATS[fmt])}"

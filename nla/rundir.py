@@ -192,8 +192,14 @@ def fresh_folder(root: Path, name: str) -> Path:
 #: Settings a resumed fit may not change, by group: they define the model, the training data or the input. A
 #: dataset's own arguments (its layout, its classes, its label files) are fixed too: see :func:`check_resume`.
 FIXED_ON_RESUME = {
-    "model": ("backbone", "backbone_args"),
+    "model": ("backbone", "backbone_args", "step_graph"),
     "data": ("protocol", "holdout", "preprocessing", "val_split"),
+}
+
+#: Why a setting of :data:`FIXED_ON_RESUME` is fixed, where it is not what the model or its data are.
+FIXED_BECAUSE = {
+    "model.step_graph": "Lightning counts the steps of the graph step and of the eager loop apart, and a switched run "
+    "would count from 0 again (max_steps, the logs)",
 }
 
 #: Model settings that only say how the weights start: a resumed run takes its weights from its checkpoint.
@@ -227,10 +233,11 @@ def check_resume(checkpoint: dict[str, Any], config: Namespace, dataset_argument
         if group == "model" and name in START_SETTINGS:
             continue
         if name.split(".")[0] in fixed[group]:
+            kept = f"a resumed run keeps its {'model' if group == 'model' else 'training data and input'}"
             raise RunDirectoryError(
-                f"cannot resume {root!r} with {key}={value!r}: the run was trained with {old[key]!r}, and a "
-                f"resumed run keeps its {'model' if group == 'model' else 'training data and input'}; start a new "
-                "run with another --trainer.default_root_dir"
+                f"cannot resume {root!r} with {key}={value!r}: the run was trained with {old[key]!r}, and "
+                f"{FIXED_BECAUSE.get(key, kept)}; resume with {old[key]!r}, or start a new run with another "
+                "--trainer.default_root_dir"
             )
         changed.append(f"{key} {old[key]!r} -> {value!r}")
     if not changed:

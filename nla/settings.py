@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import os
 from typing import Any
 
 from jsonargparse import Namespace
@@ -51,3 +52,20 @@ def same(a: Any, b: Any) -> bool:
         except (TypeError, ValueError):
             return False
     return a == b
+
+
+def expand_home(value: Any) -> Any:
+    """Every setting that names a place under a home folder (``~/runs``, ``~user/data``), expanded: once, where a
+    command's settings are parsed, so that a run, its lock, its loggers and the files it reads agree on one folder.
+    No other setting begins with ``~``. Namespaces are changed in place; the value is returned."""
+    if isinstance(value, str) and value.startswith("~"):
+        return os.path.expanduser(value)
+    if isinstance(value, Namespace):
+        for key, inner in value.items():
+            value[key] = expand_home(inner)
+        return value
+    if isinstance(value, list):
+        return [expand_home(inner) for inner in value]
+    if isinstance(value, dict):
+        return {key: expand_home(inner) for key, inner in value.items()}
+    return value

@@ -11,7 +11,7 @@ import torch
 
 from nla.cli import main
 from nla.data import eval_transform, load_image
-from nla.export import export, load_checkpoint
+from nla.export import FORMATS, export, load_checkpoint
 from tests.conftest import NO_LOGGER, TINY
 from tests.fakes import synthetic_image, write_image_folder
 
@@ -65,8 +65,8 @@ def images(tmp_path):
 )
 def test_exported_model_matches_the_checkpoint(trained, images, tmp_path, fmt):
     _, ckpt = trained
-    path = export(ckpt, tmp_path / f"model.{fmt}", fmt)
-    meta = json.loads((tmp_path / f"model.{fmt}.json").read_text())
+    path = export(ckpt, (tmp_path / "model").with_suffix(FORMATS[fmt]), fmt)
+    meta = json.loads(path.with_name(path.name + ".json").read_text())
     assert meta["class_names"] == CLASSES and meta["image_size"] == 32 and len(meta["mean"]) == 3
     assert meta["resize"]["antialias"] is False and "INTER_LINEAR" in meta["resize"]["opencv"]
     if fmt == "onnx":
@@ -110,6 +110,10 @@ def test_export_through_the_cli_refuses_to_overwrite_and_bad_files(trained, tmp_
     for wrong, message in (
         (["--image_size", "0"], "--image_size 0 is too small"),  # was the training size, silently
         (["--format", "torchscript", "--output", str(tmp_path / "t.onnx")], "t.onnx is named as onnx but the format"),
+        (
+            ["--output", str(tmp_path / "m.txt")],
+            f"--output {tmp_path / 'm.txt'}: onnx files end in .onnx; name it m.onnx",
+        ),
         (["--output", str(tmp_path)], f"--output {tmp_path} is a folder; give the file to write"),  # "exists"
         (["--output", str(tmp_path / "m.pt" / "x.onnx")], f"{tmp_path / 'm.pt'} is a file"),  # after the export
     ):

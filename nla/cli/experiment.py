@@ -19,6 +19,7 @@ from nla.experiment import Experiment, ExperimentError, collect, finished_runs, 
 from nla.experiment.curves import draw_curves
 from nla.experiment.launchers import LauncherName
 from nla.experiment.runner import claim_folder
+from nla.settings import expand_home
 
 
 def build_parser() -> ArgumentParser:
@@ -109,6 +110,7 @@ def split_options(config: Namespace) -> tuple[Namespace, list[str]]:
 
 def run(config: Namespace) -> None:
     options, extra = split_options(config)
+    options = expand_home(options)
     try:
         experiment = Experiment.load(options.config)
         whole = copy.deepcopy(experiment)  # the tables are the file's grid, whatever part of it runs now

@@ -16,6 +16,7 @@ from jsonargparse import ArgumentParser, Namespace
 from nla.errors import UserError
 from nla.export import FORMATS, Format, export
 from nla.preprocessing import EXPORT_CONTRACT
+from nla.settings import expand_home
 
 
 def build_parser() -> ArgumentParser:
@@ -43,4 +44,4 @@ def run(config: Namespace) -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-    run(build_parser().parse_args(list(argv[1:])))
+    run(expand_home(build_parser().parse_args(list(argv[1:]))))

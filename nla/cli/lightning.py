@@ -43,7 +43,7 @@ from nla.errors import UserError, check_seed, read_yaml
 from nla.loggers import without_wandb
 from nla.module import NLAModule
 from nla.rundir import RunLock, default_run_dir, fresh_folder, name_loggers, resolve_checkpoint
-from nla.settings import import_class, plain, same
+from nla.settings import expand_home, import_class, plain, same
 from nla.step_graph import trainer_conflicts
 
 DEFAULTS = Path(__file__).resolve().parents[1] / "defaults.yaml"
@@ -171,7 +171,7 @@ class NLACLI(LightningCLI):
             if path.is_file():
                 read_yaml(path)  # jsonargparse's message names neither the file nor, often, the line
         if given and given[0] in EVALUATION_COMMANDS and not names_data(given):
-            ckpt = command_line.option(given, "--ckpt_path")
+            ckpt = expand_home(command_line.option(given, "--ckpt_path"))
             if ckpt:
                 root = Path(command_line.option(given, "--trainer.default_root_dir") or ".")
                 checkpoint = self._load_checkpoint(resolve_checkpoint(ckpt, root))
@@ -184,6 +184,7 @@ class NLACLI(LightningCLI):
             self.config = parser.parse_args(args if args is not None else given)
         else:
             super().parse_arguments(parser, args)
+        self.config = expand_home(self.config)
         subcommand = self.config.get("subcommand")
         seed = self.config[subcommand].get("seed_everything") if subcommand else None
         if isinstance(seed, int) and not isinstance(seed, bool):

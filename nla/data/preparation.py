@@ -7,6 +7,7 @@ through the narrow :class:`SplitSource` (which each dataset's DataModule is) and
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +90,12 @@ class SplitPreparation:
         if self.holdout.active:
             return self.holdout
         if stage in ("fit", None) and not self.source.has_split("test"):
-            return HoldOut(val_fraction=DEFAULT_HOLDOUT, seed=self.holdout.seed)
+            return dataclasses.replace(self.holdout, val_fraction=DEFAULT_HOLDOUT)  # its group_pattern and seed
+        if self.holdout.group_pattern is not None and self.source.has_split("test"):  # it groups a hold-out; none here
+            raise DataError(
+                f"--data.holdout.group_pattern {self.holdout.group_pattern!r} keeps images together in a hold-out, "
+                "and this data has a split of its own: give --data.holdout.val_fraction or num_folds too, or leave it"
+            )
         return None
 
     def val_split(self, asked: Split, stage: Optional[str]) -> Split:

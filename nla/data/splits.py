@@ -39,6 +39,13 @@ class HoldOut:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.num_folds is not None and self.val_fraction is not None:
+            raise DataError(
+                f"holdout num_folds {self.num_folds} and val_fraction {self.val_fraction}: a fold is held out, or a "
+                "share; give one of them"
+            )
+        if self.num_folds is None and self.fold != 0:
+            raise DataError(f"holdout fold {self.fold} is a fold of num_folds; give --data.holdout.num_folds too")
         if self.num_folds is not None:
             if self.num_folds < 2:
                 raise DataError(f"num_folds {self.num_folds} must be at least 2")

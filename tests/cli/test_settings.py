@@ -66,3 +66,25 @@ def test_imagenet_weights_offline_stop_the_run_before_the_data_is_read(rafdb_roo
     err = fails([*fit_args(rafdb_root, tmp_path / "run"), "--model.pretrained", "imagenet"], capsys)
     says(err, "--model.pretrained imagenet: timm could not fetch test_resnet's weights", "HF_HUB_OFFLINE")
     starts.imagenet_weights.cache_clear()
+
+
+def test_a_path_under_the_home_folder_is_one_folder_for_every_part_of_a_run(rafdb_root, tmp_path, monkeypatch):
+    """--trainer.default_root_dir '~/runs/t': the run went under the home folder, its lock into a literal ./~/runs/t."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    cli = run_cli(fit_args(rafdb_root, "~/runs/t"))
+    run = tmp_path / "home" / "runs" / "t"
+    assert (run / "summary.json").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    assert cli.trainer.default_root_dir == str(run) and not (tmp_path / "~").exists()
+    test = run_cli(["test", "--ckpt_path", "~/runs/t/checkpoints/last.ckpt", "--trainer.logger", "false"])
+    assert test.trainer.default_root_dir == str(run / "test")
+
+
+def test_a_resume_that_switches_the_graph_step_is_refused(rafdb_root, tmp_path, capsys):
+    """Lightning counts the graph step's optimiser steps apart from the eager loop's: a switched resume counted from
+    0 again and overshot max_steps (or stopped short, switched back)."""
+    run = tmp_path / "run"
+    run_cli(fit_args(rafdb_root, run))
+    graph = ["--model.step_graph", "true", "--model.compile_backend", "eager", "--ckpt_path", "last"]
+    err = fails([*fit_args(rafdb_root, run, epochs=2), *graph], capsys)
+    says(err, f"cannot resume {str(run)!r} with model.step_graph=True: the run was trained with False", "max_steps")

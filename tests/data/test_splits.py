@@ -49,3 +49,28 @@ def test_bad_hold_out_settings_are_one_line():
         HoldOut(val_fraction=0.2, group_pattern="(")
     with pytest.raises(DataError, match=r"list:1: file name 'S000_000.png' does not match group_pattern 'subject"):
         HoldOut(val_fraction=0.2, group_pattern=r"subject\d+").split(samples())
+
+
+def test_hold_out_settings_that_would_be_dropped_are_refused():
+    """fold without num_folds, and num_folds beside val_fraction, were dropped without a word."""
+    with pytest.raises(DataError, match="holdout fold 2 is a fold of num_folds; give --data.holdout.num_folds too"):
+        HoldOut(fold=2)
+    with pytest.raises(DataError, match="num_folds 5 and val_fraction 0.2: a fold is held out, or a share"):
+        HoldOut(num_folds=5, val_fraction=0.2)
+
+
+def test_a_group_pattern_alone_groups_the_default_hold_out_or_is_refused(tmp_path):
+    """--data.holdout.group_pattern given alone was ignored: subjects on both sides of a folder's 20% hold-out."""
+    from nla.data import ImageFolderDataModule, RAFDBDataModule
+    from tests.fakes import write_image_folder
+
+    root = write_image_folder(tmp_path / "ck", per_class=10, size=16, splits=("",))
+    for path in sorted(root.rglob("*.png")):  # CK+-style names: the subject first
+        path.rename(path.with_name(f"S{int(path.stem) % 5:03d}_{path.stem}.png"))
+    data = ImageFolderDataModule(str(root), holdout=HoldOut(group_pattern=r"S(\d+)_"), num_workers=0)
+    data.setup("fit")
+    subjects = {split: {p.split("/")[-1][:4] for p in data.splits[split].paths} for split in ("train", "valid")}
+    assert subjects["valid"] and not subjects["train"] & subjects["valid"]
+    rafdb = RAFDBDataModule(str(tmp_path), holdout=HoldOut(group_pattern=r"(\d+)"), num_workers=0)
+    with pytest.raises(DataError, match="keeps images together in a hold-out, and this data has a split of its own"):
+        rafdb.preparation.effective_holdout("fit")
