@@ -7,6 +7,7 @@ labels)`` pair or images alone, as any DataModule gives them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any, Optional, TypedDict
 
@@ -164,9 +165,26 @@ def training_views(batch: Any, mirrored: bool) -> tuple[Tensor, Tensor]:
 
 
 def unpack(batch: Any) -> tuple[Tensor, Optional[Tensor]]:
-    """``(images, labels)`` of a :class:`FaceBatch`, an ``(images, labels)`` pair or images alone (labels ``None``)."""
+    """``(images, labels)`` of a :class:`FaceBatch`, an ``(images, labels)`` pair, a mapping with ``image`` and
+    ``label`` (or ``images`` and ``labels``), or images alone (labels ``None``)."""
     if isinstance(batch, FaceBatch):
         return batch.image, batch.label
     if isinstance(batch, Tensor):
         return batch, None
+    if isinstance(batch, Mapping):
+        images = next((batch[key] for key in ("image", "images") if key in batch), None)
+        if images is None:
+            raise ValueError(f"a batch given as a mapping needs its images under 'image'; it has {sorted(batch)}")
+        return images, next((batch[key] for key in ("label", "labels") if key in batch), None)
     return batch[0], (batch[1] if len(batch) > 1 else None)
+
+
+def check_labels(labels: Tensor, num_classes: int, where: str) -> None:
+    """Refuse labels outside ``0..num_classes-1`` in one line (read where a step failed, not on every step: reading
+    them would make the host wait for the device)."""
+    outside = labels[(labels < 0) | (labels >= num_classes)]
+    if len(outside):
+        raise ValueError(
+            f"a {where} batch has label {int(outside[0])}; the model has {num_classes} classes, labels "
+            f"0..{num_classes - 1}"
+        )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, Optional
@@ -72,6 +73,13 @@ class CriterionConfig:
     def __post_init__(self) -> None:
         if isinstance(self.kernels, Mapping):  # from a checkpoint's plain-dict hyperparameters
             object.__setattr__(self, "kernels", losses.NAWKernels(**self.kernels))
+        hints = typing.get_type_hints(type(self))
+        for field in dataclasses.fields(self):  # a choice spelt wrong fails here, not at the first step
+            choices = typing.get_args(hints[field.name]) if typing.get_origin(hints[field.name]) is Literal else ()
+            if choices and getattr(self, field.name) not in choices:
+                raise ConfigError(
+                    f"criterion {field.name}={getattr(self, field.name)!r}: expected one of {', '.join(choices)}"
+                )
         for name in ("lam", "consistency_weight", "schedule_slope", "focal_gamma"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
@@ -147,6 +155,14 @@ class Criterion(nn.Module):
         """The CAM consistency needs the class activation maps of a linear classifier."""
         if self.config.consistency == "cam" and not isinstance(classifier, nn.Linear):
             raise ConfigError(f"consistency 'cam' needs a linear classifier; {backbone} has {classifier}")
+
+    def require_class_counts(self) -> None:
+        """The class-imbalance losses need the training class counts, and a criterion made without them has none."""
+        if self.needs_class_counts and self.class_counts.numel() == 0:
+            raise ConfigError(
+                f"loss {self.config.loss!r} needs the training class counts: Criterion(config, class_counts=...) or "
+                "criterion.set_class_counts(...) (NLAModule takes them from an nla DataModule)"
+            )
 
     def set_class_counts(self, counts: Sequence[int] | Tensor) -> None:
         counts = torch.as_tensor(counts, dtype=torch.long)
@@ -226,6 +242,7 @@ class Criterion(nn.Module):
         """The classification loss ``l`` of each sample, before the NAW weight (``log_probs``: ``log_softmax(logits)``
         where the caller has it)."""
         config = self.config
+        self.require_class_counts()
         return losses.classification_loss(
             logits,
             targets,

@@ -49,6 +49,10 @@ class NAWKernels:
 
     def __post_init__(self) -> None:
         for name in ("true_mean", "false_mean"):
+            value = getattr(self, name)
+            if not (isinstance(value, (list, tuple)) and len(value) == 2):
+                raise ConfigError(f"NAW kernel {name}={value!r} must be two finite numbers")
+            object.__setattr__(self, name, tuple(value))  # a list, as YAML and JSON give it, hashes as a tuple
             if not all(math.isfinite(value) for value in getattr(self, name)):
                 raise ConfigError(f"NAW kernel {name}={getattr(self, name)} must be two finite numbers")
         for name in ("true_major_std", "false_major_std", "true_scale"):

@@ -25,7 +25,7 @@ from nla.backbones.starts import (
     start_backbone,
 )
 from nla.backbones.weights import WeightsMismatchError, state_dict_mismatch
-from nla.batch import EpochOutputs, FaceBatch, StepOutput, training_views, unpack
+from nla.batch import EpochOutputs, FaceBatch, StepOutput, check_labels, training_views, unpack
 from nla.classes import LabelMap, match_classes
 from nla.criterion import Criterion, CriterionConfig, CriterionOutput, MechanismMeter
 from nla.data.samples import DataError
@@ -276,7 +276,11 @@ class NLAModule(LightningModule):
             parts = (output.classification, output.consistency)
             self.loss_watch.note(output.total, parts, self.current_epoch, self.global_step)
         else:
-            output = self.criterion_output(views, labels)
+            try:
+                output = self.criterion_output(views, labels)
+            except (RuntimeError, IndexError):  # an out-of-range label fails inside torch: say which, where it is one
+                check_labels(labels, len(self.class_names), "training")
+                raise
             parts = (output.classification, output.consistency)
             optimizers = self.trainer.optimizers if self._trainer is not None else []
             self.loss_watch.observe(output.total, parts, self.current_epoch, self.global_step, optimizers)
@@ -385,7 +389,11 @@ class NLAModule(LightningModule):
         images, labels = unpack(batch)
         if labels is None:
             raise ValueError(f"a {stage} batch needs labels")
-        logits, labels = self._require_confusion().update(stage, self(images).float(), labels)
+        try:
+            logits, labels = self._require_confusion().update(stage, self(images).float(), labels)
+        except (RuntimeError, IndexError):  # torchmetrics' message about a confusion matrix's shape
+            check_labels(labels, len(self.class_names), stage)
+            raise
         if len(labels):
             self.log(f"{stage}/loss", nn.functional.cross_entropy(logits, labels), batch_size=len(labels))
 

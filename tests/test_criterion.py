@@ -220,3 +220,20 @@ def test_losses_that_need_more_say_so():
         Criterion()(z, y, 0, 10)
     with pytest.raises(ValueError, match="needs the feature maps"):
         Criterion(CriterionConfig(consistency="cam"))(z, y, 0, 10, logits_mirror=z)
+
+
+def test_criterion_settings_a_library_user_gets_wrong_are_one_line():
+    """loss='cee' was accepted until the first step; kernels given as lists (as YAML gives them) did not hash;
+    balanced_softmax without class counts failed on a tensor size."""
+    from nla.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="criterion loss='cee': expected one of ce, focal"):
+        CriterionConfig(loss="cee")
+    with pytest.raises(ConfigError, match="criterion consistency='JSD': expected one of none, jsd, l1, cam"):
+        CriterionConfig(consistency="JSD")
+    listed = CriterionConfig(kernels={"true_mean": [0.5, 0.5], "false_mean": [0.3, 0.15]}, consistency="none")
+    assert listed.kernels == losses.NAWKernels() and hash(listed.kernels) == hash(losses.NAWKernels())
+    logits, labels = torch.randn(4, 3), torch.tensor([0, 1, 2, 1])
+    assert torch.isfinite(Criterion(listed)(logits, labels, 0, 5).total)
+    with pytest.raises(ConfigError, match="loss 'balanced_softmax' needs the training class counts"):
+        Criterion(CriterionConfig(loss="balanced_softmax", consistency="none"))(logits, labels, 0, 5)

@@ -141,3 +141,22 @@ def test_the_backbone_waits_for_the_classes_and_weights_are_checked_for_finitene
 def test_bad_optimiser_settings_are_refused(bad, message):
     with pytest.raises(ValueError, match=message):
         NLAModule(backbone="test_resnet", **bad)
+
+
+def test_library_batches_and_labels_are_taken_or_refused_in_one_line():
+    """Dict batches raised KeyError 0; a label outside the classes, torch's or torchmetrics' message about shapes."""
+    nla = module()
+    images, labels = batch()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        as_dict = nla.training_step({"image": images, "label": labels}, 0)["loss"]
+        as_pair = nla.training_step((images, labels), 0)["loss"]
+        assert as_dict.item() == pytest.approx(as_pair.item())
+        with pytest.raises(ValueError, match=r"needs its images under 'image'; it has \['pixels'\]"):
+            nla.training_step({"pixels": images}, 0)
+        wrong = labels.clone()
+        wrong[3] = 9
+        with pytest.raises(ValueError, match="a training batch has label 9; the model has 7 classes, labels 0..6"):
+            nla.training_step((images, wrong), 0)
+        with pytest.raises(ValueError, match="a val batch has label 9; the model has 7 classes"):
+            nla.validation_step((images, wrong), 0)

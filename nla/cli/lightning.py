@@ -23,8 +23,6 @@ from typing import Any, Optional
 
 import torch
 from jsonargparse import Namespace
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
@@ -34,8 +32,9 @@ from nla.callbacks import RunConfigSaver
 from nla.cli import COMMANDS
 from nla.cli import args as command_line
 from nla.cli.args import config_files, names_data, names_logger, nested_nulls, yaml_number
+from nla.cli.callbacks import settle_callbacks
 from nla.cli.fit_run import prepare_fit, record_protocol_files
-from nla.cli.messages import EVALUATION_COMMANDS, needs_model_and_data
+from nla.cli.messages import EVALUATION_COMMANDS, needs_model_and_data, null_group
 from nla.cli.trainer import NLATrainer
 from nla.data.base import FERDataModule
 from nla.data.upgrade import upgrade_settings
@@ -71,13 +70,6 @@ def explicit_init_args(data: Namespace, data_class: type) -> dict[str, Any]:
         )
     values = plain(data.get("init_args") or Namespace())
     return {key: value for key, value in values.items() if key in defaults and not same(value, plain(defaults[key]))}
-
-
-def is_callback(callback: Any, kind: type) -> bool:
-    """Whether a trainer callback (a config entry or an object) is a ``kind``."""
-    if isinstance(callback, Namespace) and callback.get("class_path"):
-        return issubclass(import_class(callback.class_path), kind)
-    return isinstance(callback, kind)
 
 
 class NLACLI(LightningCLI):
@@ -186,6 +178,9 @@ class NLACLI(LightningCLI):
             super().parse_arguments(parser, args)
         self.config = expand_home(self.config)
         subcommand = self.config.get("subcommand")
+        null = null_group(self.config[subcommand], self._given_args) if subcommand else None
+        if null:
+            raise UserError(null)
         seed = self.config[subcommand].get("seed_everything") if subcommand else None
         if isinstance(seed, int) and not isinstance(seed, bool):
             check_seed(seed, "--seed_everything")
@@ -268,11 +263,9 @@ class NLACLI(LightningCLI):
         note = without_wandb(trainer, names_logger(self._given_args))
         if note and not launched_process():
             print(note, file=sys.stderr)
-        # nla's defaults add checkpoint callbacks and a progress bar, which Lightning refuses beside
-        # enable_checkpointing false and enable_progress_bar false
-        for setting, kind in (("enable_checkpointing", ModelCheckpoint), ("enable_progress_bar", ProgressBarBase)):
-            if trainer.get(setting) is False and trainer.callbacks:
-                trainer.callbacks = [c for c in trainer.callbacks if not is_callback(c, kind)]
+        note = settle_callbacks(trainer)
+        if note and not launched_process():
+            print(f"nla: {note}", file=sys.stderr)
         if subcommand == "fit" and config.model.get("step_graph"):  # before any data is read
             clip, accumulate = trainer.get("gradient_clip_val"), trainer.get("accumulate_grad_batches") or 1
             on_cuda = torch.cuda.is_available() and trainer.accelerator in ("auto", "gpu", "cuda")

@@ -215,13 +215,52 @@ def _unknown_option(message: str) -> Optional[tuple[str, Optional[str]]]:
     if group and refused:
         return f"{group.group(1)}.{refused.group(2)}", refused.group(1)
     nested = re.search(r"Problem with given class_path '([\w.]+)':\s+unrecognized arguments: --([\w.]+)", message)
-    if group and nested:  # --data.faces.bogus: the class that refused it is the type of the data class's `faces`
-        module, _, name = nested.group(1).rpartition(".")
+    in_group = re.search(
+        r"Problem with given class_path '([\w.]+)':\s+Group '(\w+)' does not accept option '(\w+)'", message
+    )
+    if group and in_group:  # --data.protocol '{noise_rat: 0.3}', or the same in a config file
+        owner, key = in_group.group(1), f"{in_group.group(2)}.{in_group.group(3)}"
+    elif group and nested:  # --data.faces.bogus: the class that refused it is the type of the data class's `faces`
+        owner, key = nested.group(1), nested.group(2)
+    else:
+        return None
+    module, _, name = owner.rpartition(".")
+    try:
+        data_class = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+    parts = key.split(".")
+    for depth in range(len(parts) - 1, -1, -1):  # the deepest class that exists along the key refused it
         try:
-            klass = parameter_type(getattr(importlib.import_module(module), name), nested.group(2).split(".")[:-1])
-        except (ImportError, AttributeError, NameError, StopIteration, TypeError, ValueError):
-            return None
-        return f"{group.group(1)}.{nested.group(2)}", f"{klass.__module__}.{klass.__qualname__}"
+            klass = parameter_type(data_class, parts[:depth])
+        except (NameError, StopIteration, TypeError, ValueError):
+            continue
+        shown = ".".join(parts[: depth + 1])
+        return f"{group.group(1)}.{shown}", f"{klass.__module__}.{klass.__qualname__}"
+    return None
+
+
+def null_group(config: Any, args: Sequence[str]) -> Optional[str]:
+    """``--data.<group> null`` (or ``<group>: null`` in a config file) for a group of a DataModule's settings: one
+    line, not a traceback from deep in the parser; a group's defaults are its fields', which null would not say."""
+    data = config.get("data") if hasattr(config, "get") else None
+    chosen = data.get("class_path") if data is not None and hasattr(data, "get") else None
+    if data is None or not chosen:
+        return None
+    module, _, name = chosen.rpartition(".")
+    try:
+        groups = getattr(getattr(importlib.import_module(module), name), "groups", {})
+    except (ImportError, AttributeError):
+        return None
+    init_args = data.get("init_args") or {}
+    for group, klass in groups.items():
+        if group in init_args and init_args[group] is None:
+            where = _config_line(args, f"data.{group}")
+            return (
+                f"{where + ': ' if where else ''}--data.{group} null: {group} is a group of settings "
+                f"({klass.__module__}.{klass.__qualname__}); give the ones to change (--data.{group}.<name>), or "
+                "leave it out for its defaults"
+            )
     return None
 
 

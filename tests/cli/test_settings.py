@@ -88,3 +88,18 @@ def test_a_resume_that_switches_the_graph_step_is_refused(rafdb_root, tmp_path, 
     graph = ["--model.step_graph", "true", "--model.compile_backend", "eager", "--ckpt_path", "last"]
     err = fails([*fit_args(rafdb_root, run, epochs=2), *graph], capsys)
     says(err, f"cannot resume {str(run)!r} with model.step_graph=True: the run was trained with False", "max_steps")
+
+
+def test_a_callbacks_list_in_a_config_keeps_what_every_run_writes(rafdb_root, tmp_path, capsys):
+    """trainer.callbacks in a YAML replaced nla's list: no last.ckpt, no summary.json, no figures, and no word."""
+    overlay = tmp_path / "callbacks.yaml"
+    overlay.write_text(
+        "trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.EarlyStopping\n"
+        "      init_args: {monitor: val/acc, mode: max}\n"
+    )
+    run = tmp_path / "run"
+    cli = run_cli([*fit_args(rafdb_root, run, figures=True), "--config", str(overlay)])
+    assert (run / "summary.json").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    assert [type(c).__name__ for c in cli.trainer.callbacks].count("EarlyStopping") == 1
+    err = capsys.readouterr().err
+    says(err, "trainer.callbacks replaces nla's callbacks", "last.ckpt, summary.json", "left out:", "NAWDiagnostics")
