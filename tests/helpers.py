@@ -189,3 +189,14 @@ def finish_by_hand(experiment, protocol, method, seed, extra=(), acc_matrix=((1,
     attempt = {"command": command[2:], "configs": config_digests(command), "started": 0.0, "wall_s": 60.0}
     (run_dir / "runner.json").write_text(json.dumps({"attempts": [{**attempt, "exit_code": 0}]}))
     return run_dir
+
+
+class CtrlC(Callback):
+    """Ctrl-C at the start of ``epoch``: Lightning's KeyboardInterrupt, as a user's."""
+
+    def __init__(self, epoch: int = 1) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise KeyboardInterrupt

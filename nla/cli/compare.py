@@ -36,7 +36,8 @@ def rows_of(run_dirs: list[str]) -> list[dict[str, Any]]:
         summary = RunSummary.read(summary_file)  # a file that is not a summary: ValueError naming it
         if not summary.epochs:
             raise FileNotFoundError(f"{summary_file}: records no validated epoch")
-        rows += summary_rows(summary, run=str(path), validated_on=validated_on(summary))
+        shown = str(path) if summary.finished else f"{path} (stopped after epoch {(summary.last.epoch or 0) + 1})"
+        rows += summary_rows(summary, run=shown, validated_on=validated_on(summary))
     return rows
 
 

@@ -12,7 +12,6 @@ a fresh sub-folder of the checkpoint's run.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import io
 import os
 import shutil
@@ -33,6 +32,7 @@ from nla.cli import COMMANDS
 from nla.cli import args as command_line
 from nla.cli.args import config_files, names_data, names_logger, nested_nulls, yaml_number
 from nla.cli.callbacks import settle_callbacks
+from nla.cli.evaluation import EvaluatedRun
 from nla.cli.fit_run import prepare_fit, record_protocol_files
 from nla.cli.messages import EVALUATION_COMMANDS, needs_model_and_data, null_group
 from nla.cli.trainer import NLATrainer
@@ -42,7 +42,7 @@ from nla.errors import UserError, check_seed, read_yaml
 from nla.loggers import without_wandb
 from nla.module import NLAModule
 from nla.rundir import RunLock, default_run_dir, fresh_folder, name_loggers, resolve_checkpoint
-from nla.settings import expand_home, import_class, plain, same
+from nla.settings import expand_home, import_class, same
 from nla.step_graph import trainer_conflicts
 
 DEFAULTS = Path(__file__).resolve().parents[1] / "defaults.yaml"
@@ -55,21 +55,6 @@ OUTPUT_ENV = "NLA_COMMAND_DIR"
 def launched_process() -> bool:
     """Whether this is a second (or later) process of a distributed run; the first one makes the decisions."""
     return any(int(os.environ.get(key, 0) or 0) for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
-
-
-def explicit_init_args(data: Namespace, data_class: type) -> dict[str, Any]:
-    """The init arguments of a DataModule config that differ from the class's defaults: those a user gave."""
-    defaults: dict[str, Any] = {}
-    for klass in reversed([k for k in data_class.__mro__ if issubclass(k, FERDataModule)]):
-        defaults.update(
-            {
-                name: p.default
-                for name, p in inspect.signature(klass).parameters.items()
-                if p.default is not inspect.Parameter.empty
-            }
-        )
-    values = plain(data.get("init_args") or Namespace())
-    return {key: value for key, value in values.items() if key in defaults and not same(value, plain(defaults[key]))}
 
 
 class NLACLI(LightningCLI):
@@ -281,8 +266,10 @@ class NLACLI(LightningCLI):
             chosen = data.get("class_path") if isinstance(data, Namespace) else None
             if self._checkpoint is None and (data is None or (chosen and import_class(chosen) is FERDataModule)):
                 raise UserError(needs_model_and_data(command_name(subcommand)))  # before a folder is made for it
-            if self._checkpoint is not None:  # the run's data and input, checked before a folder is made too
-                self._data_from_checkpoint(config)
+            if self._checkpoint is not None:  # the run's data, input and logger, checked before a folder is made
+                assert self._checkpoint_path is not None
+                evaluated = EvaluatedRun(self._checkpoint, self._checkpoint_path, self._data_from_run, self._given_args)
+                self.config = evaluated.settle(self.parser, self.config, subcommand, command_name(subcommand))
                 config = self.config[subcommand]
             if launched_process():
                 output = Path(os.environ.get(OUTPUT_ENV) or root)
@@ -293,46 +280,6 @@ class NLACLI(LightningCLI):
             config.trainer.default_root_dir = str(output)
         run = root if subcommand == "fit" else Path(config.trainer.default_root_dir)
         name_loggers(config.trainer, run, tuple(command_name(c) for c in EVALUATION_COMMANDS))
-
-    def _data_from_checkpoint(self, config: Namespace) -> None:
-        """Evaluate with the preprocessing the model was trained with; with no ``--data``, on the run's own data."""
-        assert self._checkpoint is not None
-        saved = dict(self._checkpoint.get("datamodule_hyper_parameters") or {})
-        class_path = saved.pop("_class_path", None)
-        saved = {key: value for key, value in saved.items() if not key.startswith("_")}
-        data = config.get("data")
-        chosen = data.get("class_path") if isinstance(data, Namespace) else None
-        if class_path and (chosen is None or self._data_from_run or import_class(chosen) is FERDataModule):
-            given = explicit_init_args(data, import_class(chosen)) if chosen else {}  # no dataset named: the run's own
-            recorded = saved.get("root")
-            if recorded and "root" not in given and not Path(recorded).is_dir():
-                relative = "" if Path(recorded).is_absolute() else ", a path relative to where it was trained"
-                raise UserError(
-                    f"{self._checkpoint_path} was trained on --data.root {recorded!r}{relative}, which is not a folder "
-                    "here: pass --data.root /path/to/the/dataset"
-                )
-            self.config = self.parser.parse_object(
-                {self.subcommand: {"data": {"class_path": class_path, "init_args": {**saved, **given}}}}, self.config
-            )
-            config = self.config[self.subcommand]
-        elif chosen is None:
-            raise UserError(
-                f"nla {command_name(self.subcommand or '')}: {self._checkpoint_path} does not say what data it was "
-                "trained on; "
-                "choose a dataset with --data (e.g. --data nla.data.ImageFolderDataModule --data.root DIR)"
-            )
-        if saved.get("preprocessing"):  # the input the model was trained with, whatever the data
-            given_input = config.data.init_args.get("preprocessing") or Namespace()
-            for key in command_line.given_under(self._given_args, "--data.preprocessing."):
-                if not same(given_input.get(key), saved["preprocessing"].get(key)):
-                    raise UserError(
-                        f"--data.preprocessing.{key} {given_input.get(key)!r}: the model in {self._checkpoint_path} "
-                        f"was trained with {key} {saved['preprocessing'].get(key)!r}, and is evaluated on that input; "
-                        "leave --data.preprocessing.* out"
-                    )
-            config.data.init_args.preprocessing = Namespace(
-                {k: tuple(v) if isinstance(v, list) else v for k, v in saved["preprocessing"].items()}
-            )
 
 
 def default_precision(accelerator: Any) -> str:

@@ -66,7 +66,7 @@ class NLATrainer(Trainer):
                 model's label for them (relabel); retrain with --data.protocol.train_label_file cleaned_labels.txt.
             suspects: Which images --write_labels drops or relabels: the ranking's first N, every image whose
                 prediction disagrees with its label (contradicted), or per class as many as confident learning
-                estimates, NAW's ranking choosing which (confident_learning; needs pip install 'nla[cleanlab]').
+                estimates, NAW's ranking choosing which (confident_learning; needs pip install cleanlab).
         """
         if not ckpt_path:
             raise UserError("nla label-issues needs a trained model: pass --ckpt_path")
@@ -74,8 +74,7 @@ class NLATrainer(Trainer):
             raise UserError("--suspects says which images --write_labels drops or relabels; give --write_labels too")
         if suspects == "confident_learning" and importlib.util.find_spec("cleanlab") is None:
             raise UserError(
-                "--suspects confident_learning counts with cleanlab, which is not installed: "
-                "pip install 'nla[cleanlab]'"
+                "--suspects confident_learning counts with cleanlab, which is not installed: pip install cleanlab"
             )
         found = ranking.run(self, model, datamodule, ckpt_path, top, write_labels, suspects)
         report(found)

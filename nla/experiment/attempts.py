@@ -40,8 +40,7 @@ def runner_record(run_dir: Path) -> dict[str, Any]:
     and marked interrupted."""
     path = run_dir / RUNNER_FILE
     record: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {"attempts": []}
-    summary = run_dir / RunSummary.FILENAME
-    finished_at = summary.stat().st_mtime if summary.is_file() else None
+    finished_at = finished_time(run_dir)
     for attempt in record["attempts"]:
         if attempt.get("wall_s") is not None:
             continue
@@ -55,6 +54,16 @@ def runner_record(run_dir: Path) -> dict[str, Any]:
         attempt["interrupted"] = True
     record["wall_s"] = total_wall_s(record["attempts"])
     return record
+
+
+def finished_time(run_dir: Path) -> Optional[float]:
+    """When the fit in ``run_dir`` wrote the summary of its last epoch; ``None`` where it has not (a stopped fit's
+    summary says so, and one that cannot be read is no finished run)."""
+    path = run_dir / RunSummary.FILENAME
+    try:
+        return path.stat().st_mtime if RunSummary.read(path).finished else None
+    except (OSError, ValueError):
+        return None
 
 
 def total_wall_s(attempts: list[dict[str, Any]]) -> Optional[float]:

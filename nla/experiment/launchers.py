@@ -123,9 +123,7 @@ class SubmititLauncher:
 
     def __init__(self, folder: Path, cluster: Literal["slurm", "local"], parameters: dict[str, Any]) -> None:
         if importlib.util.find_spec("submitit") is None:
-            raise UserError(
-                '--launcher slurm submits through submitit, which is not installed: pip install "nla[cluster]"'
-            )
+            raise UserError("--launcher slurm submits through submitit, which is not installed: pip install submitit")
         import submitit
 
         self.executor = submitit.AutoExecutor(folder=folder, cluster=cluster)

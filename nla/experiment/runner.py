@@ -33,8 +33,7 @@ from nla.rundir import RunDirectoryError, RunLock, free_path
 
 
 def cell_state(run_dir: Path) -> str:
-    if (run_dir / RunSummary.FILENAME).is_file():
-        read_summary(run_dir)  # a summary cut short by a kill is not a finished cell
+    if (run_dir / RunSummary.FILENAME).is_file() and read_summary(run_dir).finished:  # a stopped fit's is not done
         return "done"
     if (run_dir / "checkpoints" / "last.ckpt").is_file():
         return "resume"

@@ -104,8 +104,9 @@ def finished_runs(experiment: Experiment, fit_args: Optional[Sequence[str]] = No
     runs = []
     for protocol, method, seed in experiment.cells():
         run_dir = experiment.run_dir(protocol, method, seed)
-        if (run_dir / RunSummary.FILENAME).is_file():
-            runs.append(FinishedRun(protocol, method, seed, run_dir, read_summary(run_dir), runner_record(run_dir)))
+        summary = read_summary(run_dir) if (run_dir / RunSummary.FILENAME).is_file() else None
+        if summary is not None and summary.finished:
+            runs.append(FinishedRun(protocol, method, seed, run_dir, summary, runner_record(run_dir)))
     if fit_args is None:
         fit_args = shared_fit_args(experiment, runs)
     for run in runs:

@@ -22,14 +22,14 @@ def make_backend(name: Backend) -> Any:
     if name == "retinaface" or (name == "auto" and retinaface.available()):
         if not retinaface.available():
             raise ConfigError(
-                'face_detector retinaface needs onnxruntime: pip install "nla[faces]", or use face_detector haar'
+                "face_detector retinaface needs onnxruntime: pip install onnxruntime, or use face_detector haar"
             )
         return retinaface.RetinaFaceBackend()
     if name in ("auto", "haar"):
         if name == "auto":
             warnings.warn(
                 "onnxruntime is not installed, so faces are found with OpenCV's Haar cascades, which miss about one "
-                'face in five; pip install "nla[faces]" for RetinaFace',
+                "face in five; pip install onnxruntime for RetinaFace",
                 stacklevel=3,
             )
         return HaarBackend()

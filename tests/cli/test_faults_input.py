@@ -122,7 +122,7 @@ def test_label_issues_asks_for_cleanlab_before_ranking_with_its_counts(trained_r
     assert "give --write_labels too" in fails([*command, "--suspects", "confident_learning"], capsys)
     expected = "--suspects: expected a positive integer or one of 'contradicted', 'confident_learning'; got -3"
     assert expected in fails([*command, "--suspects", "-3", "--write_labels", "drop"], capsys)
-    message = "--suspects confident_learning counts with cleanlab, which is not installed: pip install 'nla[cleanlab]'"
+    message = "--suspects confident_learning counts with cleanlab, which is not installed: pip install cleanlab"
     assert message in fails([*command, "--suspects", "confident_learning", "--write_labels", "drop"], capsys)
     assert not (trained_run / "label-issues").exists()
 

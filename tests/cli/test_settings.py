@@ -1,11 +1,13 @@
 """Every setting means what it says: an option given one way is not read as another (an integer as a fraction, one
 start as another, a path as a literal folder, an option as nothing at all)."""
 
+import contextlib
 import os
 
 import pytest
 
 from nla.cli import main, run_cli
+from nla.records import RunSummary
 from tests.conftest import fit_args
 from tests.helpers import fails, says
 
@@ -103,3 +105,27 @@ def test_a_callbacks_list_in_a_config_keeps_what_every_run_writes(rafdb_root, tm
     assert [type(c).__name__ for c in cli.trainer.callbacks].count("EarlyStopping") == 1
     err = capsys.readouterr().err
     says(err, "trainer.callbacks replaces nla's callbacks", "last.ckpt, summary.json", "left out:", "NAWDiagnostics")
+
+
+def test_a_fit_stopped_by_ctrl_c_writes_the_summary_of_its_epochs(rafdb_root, tmp_path, capsys):
+    """A SIGINT'd fit wrote no summary.json: nla compare could not show it, though last.ckpt held its history."""
+    run = tmp_path / "run"
+    with contextlib.suppress(KeyboardInterrupt, SystemExit):
+        run_cli([*fit_args(rafdb_root, run, epochs=3), "--trainer.callbacks+=tests.helpers.CtrlC"])
+    summary = RunSummary.read(run)
+    assert not summary.finished and [r.epoch for r in summary.epochs] == [0]
+    capsys.readouterr()
+    main(["compare", str(run)])
+    assert f"| {run} (stopped after epoch 1) | last epoch | 1 |" in capsys.readouterr().out
+    from nla.experiment.runner import cell_state
+
+    assert cell_state(run) == "resume"  # a grid resumes it rather than counting it done
+
+
+def test_an_evaluation_of_a_run_without_a_logger_starts_none(rafdb_root, tmp_path):
+    """nla test started an offline W&B run for a training run made with --trainer.logger false."""
+    run = tmp_path / "run"
+    run_cli(fit_args(rafdb_root, run))  # tiny.yaml: --trainer.logger false
+    test = run_cli(["test", "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    assert test.trainer.loggers == [] and not list((run / "test").rglob("wandb"))
+    assert (run / "test" / "metrics.json").is_file()
