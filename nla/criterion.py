@@ -99,6 +99,11 @@ class CriterionConfig:
         """The config itself, or one built from the plain dict a checkpoint stores."""
         if isinstance(value, CriterionConfig):
             return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(
+                f"model.criterion {value!r}: the criterion is a group of settings; give the ones to change "
+                "(--model.criterion.<name>), or leave it out for NLA's"
+            )
         return cls(**dict(value))
 
     def to_dict(self) -> dict[str, Any]:
@@ -155,6 +160,26 @@ class Criterion(nn.Module):
         """The CAM consistency needs the class activation maps of a linear classifier."""
         if self.config.consistency == "cam" and not isinstance(classifier, nn.Linear):
             raise ConfigError(f"consistency 'cam' needs a linear classifier; {backbone} has {classifier}")
+
+    def take_class_counts(self, counts: Optional[Sequence[int]]) -> None:
+        """The training class counts a fit's data gives (``None``: it gives none), for the losses that need them."""
+        if not self.needs_class_counts:
+            return
+        if counts is None:
+            raise ConfigError(
+                f"loss {self.config.loss!r} needs class counts: pass class_counts or use an nla DataModule"
+            )
+        self.set_class_counts(counts)
+
+    def warmup_warning(self, max_epochs: Optional[int]) -> Optional[str]:
+        """A warning for a run that would never weight a sample by NAW, which it asks for; ``None`` otherwise."""
+        warmup = self.config.naw_warmup_epochs
+        if not self.config.naw or max_epochs is None or not 0 < max_epochs <= warmup:
+            return None
+        return (
+            f"--model.criterion.naw_warmup_epochs {warmup} is not below --trainer.max_epochs {max_epochs}: NAW never "
+            "starts in this run"
+        )
 
     def require_class_counts(self) -> None:
         """The class-imbalance losses need the training class counts, and a criterion made without them has none."""

@@ -7,8 +7,10 @@ Plain functions over one epoch's tensors (probabilities, given and true labels, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Optional
 
+import torch
 from torch import Tensor
 from torchmetrics.functional.classification import binary_auroc
 
@@ -60,13 +62,36 @@ class NoiseHistory:
         self.records: list[NoiseRecord] = []
         self.true_labels: Optional[Tensor] = None
 
-    def measure(self, epoch: int, outputs: Optional[dict[str, Tensor]]) -> Optional[NoiseRecord]:
-        """Measure ``epoch`` once, from its gathered training outputs (probabilities, labels, NAW weights, indices);
-        the new record, or ``None`` where there is nothing to measure or the epoch has its record already."""
-        if self.true_labels is None or outputs is None or any(r.epoch == epoch for r in self.records):
+    def know(self, datamodule: Any) -> Optional[str]:
+        """Take the true labels of a fit's training images from its DataModule (``true_labels``: where the protocol
+        flipped some); a note where the DataModule cannot say, ``None`` where it can."""
+        true = getattr(datamodule, "true_labels", None)
+        self.true_labels = None if true is None else torch.as_tensor(true, dtype=torch.long)
+        if datamodule is None or hasattr(datamodule, "true_labels"):
             return None
-        true = self.true_labels[outputs["index"]]
-        record = label_noise_record(epoch, outputs["probs"], outputs["labels"], true, outputs["weights"])
+        return (
+            f"{type(datamodule).__name__} does not say which training labels are flipped (true_labels): the "
+            "label-noise figures (memorised, corrected, noise AUROC) are left out"
+        )
+
+    def measure(
+        self, epoch: int, outputs: Callable[[], Optional[dict[str, Tensor]]], say: Callable[[str], Any] = print
+    ) -> Optional[NoiseRecord]:
+        """Measure ``epoch`` once, from ``outputs()``, its gathered training outputs (probabilities, labels, NAW
+        weights, indices); the new record, or ``None`` where there is nothing to measure or the epoch has its record
+        already. Batches that do not say which images they hold (``index``) can be measured by no epoch: ``say``
+        tells so, once."""
+        if self.true_labels is None or any(r.epoch == epoch for r in self.records):
+            return None
+        gathered = outputs()
+        if gathered is None:
+            return None
+        if "index" not in gathered:
+            say("the training batches do not say which images they hold (index): no label-noise figures")
+            self.true_labels = None
+            return None
+        true = self.true_labels[gathered["index"]]
+        record = label_noise_record(epoch, gathered["probs"], gathered["labels"], true, gathered["weights"])
         if record is not None:
             self.records.append(record)
         return record

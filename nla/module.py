@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Optional, Self
 
 import torch
-from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch import Tensor, nn
+from torch import Tensor
 
 from nla import losses
 from nla.backbones import DEFAULT_IGNORED_KEYS
@@ -18,27 +17,25 @@ from nla.backbones.starts import (
     InputSpec,
     Pretrained,
     Start,
-    backbone_input,
     check_start,
     is_restoring,
     restoring,
     start_backbone,
+    start_input,
 )
-from nla.backbones.weights import WeightsMismatchError, state_dict_mismatch
-from nla.batch import EpochOutputs, FaceBatch, StepOutput, check_labels, training_views, unpack
+from nla.batch import EpochOutputs, FaceBatch, StepOutput, check_labels, training_views
 from nla.classes import LabelMap, match_classes
 from nla.criterion import Criterion, CriterionConfig, CriterionOutput, MechanismMeter
 from nla.data.samples import DataError
 from nla.errors import ConfigError, check_positive_finite
-from nla.evaluation import StageConfusion
+from nla.evaluation import ClassifierEvaluation, StageConfusion
 from nla.memorisation import NoiseHistory
 from nla.nonfinite import LossWatch, check_finite_weights
 from nla.optimisation import adam_with_decay, apply_settings
-from nla.records import Evaluation
-from nla.step_graph import GraphStep, trainer_conflicts
+from nla.step_graph import GraphStep, trainer_conflict
 
 
-class NLAModule(LightningModule):
+class NLAModule(ClassifierEvaluation):
     """Facial expression recognition with NLA: NAW-weighted classification plus a mirror-consistency term.
 
     The default criterion is NLA as the authors' code runs it; every baseline of the paper is another
@@ -110,16 +107,12 @@ class NLAModule(LightningModule):
         criterion = CriterionConfig.coerce(criterion)
         self.hparams["criterion"] = criterion.to_dict()  # plain types: checkpoints load with weights_only=True
         self.criterion = Criterion(criterion, class_counts)
-        self.class_names: list[str] = []
         self.model: Any = None  # the timm backbone, once the classes are known
         self._forward = self.features_and_logits
-        self.validation_history: list[Evaluation] = []  # one record per validated epoch; part of the checkpoint
-        self.evaluations: dict[str, Evaluation] = {}  # the latest evaluation of each stage
         self._resumed_hparams: Optional[dict[str, Any]] = None
         self._epoch_lr: Optional[float] = None
         self.last_loss: Optional[Tensor] = None  # of the latest training step, on the device
         self.start = Start("random")  # what the backbone's weights started from, once built; in the checkpoint
-        self.confusion: Optional[StageConfusion] = None  # of the "val" and "test" stages, once the classes are known
         self.loss_watch = LossWatch()  # a non-finite loss, noted on the device
         self.mechanism = MechanismMeter()  # what the loss does, summed on the device and logged per epoch
         self.graph_step: Optional[GraphStep] = None  # the compiled training step, with --model.step_graph
@@ -166,11 +159,6 @@ class NLAModule(LightningModule):
             )
         return self.model
 
-    def _require_confusion(self) -> StageConfusion:
-        self._require_model()
-        assert self.confusion is not None  # built with the model
-        return self.confusion
-
     # --- forward -------------------------------------------------------------------------------
 
     def features_and_logits(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -190,7 +178,7 @@ class NLAModule(LightningModule):
     # --- setup: the data decides the classes ----------------------------------------------------
 
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self._trainer, "datamodule", None)
+        datamodule = getattr(self.attached_trainer(), "datamodule", None)
         data_classes = list(getattr(datamodule, "class_names", None) or [])
         if self.model is None:
             if not data_classes:
@@ -207,44 +195,30 @@ class NLAModule(LightningModule):
                 rank_zero_info(f"classes: {match.describe()}")
             self._require_confusion().label_map = LabelMap(match).to(self.device)
         if stage == "fit":
-            self._know_true_labels(datamodule)
-        if stage == "fit" and self.hparams["step_graph"]:
-            trainer = self.trainer
-            settings = (trainer.gradient_clip_val, trainer.accumulate_grad_batches, trainer.precision)
-            conflict = trainer_conflicts(*settings, world_size=trainer.world_size)
+            self._prepare_fit(datamodule)
+
+    def _prepare_fit(self, datamodule: Any) -> None:
+        """What a fit needs besides the classes: the true labels for the label-noise figures, the graph step's
+        trainer, NAW's warm-up against the epochs, the class counts of the class-imbalance losses."""
+        note = self.label_noise.know(datamodule)
+        if note:
+            rank_zero_info(note)
+        if self.hparams["step_graph"]:
+            conflict = trainer_conflict(self.trainer)
             if conflict:
                 raise ConfigError(conflict)
             self.automatic_optimization = False  # the graph step does the backward pass and Adam's update itself
-        warmup, epochs = self.criterion.config.naw_warmup_epochs, self.trainer.max_epochs
-        if stage == "fit" and self.criterion.config.naw and epochs is not None and 0 < epochs <= warmup:
-            rank_zero_warn(  # a run that would never weight a sample by NAW, which the user asked for
-                f"--model.criterion.naw_warmup_epochs {warmup} is not below --trainer.max_epochs "
-                f"{self.trainer.max_epochs}: NAW never starts in this run"
-            )
-        if stage == "fit" and self.criterion.needs_class_counts and self.hparams["class_counts"] is None:
-            counts = getattr(datamodule, "train_class_counts", None)
-            if counts is None:
-                raise ValueError(
-                    f"loss {self.criterion.config.loss!r} needs class counts: pass class_counts or use an nla "
-                    "DataModule"
-                )
-            self.criterion.set_class_counts(counts)
-
-    def _know_true_labels(self, datamodule: Any) -> None:
-        """The true labels of the training images, where the data knows them and the protocol flipped some: each
-        epoch then measures what training did with the flipped ones (:mod:`nla.memorisation`)."""
-        true = getattr(datamodule, "true_labels", None)
-        self.label_noise.true_labels = None if true is None else torch.as_tensor(true, dtype=torch.long)
-        if datamodule is not None and not hasattr(datamodule, "true_labels"):
-            rank_zero_info(
-                f"{type(datamodule).__name__} does not say which training labels are flipped (true_labels): the "
-                "label-noise figures (memorised, corrected, noise AUROC) are left out"
-            )
+        warning = self.criterion.warmup_warning(self.trainer.max_epochs)
+        if warning:
+            rank_zero_warn(warning)
+        if self.hparams["class_counts"] is None:
+            self.criterion.take_class_counts(getattr(datamodule, "train_class_counts", None))
 
     @property
     def schedule_epochs(self) -> int:
         """``E`` of the covariance scheduler: the criterion's, else the trainer's ``max_epochs``."""
-        return self.criterion.schedule_epochs(self.trainer.max_epochs if self._trainer is not None else None)
+        trainer = self.attached_trainer()
+        return self.criterion.schedule_epochs(trainer.max_epochs if trainer is not None else None)
 
     # --- training ------------------------------------------------------------------------------
 
@@ -283,7 +257,8 @@ class NLAModule(LightningModule):
                 check_labels(labels, len(self.class_names), "training")
                 raise
             parts = (output.classification, output.consistency)
-            optimizers = self.trainer.optimizers if self._trainer is not None else []
+            trainer = self.attached_trainer()
+            optimizers = trainer.optimizers if trainer is not None else []
             self.loss_watch.observe(output.total, parts, self.current_epoch, self.global_step, optimizers)
             self.mechanism.observe(self.criterion, output, labels, self._measure_gradient_norm())
         # The loss is logged every log_every_n_steps and per epoch (on_train_batch_end, on_train_epoch_end): a
@@ -311,19 +286,15 @@ class NLAModule(LightningModule):
     def _measure_label_noise(self) -> None:
         """The epoch's label-noise figures, once, as soon as its last training step is done (before the epoch's
         validation and checkpoint, which then hold them); logged under ``noise/``."""
-        outputs = self.epoch_training_outputs() if self.label_noise.true_labels is not None else None
-        if outputs is not None and "index" not in outputs:
-            rank_zero_info("the training batches do not say which images they hold: no label-noise figures")
-            self.label_noise.true_labels = None
-            return
-        record = self.label_noise.measure(self.current_epoch, outputs)
+        record = self.label_noise.measure(self.current_epoch, self.epoch_training_outputs, rank_zero_info)
         if record is not None:
             self.log_dict(record.logged(), on_step=False, on_epoch=True, batch_size=1)
 
     def _measure_gradient_norm(self) -> bool:
         """Whether this step measures the gradient through ``w`` (a second backward pass): every
         ``log_every_n_steps``-th step, not every step."""
-        every = max(1, self.trainer.log_every_n_steps) if self._trainer is not None else 1  # type: ignore[attr-defined]
+        trainer = self.attached_trainer()
+        every = max(1, trainer.log_every_n_steps) if trainer is not None else 1
         return self.global_step % every == 0
 
     # --- a non-finite loss or weights (nla.nonfinite) ------------------------------------------------
@@ -384,57 +355,11 @@ class NLAModule(LightningModule):
             schedule = self.criterion.schedule(self.current_epoch, self.schedule_epochs)
             self.graph_step.set_epoch(schedule, self._epoch_lr, self.current_epoch)
 
-    # --- evaluation ----------------------------------------------------------------------------
-
-    def _evaluation_step(self, batch: Any, stage: str) -> None:
-        images, labels = unpack(batch)
-        if labels is None:
-            raise ValueError(f"a {stage} batch needs labels")
-        try:
-            logits, labels = self._require_confusion().update(stage, self(images).float(), labels)
-        except (RuntimeError, IndexError):  # torchmetrics' message about a confusion matrix's shape
-            check_labels(labels, len(self.class_names), stage)
-            raise
-        if len(labels):
-            self.log(f"{stage}/loss", nn.functional.cross_entropy(logits, labels), batch_size=len(labels))
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._evaluation_step(batch, "val")
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._evaluation_step(batch, "test")
-
-    def _end_evaluation(self, stage: str) -> Evaluation:
-        reduce = lambda t: self.trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
-        record = self._require_confusion().take(stage, reduce, self.current_epoch if stage == "val" else None)
-        self.log_dict({f"{stage}/acc": record.acc, f"{stage}/mean_acc": record.mean_acc}, prog_bar=True)
-        per_class = {f"{stage}/acc_{name}": value for name, value in record.class_acc.items() if value is not None}
-        self.log_dict(per_class, sync_dist=False)  # torchmetrics already synced the counts
-        self.evaluations[stage] = record
-        return record
-
-    def on_validation_epoch_end(self) -> None:
-        record = self._end_evaluation("val")
-        if not self.trainer.sanity_checking and self.trainer.state.fn == "fit":
-            self.validation_history = [r for r in self.validation_history if r.epoch != record.epoch] + [record]
-
-    def on_test_epoch_end(self) -> None:
-        self._end_evaluation("test")
-
-    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
-        """Class probabilities of a batch, with the batch's other fields (a :class:`~nla.batch.MediaBatch`'s file,
-        frame and face), or of ``(images, labels)`` / images alone from any DataModule."""
-        images, labels = unpack(batch)
-        probs = self(images).float().softmax(dim=1).cpu()
-        if isinstance(batch, FaceBatch):
-            return {**batch.fields(), "probs": probs}
-        return {"probs": probs} if labels is None else {"probs": probs, "label": labels.cpu()}
-
     # --- checkpoints carry the classes and the history, so test and predict need no dataset -----------
 
     def input_spec(self) -> InputSpec:
         """The input the backbone and its start expect: size, smallest size, and the start's normalisation."""
-        return backbone_input(self.hparams["backbone"], self.hparams["pretrained"])
+        return start_input(self.hparams["backbone"], self.hparams["pretrained"], self.hparams["pretrained_weights"])
 
     @classmethod
     def load_from_checkpoint(cls, *args: Any, **kwargs: Any) -> Self:
@@ -444,25 +369,12 @@ class NLAModule(LightningModule):
         with restoring():
             return super().load_from_checkpoint(*args, **kwargs)
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
-        """torch's ``load_state_dict``; weights that do not fit this model (a checkpoint edited, or written for another
-        backbone) are one line that counts what does not fit, not torch's list of every tensor."""
-        try:
-            return super().load_state_dict(state_dict, strict=strict, assign=assign)
-        except RuntimeError as error:
-            if not str(error).startswith("Error(s) in loading state_dict"):
-                raise
-            raise WeightsMismatchError(
-                "the checkpoint's weights do not fit the model its settings describe (edited, or written for another "
-                f"model): {state_dict_mismatch(str(error))}"
-            ) from None
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self._trainer is not None and self.trainer.state.fn == "fit":
+        trainer = self.attached_trainer()
+        if trainer is not None and trainer.state.fn == "fit":
             self.loss_watch.check()  # whatever callback saves it, and however often
-        checkpoint["class_names"] = list(self.class_names)
+        super().on_save_checkpoint(checkpoint)
         checkpoint["start"] = self.start.to_dict()
-        checkpoint["validation_history"] = [r.to_dict() for r in self.validation_history]
         checkpoint["label_noise"] = self.label_noise.to_list()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -475,7 +387,7 @@ class NLAModule(LightningModule):
                 "checkpoint goes on with its own classes: start a new run from its weights with "
                 "--model.pretrained_weights"
             )
-        self.validation_history = [Evaluation.from_dict(r) for r in checkpoint.get("validation_history", [])]
+        super().on_load_checkpoint(checkpoint)
         self.label_noise.load(checkpoint.get("label_noise", []))
         if checkpoint.get("start"):
             self.start = Start(**checkpoint["start"])

@@ -27,7 +27,7 @@ from typing import Any, Optional
 from jsonargparse import Namespace
 
 from nla.errors import UserError
-from nla.settings import import_class, leaves, same
+from nla.settings import CLASS_PATH_KEY, import_class, leaves, same
 
 
 class RunDirectoryError(UserError, RuntimeError):
@@ -212,7 +212,7 @@ def check_resume(checkpoint: dict[str, Any], config: Namespace, dataset_argument
     ``None``. The input the run settled on when it started (from its start, its data or a measurement) is kept."""
     root = config.trainer.default_root_dir
     saved_data = dict(checkpoint.get("datamodule_hyper_parameters") or {})
-    old_class, new_class = saved_data.get("_class_path"), config.data.get("class_path")
+    old_class, new_class = saved_data.get(CLASS_PATH_KEY), config.data.get("class_path")
     if old_class and new_class and old_class != new_class:
         raise RunDirectoryError(
             f"cannot resume {root!r} with --data {new_class}: the run was trained on "

@@ -11,6 +11,11 @@ from typing import Any
 
 from jsonargparse import Namespace
 
+#: The keys LightningCLI adds to the hyperparameters a checkpoint saves of a model or DataModule it made: the class
+#: (``_class_path``) and how it was made (``_instantiator``); tests/cli/test_seams.py fails if Lightning renames them.
+CLASS_PATH_KEY = "_class_path"
+LIGHTNING_CLI_KEYS = (CLASS_PATH_KEY, "_instantiator")
+
 
 def import_class(class_path: str) -> Any:
     """The object ``package.module.Name`` names."""

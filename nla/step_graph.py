@@ -66,6 +66,12 @@ def trainer_conflicts(
     )
 
 
+def trainer_conflict(trainer: Any) -> Optional[str]:
+    """:func:`trainer_conflicts` of a Trainer: why it cannot run the graph step, or ``None``."""
+    settings = (trainer.gradient_clip_val, trainer.accumulate_grad_batches, trainer.precision)
+    return trainer_conflicts(*settings, world_size=trainer.world_size)
+
+
 class StepResult(NamedTuple):
     """What a step gives the loop: the criterion's output (copied out of the graph) and whether it updated."""
 

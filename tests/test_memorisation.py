@@ -68,9 +68,9 @@ def test_the_module_measures_its_own_training_steps():
     outputs = module.epoch_training_outputs()
     assert outputs["index"].tolist() == order.tolist()
     assert outputs["weights"].shape == (10,) and (outputs["weights"] > 0).all()  # the weights NAW would give
-    record = module.label_noise.measure(2, outputs)
+    record = module.label_noise.measure(2, lambda: outputs)
     assert (record.flipped, record.memorised, record.corrected, record.clean_fit) == (3, 1.0, 0.0, 1.0)
-    assert module.label_noise.measure(2, outputs) is None and len(module.label_noise.records) == 1
+    assert module.label_noise.measure(2, lambda: outputs) is None and len(module.label_noise.records) == 1
     module.epoch_outputs.reset()
     assert module.epoch_training_outputs() is None
 
@@ -78,12 +78,16 @@ def test_the_module_measures_its_own_training_steps():
 def test_noise_history_round_trips_through_a_checkpoint():
     history = NoiseHistory()
     history.true_labels = TRUE
-    history.measure(
-        0, {"probs": confident(GIVEN), "labels": GIVEN, "weights": torch.ones(10), "index": torch.arange(10)}
-    )
+    outputs = {"probs": confident(GIVEN), "labels": GIVEN, "weights": torch.ones(10), "index": torch.arange(10)}
+    assert history.measure(0, lambda: outputs) is not None
     restored = NoiseHistory()
     restored.load(json.loads(json.dumps(history.to_list())))
     assert restored.records == history.records
+    unindexed = NoiseHistory()
+    unindexed.true_labels, said = TRUE, []
+    assert unindexed.measure(0, lambda: {"probs": confident(GIVEN), "labels": GIVEN}, said.append) is None
+    assert said == ["the training batches do not say which images they hold (index): no label-noise figures"]
+    assert unindexed.true_labels is None  # said once: no later epoch tries again
 
 
 @pytest.mark.slow

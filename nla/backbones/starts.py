@@ -15,12 +15,14 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import timm
+import torch
 from torch import nn
 
 from nla.backbones import dlib_resnet
@@ -217,6 +219,37 @@ def imagenet_failure(backbone: str, weights: Optional[str], error: BaseException
         f"Hugging Face hub: on a machine that is online, run it once to fill the cache, or download {where} and pass "
         "the file with --model.pretrained_weights (HF_HUB_OFFLINE=1 stops at once where the cache lacks them)"
     )
+
+
+def start_input(backbone: str, pretrained: str = "none", weights: Optional[str] = None) -> InputSpec:
+    """The input a backbone and its start expect (:func:`backbone_input`); a start from an nla checkpoint
+    (``weights``) brings the normalisation that checkpoint's model was trained with, as a face or ImageNet start
+    brings its own: the weights were fitted to images scaled so."""
+    spec = backbone_input(backbone, pretrained)
+    trained = checkpoint_normalisation(weights) if pretrained == "none" and weights else None
+    return dataclasses.replace(spec, mean=trained[0], std=trained[1]) if trained else spec
+
+
+def checkpoint_normalisation(weights: str) -> Optional[tuple[RGB, RGB]]:
+    """The mean and std an nla checkpoint's model was trained with; ``None`` for another weights file."""
+    try:
+        found = os.stat(weights)
+    except OSError:
+        return None
+    return _recorded_normalisation(weights, found.st_size, found.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _recorded_normalisation(weights: str, size: int, mtime_ns: int) -> Optional[tuple[RGB, RGB]]:
+    try:
+        checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception:  # not a file torch reads safely: the weights loader says why, once
+        return None
+    recorded = checkpoint.get("datamodule_hyper_parameters") if isinstance(checkpoint, dict) else None
+    preprocessing = recorded.get("preprocessing") if isinstance(recorded, dict) else None
+    if not isinstance(preprocessing, dict) or preprocessing.get("mean") is None or preprocessing.get("std") is None:
+        return None
+    return tuple(preprocessing["mean"]), tuple(preprocessing["std"])
 
 
 def backbone_input(backbone: str, pretrained: str = "none") -> InputSpec:

@@ -16,7 +16,7 @@ from nla.cli import args as command_line
 from nla.data.base import FERDataModule
 from nla.errors import UserError
 from nla.rundir import run_of_checkpoint
-from nla.settings import import_class, plain, same
+from nla.settings import CLASS_PATH_KEY, import_class, plain, same
 
 
 def explicit_init_args(data: Namespace, data_class: type) -> dict[str, Any]:
@@ -54,7 +54,7 @@ class EvaluatedRun:
     def data(self, parser: Any, config: Namespace, subcommand: str, command: str) -> Namespace:
         """With no ``--data``, the run's own data (its root checked here), with what the command line gave."""
         saved = dict(self.checkpoint.get("datamodule_hyper_parameters") or {})
-        class_path = saved.pop("_class_path", None)
+        class_path = saved.pop(CLASS_PATH_KEY, None)
         saved = {key: value for key, value in saved.items() if not key.startswith("_")}
         data = config[subcommand].get("data")
         chosen = data.get("class_path") if isinstance(data, Namespace) else None

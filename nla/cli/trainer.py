@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import re
 import typing
 from typing import Any, Literal, Optional, Union
 
@@ -35,6 +36,27 @@ def integers_first(signature: inspect.Signature) -> inspect.Signature:
     )
 
 
+#: What nla does with a Trainer option where Lightning's docstring, which the help shows, says otherwise.
+NLA_HELP = {
+    "precision": "Precision: null (nla's default) is bf16-mixed on a GPU and 32-true on a CPU; or 32-true, "
+    "bf16-mixed, 16-mixed, ...",
+    "default_root_dir": "The run directory: a fit writes its config, checkpoints, summary, figures and logs here "
+    "(null: runs/<dataset>); validate, test and predict write into a fresh <command>[-n] folder inside it (null: the "
+    "checkpoint's run).",
+}
+
+
+def reworded(docstring: str, texts: dict[str, str]) -> str:
+    """``docstring`` (Google style) with the description of each parameter of ``texts`` replaced by its text."""
+    for name, text in texts.items():
+        found = list(re.finditer(rf"^(\s+){name}: .*?(?=\n\s*\n)", docstring, re.MULTILINE | re.DOTALL))
+        if len(found) != 1:
+            raise RuntimeError(f"Lightning's Trainer documents no parameter {name!r} any more: reword NLA_HELP")
+        start, end = found[0].span()
+        docstring = f"{docstring[:start]}{found[0].group(1)}{name}: {text}{docstring[end:]}"
+    return docstring
+
+
 class NLATrainer(Trainer):
     """Lightning's Trainer, and :meth:`label_issues`; its options as Lightning's (:func:`integers_first`)."""
 
@@ -42,9 +64,10 @@ class NLATrainer(Trainer):
         super().__init__(*args, **kwargs)
 
     # The parser reads a class's options from inspect.signature, which takes __signature__ where a function has one
-    # (PEP 362): Lightning's own, integers first; the help texts from Lightning's docstring.
+    # (PEP 362): Lightning's own, integers first; the help texts from Lightning's docstring, with nla's where they
+    # differ.
     __init__.__signature__ = integers_first(inspect.signature(Trainer.__init__))  # type: ignore[attr-defined]
-    __init__.__doc__ = Trainer.__init__.__doc__
+    __init__.__doc__ = reworded(Trainer.__init__.__doc__ or "", NLA_HELP)
 
     def label_issues(
         self,

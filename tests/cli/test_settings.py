@@ -129,3 +129,18 @@ def test_an_evaluation_of_a_run_without_a_logger_starts_none(rafdb_root, tmp_pat
     test = run_cli(["test", "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
     assert test.trainer.loggers == [] and not list((run / "test").rglob("wandb"))
     assert (run / "test" / "metrics.json").is_file()
+
+
+def test_a_start_from_an_nla_checkpoint_keeps_its_normalisation(rafdb_root, folder_root, tmp_path):
+    """--model.pretrained_weights from an nla checkpoint trained with other normalisation took the new data's."""
+    first = tmp_path / "folders"
+    folders = ["--data", "nla.data.ImageFolderDataModule", "--data.root", str(folder_root)]
+    run_cli([*fit_args(rafdb_root, first), *folders])
+    trained = RunSummary.read(first).input
+    second = tmp_path / "rafdb"
+    run_cli([*fit_args(rafdb_root, second), "--model.pretrained_weights", str(first / "checkpoints" / "last.ckpt")])
+    assert RunSummary.read(second).input["mean"] == pytest.approx(trained["mean"])
+    assert RunSummary.read(second).input["std"] == pytest.approx(trained["std"])
+    from nla.data import RAFDBDataModule
+
+    assert trained["mean"] != pytest.approx(list(RAFDBDataModule.dataset_mean))  # the new data's would differ

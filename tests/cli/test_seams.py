@@ -1,0 +1,37 @@
+"""Where nla relies on more of Lightning than its documented API, each in one place: these fail when the library
+changes under it, before a user meets the change."""
+
+import inspect
+import typing
+
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.cli import LightningCLI
+
+from nla.cli.lightning import NLACLI
+from nla.cli.trainer import NLA_HELP, NLATrainer
+from nla.settings import CLASS_PATH_KEY, LIGHTNING_CLI_KEYS
+
+
+def test_lightning_cli_still_reads_checkpoints_through_the_method_nla_replaces():
+    """LightningCLI reads --ckpt_path's model settings over the command line's in _parse_ckpt_path; nla replaces it
+    with its own reading. Renamed, Lightning's would run again, a resumed fit's settings too."""
+    source = inspect.getsource(LightningCLI.__init__)
+    assert source.index("self.parse_arguments(") < source.index("self._parse_ckpt_path()")
+    assert source.index("self._parse_ckpt_path()") < source.index("self.before_instantiate_classes()")
+    assert NLACLI._parse_ckpt_path is not LightningCLI._parse_ckpt_path
+
+
+def test_a_checkpoint_holds_the_keys_lightning_cli_adds_to_hyperparameters(trained_run):
+    checkpoint = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["datamodule_hyper_parameters"][CLASS_PATH_KEY] == "nla.data.RAFDBDataModule"
+    found = set(checkpoint["hyper_parameters"]) | set(checkpoint["datamodule_hyper_parameters"])
+    assert set(LIGHTNING_CLI_KEYS) <= found
+
+
+def test_nla_trainer_s_options_are_lightning_s_with_integers_first_and_nla_s_help():
+    ours, theirs = inspect.signature(NLATrainer), inspect.signature(Trainer)
+    assert list(ours.parameters) == list(theirs.parameters)  # the same options, nothing dropped
+    assert typing.get_args(ours.parameters["limit_train_batches"].annotation)[0] is int
+    for name, text in NLA_HELP.items():
+        assert f"{name}: {text}" in (NLATrainer.__init__.__doc__ or "")
