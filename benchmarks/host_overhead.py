@@ -1,24 +1,30 @@
-"""What the host spends on one training step: nla's real loop against a bare loop of the same work, in one process.
+"""What the host spends on one training step: ``nla fit`` as users launch it, nla's loop in this process, Lightning's
+floor and bare loops of the same work.
 
 On a GPU at batch 32 the Python that issues each step, not the device, sets the pace (docs/results.md), so the
 figures that matter are measured on the CPU without the device's work:
 
-- **host ms per step**: the thread time of the training process per step (``time.thread_time``: the CPU time of
-  its main thread, which a busy machine inflates far less than wall time), with a stub backbone whose compute is
-  negligible, over several interleaved rounds, median. Loops:
-  - ``nla``: ``Trainer.fit`` of ``NLAModule`` on the cached pipeline, with every callback of ``nla/defaults.yaml``
-    (the progress bar redrawing every 25 steps, as on a GPU), the official NLA criterion and fused Adam;
+- **host ms per step**: the thread time of the training process's main thread per step (``time.thread_time``,
+  which a busy machine inflates far less than wall time), with a stub backbone whose compute is negligible, in full
+  precision (on a CPU without bf16 units, bf16 autocast turns every cast into real arithmetic, in the bare loops too,
+  which a GPU's host does not pay), over several interleaved rounds, median. Loops:
+  - ``nla fit``: the command line in a subprocess, as users launch it: ``configs/rafdb.yaml`` with every default
+    callback, the progress bar and the W&B logger (offline), the stub backbone registered for it, the cached
+    pipeline (what ``pipeline: auto`` picks on a GPU) and no validation; ``nla fit, no bar`` and ``nla fit, no bar
+    or logger`` take those away, to say what each costs;
+  - ``nla``: ``Trainer.fit`` of ``NLAModule`` in this process, with nla's callbacks but no checkpoints, logger or
+    progress bar;
   - ``nla, graph step``: the same with ``--model.step_graph true`` (forward, loss, backward and Adam as one
     compiled function);
-  - ``bare``: a plain loop of the same work: gather the batch from the same uint8 cache, nla's batch augmentation,
-    the model, ``Criterion``, backward, fused Adam;
-  - ``bare, model and CE``: the model and plain cross-entropy only;
   - ``Lightning floor``: ``Trainer.fit`` of the same module, data and Adam with none of nla's per-step extras (no
     callbacks, no progress bar, a ``training_step`` that returns the loss alone, :class:`LightningFloor`): what
-    Lightning's automatic optimisation and DataLoader cost by themselves, so that ``nla / floor`` is what nla adds.
+    Lightning's automatic optimisation and DataLoader cost by themselves;
+  - ``bare``: a plain loop of the same work: gather the batch from the same uint8 cache, nla's batch augmentation,
+    the model, ``Criterion``, backward, fused Adam;
+  - ``bare, model and CE``: the model and plain cross-entropy only.
 - **kernels per step**: every ATen operation of an eager step that launches a kernel on a GPU (counted by a
   ``TorchDispatchMode``; views, allocations and profiler markers are not), with ResNet-18 in bf16 autocast and
-  channels-last as ``nla fit`` runs it, for nla's loop; and what each part contributes. (A
+  channels-last as ``nla fit`` runs it on a GPU, for nla's loop; and what each part contributes. (A
   compiled step runs generated kernels past the dispatcher, where no mode sees them; on a GPU the graph step is one
   CUDA graph replay.)
 
@@ -30,7 +36,10 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -44,7 +53,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from nla import NLAModule
-from nla.callbacks import AccuracySummary, NAWDiagnostics, PredictionWriter, ProgressBar, RunReport
+from nla.callbacks import AccuracySummary, NAWDiagnostics, PredictionWriter, RunReport
 from nla.criterion import Criterion, CriterionConfig
 from nla.data import RAFDBDataModule
 from nla.data.batch_augment import batch_train_augment
@@ -80,13 +89,22 @@ def benchmark_stub(pretrained: bool = False, **kwargs: Any) -> StubNet:
 
 
 class HostClock(Callback):
-    """The thread time between successive training steps' starts: everything the host does for one step."""
+    """The thread time between successive training steps' starts: everything the host does for one step.
 
-    def __init__(self, skip: int) -> None:
-        self.skip, self.times, self.marks = skip, [], []
+    Args:
+        skip: Steps left out at the start (warm-up).
+        path: Where to write the step times (a JSON list of ms) when training ends, for a run in another process.
+    """
+
+    def __init__(self, skip: int, path: Optional[str] = None) -> None:
+        self.skip, self.path, self.marks = skip, path, []
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self.marks.append(time.thread_time())
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        if self.path:
+            Path(self.path).write_text(json.dumps(self.steps_ms()))
 
     def steps_ms(self) -> list[float]:
         return [1000 * (b - a) for a, b in zip(self.marks[self.skip : -1], self.marks[self.skip + 1 :])]
@@ -192,12 +210,10 @@ class LightningFloor(NLAModule):
 def nla_loop(
     root: Path, backbone: str, steps: int, args: Any, step_graph: bool = False, callbacks=(), floor: bool = False
 ) -> Trainer:
-    """nla's training loop as ``nla fit`` configures it for a GPU, on this CPU (``floor``: :class:`LightningFloor`
-    with no callbacks)."""
+    """nla's training loop in this process, with nla's per-step callbacks but no checkpoints, logger or progress bar
+    (``floor``: :class:`LightningFloor` with no callbacks)."""
     model = (LightningFloor if floor else NLAModule)(backbone=backbone, **({"step_graph": True} if step_graph else {}))
-    everything = [AccuracySummary(), RunReport(), NAWDiagnostics(), PredictionWriter(), ProgressBar(refresh_rate=25)]
-    if floor:
-        everything = []
+    everything = [] if floor else [AccuracySummary(), RunReport(), NAWDiagnostics(), PredictionWriter()]
     trainer = Trainer(
         max_steps=steps,
         max_epochs=60,  # the paper's, for NAW's covariance scheduler; max_steps ends the run
@@ -209,11 +225,51 @@ def nla_loop(
         limit_val_batches=0,
         num_sanity_val_steps=0,
         callbacks=[*everything, *callbacks],
-        enable_progress_bar=not floor,
+        enable_progress_bar=False,
         default_root_dir=tempfile.mkdtemp(),
     )
     trainer.fit(model, datamodule=data(root, args.batch_size, args.image_size))
     return trainer
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: The command-line loops: what each takes away from ``nla fit`` as configs/rafdb.yaml runs it.
+COMMAND_LINES = {
+    "nla fit": [],
+    "nla fit, no bar": ["--trainer.enable_progress_bar", "false"],
+    "nla fit, no bar or logger": ["--trainer.enable_progress_bar", "false", "--trainer.logger", "false"],
+}
+
+
+def command_line_loop(root: Path, steps: int, args: Any, extra: list[str]) -> list[float]:
+    """``nla fit`` in a subprocess, as users launch it, with the stub backbone registered: thread ms per step (its
+    main thread's, from a :class:`HostClock` it writes to a file)."""
+    work = Path(tempfile.mkdtemp())
+    clock = {
+        "class_path": "benchmarks.host_overhead.HostClock",
+        "init_args": {"skip": args.warmup, "path": str(work / "steps.json")},
+    }
+    fit = ["fit", "--config", str(REPO / "configs" / "rafdb.yaml"), "--model.backbone", "benchmark_stub"]
+    fit += ["--data.root", str(root), "--data.pipeline", "cached", "--data.num_workers", "0"]
+    fit += ["--data.batch_size", str(args.batch_size), "--data.preprocessing.image_size", str(args.image_size)]
+    fit += [
+        "--trainer.precision",
+        args.precision,
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.limit_val_batches",
+        "0",
+    ]
+    fit += ["--trainer.default_root_dir", str(work / "run"), f"--trainer.callbacks+={json.dumps(clock)}", *extra]
+    launch = "import benchmarks.host_overhead; from nla.cli import main; main()"  # registers benchmark_stub
+    environment = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-c", launch, *fit], cwd=REPO, env=environment, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"nla fit failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads((work / "steps.json").read_text())
 
 
 def bare_loop(root: Path, backbone: str, steps: int, args: Any, plain_ce: bool = False) -> list[float]:
@@ -261,21 +317,24 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, default=60, help="timed steps per loop and round")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--precision", default="bf16-mixed")
+    parser.add_argument("--image-size", type=int, default=16)
+    parser.add_argument("--precision", default="32-true", help="32-true: a GPU host's cost (see the docstring)")
     parser.add_argument("--kernel-backbone", default="resnet18")
     parser.add_argument("--no-graph", action="store_true", help="leave out the graph step (its compile takes long)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    root = write_rafdb(Path(tempfile.mkdtemp()) / "rafdb", train_per_class=150, test_per_class=1, size=32)
-    loops: dict[str, list[float]] = {"nla": [], "Lightning floor": [], "bare": [], "bare, model and CE": []}
+    root = write_rafdb(Path(tempfile.mkdtemp()) / "rafdb", train_per_class=150, test_per_class=1, size=20)
+    names = [*COMMAND_LINES, "nla", "Lightning floor", "bare", "bare, model and CE"]
+    loops: dict[str, list[float]] = {name: [] for name in names}
     if not args.no_graph:
         loops["nla, graph step"] = []
     steps = args.warmup + args.steps
     for _ in range(args.rounds):  # interleaved, so that a slower minute of the machine falls on every loop
         for name in loops:
-            if not name.startswith("bare"):
+            if name in COMMAND_LINES:
+                loops[name].append(median(command_line_loop(root, steps + 1, args, COMMAND_LINES[name])))
+            elif not name.startswith("bare"):
                 clock = HostClock(args.warmup)
                 graph, floor = "graph" in name, name == "Lightning floor"
                 nla_loop(root, "benchmark_stub", steps + 1, args, step_graph=graph, callbacks=[clock], floor=floor)
@@ -285,11 +344,14 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     host = {name: {"median_ms": median(v), "rounds_ms": [round(x, 3) for x in v]} for name, v in loops.items()}
     result: dict[str, Any] = {
         "host_ms_per_step": host,
+        "nla_fit_over_floor": ratio(loops, "nla fit", "Lightning floor"),
+        "nla_fit_over_bare_ce": ratio(loops, "nla fit", "bare, model and CE"),
+        "nla_fit_over_nla": ratio(loops, "nla fit", "nla"),
         "nla_over_bare": ratio(loops, "nla", "bare"),
         "floor_over_bare": ratio(loops, "Lightning floor", "bare"),
         "nla_over_floor": ratio(loops, "nla", "Lightning floor"),
         "settings": vars(args),
-        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads()},
+        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count()},
     }
     if not args.no_graph:
         result["graph_over_bare"] = ratio(loops, "nla, graph step", "bare")
@@ -297,7 +359,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     # Kernels of the eager step only: a compiled step runs its generated kernels without the dispatcher, so a
     # TorchDispatchMode cannot count them (on a GPU the graph step is one CUDA graph replay).
     counter = CountOneStep(at=args.warmup)
-    nla_loop(root, args.kernel_backbone, args.warmup + 2, args, callbacks=[counter])
+    as_on_a_gpu = argparse.Namespace(**{**vars(args), "precision": "bf16-mixed"})
+    nla_loop(root, args.kernel_backbone, args.warmup + 2, as_on_a_gpu, callbacks=[counter])
     result["kernels_per_step"] = {"nla": counter.total}
     write(args.json, result)
     print(json.dumps(result, indent=2))

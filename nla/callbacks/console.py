@@ -5,56 +5,119 @@ from __future__ import annotations
 
 import math
 import shlex
+import sys
 import time
 from pathlib import Path
+from time import monotonic
 from typing import Any, Optional
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from tqdm import tqdm
 
 from nla.records import RunSummary
 from nla.rundir import CHECKPOINTS
 
 
 def say(trainer: Trainer, text: str) -> None:
-    """Print a line from the main process, above the progress bar when there is one."""
+    """Print a line from the main process, above the progress bar when there is one (also once its bars are closed,
+    where Lightning's ``print`` would drop the line)."""
     if not trainer.is_global_zero:
         return
     bar = trainer.progress_bar_callback
     if isinstance(bar, TQDMProgressBar) and bar.is_enabled:
-        bar.print(text)
+        tqdm.write(text, file=sys.stdout)  # clears the live bars, prints, redraws them
+        sys.stdout.flush()
     else:
         print(text, flush=True)
 
 
 class ProgressBar(TQDMProgressBar):
-    """Lightning's progress bar, redrawn every ``refresh_rate`` batches. Each redraw reads the loss from the device,
-    which makes the host wait for it; so by default (``None``) it redraws every batch on a CPU and every 25 batches
-    on an accelerator, where a batch takes milliseconds and a wait per step would slow training.
+    """Lightning's progress bar, redrawn at most every ``refresh_seconds`` (or every ``refresh_rate`` batches).
+
+    A batch the bar does not draw costs one read of the clock: no metric is read, nothing is written, and the host
+    does not wait for the device. A redraw reads the loss from the device (the host waits for it), so on a GPU,
+    where a step takes milliseconds, the bar draws one step in hundreds; on a CPU twice a second whatever the step.
 
     Args:
-        refresh_rate: Batches between redraws; ``None`` chooses by device as above.
+        refresh_rate: Batches between redraws; ``None``: by time, every ``refresh_seconds``.
+        refresh_seconds: Seconds between redraws when ``refresh_rate`` is ``None``.
         leave: Leave each epoch's bar on the screen.
 
-    Besides Lightning's metrics it shows ``loss``, the loss of the latest training step.
+    Besides Lightning's metrics it shows ``loss``, the loss of the latest training step drawn.
     """
 
-    CPU_REFRESH, ACCELERATOR_REFRESH = 1, 25
-
-    def __init__(self, refresh_rate: Optional[int] = None, leave: bool = False) -> None:
+    def __init__(self, refresh_rate: Optional[int] = None, refresh_seconds: float = 0.5, leave: bool = False) -> None:
+        if refresh_rate is not None and refresh_rate < 1:
+            raise ValueError(f"refresh_rate must be at least 1 (or null, to redraw by time); got {refresh_rate}")
+        if refresh_seconds < 0:
+            raise ValueError(f"refresh_seconds must be 0 or more; got {refresh_seconds}")
         super().__init__(refresh_rate=refresh_rate or 1, leave=leave)
-        self._chosen_rate = refresh_rate
-        self._device_rate = 1
+        self.every_batches, self.refresh_seconds = refresh_rate, refresh_seconds
+        self._drawn_at = -math.inf
 
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        on_cpu = trainer.strategy.root_device.type == "cpu"
-        self._device_rate = self.CPU_REFRESH if on_cpu else self.ACCELERATOR_REFRESH
+    def _due(self, bar: Any, n: int) -> bool:
+        """Whether batch ``n`` (1-based) of ``bar``'s loop is drawn: its last batch always, others by count or time."""
+        if bar is None or bar.disable:
+            return False
+        if self.every_batches is not None:
+            return n % self.every_batches == 0 or n == bar.total
+        now = monotonic()
+        if n != bar.total and now - self._drawn_at < self.refresh_seconds:
+            return False
+        self._drawn_at = now
+        return True
 
-    @property
-    def refresh_rate(self) -> int:
-        return self._chosen_rate or self._device_rate
+    def on_train_epoch_start(self, trainer: Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self._drawn_at = monotonic()  # the epoch's bar starts drawn at 0: its first redraw is refresh_seconds later
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        bar = self.train_progress_bar
+        if self._due(bar, batch_idx + 1):
+            bar.n = batch_idx + 1
+            bar.set_postfix(self.get_metrics(trainer, pl_module))  # redraws
+
+    def _draw_evaluation(self, bar: Any, batch_idx: int) -> None:
+        if self._due(bar, batch_idx + 1):
+            bar.n = batch_idx + 1
+            bar.refresh()
+
+    def on_validation_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._draw_evaluation(self.val_progress_bar, batch_idx)
+
+    def on_test_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._draw_evaluation(self.test_progress_bar, batch_idx)
+
+    def on_predict_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._draw_evaluation(self.predict_progress_bar, batch_idx)
 
     def get_metrics(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
         """Lightning's, with the loss of the latest training step (which nla does not log as a bar metric)."""
