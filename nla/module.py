@@ -25,10 +25,11 @@ from nla.backbones.starts import (
 )
 from nla.batch import EpochOutputs, FaceBatch, StepOutput, check_labels, training_views
 from nla.classes import LabelMap, match_classes
-from nla.criterion import Criterion, CriterionConfig, CriterionOutput, MechanismMeter
+from nla.criterion import Criterion, CriterionConfig, CriterionOutput
 from nla.data.samples import DataError
 from nla.errors import ConfigError, check_positive_finite
 from nla.evaluation import ClassifierEvaluation, StageConfusion
+from nla.mechanism import MechanismMeter
 from nla.memorisation import NoiseHistory
 from nla.nonfinite import LossWatch, check_finite_weights
 from nla.optimisation import adam_with_decay, apply_settings

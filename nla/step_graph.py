@@ -13,7 +13,7 @@ At batch 32 on a GPU the Python that issues a step's hundreds of kernels sets th
   when one moves (and after 128 times gives up), and is not captured at all when an input it updates is not marked
   as fixed;
 - a step whose loss is not finite changes no weight and no moment (``LossWatch``'s promise), inside the graph;
-- the epoch's mechanism sums (:class:`nla.criterion.MechanismMeter`) are added inside the graph too;
+- the epoch's mechanism sums (:class:`nla.mechanism.MechanismMeter`) are added inside the graph too;
 - what callbacks read (probabilities, weights) is copied out of the graph's buffers, which the next replay reuses;
 - a batch of another size (the last, short one) runs the same function eagerly: no second graph, no lost sample.
 """
