@@ -27,7 +27,9 @@ def drawn_batches(monkeypatch) -> list[tuple[int, int]]:
     return drawn
 
 
-@pytest.mark.parametrize(("seconds_per_reading", "expected"), [(0.0, [6]), (0.3, [2, 4, 6]), (10.0, [1, 2, 3, 4, 5, 6])])
+@pytest.mark.parametrize(
+    ("seconds_per_reading", "expected"), [(0.0, [6]), (0.3, [2, 4, 6]), (10.0, [1, 2, 3, 4, 5, 6])]
+)
 def test_the_bar_reads_the_metrics_only_on_the_batches_it_draws(
     rafdb_root, tmp_path, monkeypatch, seconds_per_reading, expected
 ):

@@ -40,7 +40,9 @@ def run_table(run_dir: Path, truth: dict[str, int], epochs: list[int]) -> list[s
         cells = []
         for k in range(len(CLASSES)):
             right, wrong = (~flipped) & (given == k), flipped & (given == k)
-            cells.append(f"{100 * (predicted[right] == k).mean():.0f} / {weight[right].mean():.2f} / {weight[wrong].mean():.2f}")
+            cells.append(
+                f"{100 * (predicted[right] == k).mean():.0f} / {weight[right].mean():.2f} / {weight[wrong].mean():.2f}"
+            )
         rows.append(f"| {epoch} | " + " | ".join(cells) + " |")
     return rows
 
@@ -55,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
     truth = true_labels(args.labels)
     lines = [
-        "# Per class: fit and NAW weight of the training images (seed %d)" % args.seed,
+        f"# Per class: fit and NAW weight of the training images (seed {args.seed})",
         "",
         "Each cell: % of the correctly labelled training images of that given class that the model predicts as it "
         "(fit) / their mean NAW weight / the mean NAW weight of the flipped images given that class. From each run's "
@@ -64,8 +66,13 @@ def main() -> None:
     for run_dir in sorted(args.protocol_dir.glob(f"*/seed{args.seed}")):
         if not (run_dir / "per_sample.npz").is_file():
             continue
-        lines += ["", f"## {run_dir.parent.name}", "", "| epoch | " + " | ".join(CLASSES) + " |",
-                  "|---" * (len(CLASSES) + 1) + "|"]
+        lines += [
+            "",
+            f"## {run_dir.parent.name}",
+            "",
+            "| epoch | " + " | ".join(CLASSES) + " |",
+            "|---" * (len(CLASSES) + 1) + "|",
+        ]
         lines += run_table(run_dir, truth, args.epochs)
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
