@@ -129,6 +129,8 @@ NO_KERNEL = {
 PARTS = (
     ("nla/losses.py", "criterion"),
     ("nla/criterion.py", "criterion"),
+    ("nla/mechanism.py", "mechanism meter"),
+    ("nla/batch.py", "step outputs"),
     ("nla/data/", "batch augmentation"),
     ("nla/nonfinite.py", "loss watch"),
     ("nla/callbacks/", "callbacks"),
@@ -359,7 +361,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     # Kernels of the eager step only: a compiled step runs its generated kernels without the dispatcher, so a
     # TorchDispatchMode cannot count them (on a GPU the graph step is one CUDA graph replay).
     counter = CountOneStep(at=args.warmup)
-    as_on_a_gpu = argparse.Namespace(**{**vars(args), "precision": "bf16-mixed"})
+    as_on_a_gpu = argparse.Namespace(
+        **{**vars(args), "precision": "bf16-mixed", "image_size": max(args.image_size, 32)}
+    )
     nla_loop(root, args.kernel_backbone, args.warmup + 2, as_on_a_gpu, callbacks=[counter])
     result["kernels_per_step"] = {"nla": counter.total}
     write(args.json, result)

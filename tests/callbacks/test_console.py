@@ -27,6 +27,7 @@ def drawn_batches(monkeypatch) -> list[tuple[int, int]]:
     return drawn
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("seconds_per_reading", "expected"), [(0.0, [6]), (0.3, [2, 4, 6]), (10.0, [1, 2, 3, 4, 5, 6])]
 )
@@ -55,6 +56,7 @@ def test_a_batch_count_redraws_every_that_many_batches_and_bad_settings_are_refu
         ProgressBar(refresh_seconds=-1)
 
 
+@pytest.mark.slow
 def test_the_closing_lines_print_with_the_bar_on(rafdb_root, tmp_path, capsys):
     run_cli(fit_args(rafdb_root, tmp_path / "run", *BAR_ON, epochs=1, figures=True))
     out = capsys.readouterr().out

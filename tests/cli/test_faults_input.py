@@ -112,6 +112,7 @@ def test_label_issues_refuses_a_count_of_suspects_below_one(trained_run, capsys)
     assert not (trained_run / "label-issues").exists()
 
 
+@pytest.mark.slow
 def test_label_issues_asks_for_cleanlab_before_ranking_with_its_counts(trained_run, capsys, monkeypatch):
     """``--suspects confident_learning`` needs cleanlab: said in one line before any image is looked at."""
     import importlib.util

@@ -10,6 +10,7 @@ from nla.data.sources import rafdb
 from tests.conftest import NO_LOGGER
 
 
+@pytest.mark.slow
 def test_predict_from_a_checkpoint_alone(trained_run, tmp_path, capsys):
     import cv2
     import numpy as np

@@ -70,6 +70,7 @@ def test_imagenet_weights_offline_stop_the_run_before_the_data_is_read(rafdb_roo
     starts.imagenet_weights.cache_clear()
 
 
+@pytest.mark.slow
 def test_a_path_under_the_home_folder_is_one_folder_for_every_part_of_a_run(rafdb_root, tmp_path, monkeypatch):
     """--trainer.default_root_dir '~/runs/t': the run went under the home folder, its lock into a literal ./~/runs/t."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
@@ -122,6 +123,7 @@ def test_a_fit_stopped_by_ctrl_c_writes_the_summary_of_its_epochs(rafdb_root, tm
     assert cell_state(run) == "resume"  # a grid resumes it rather than counting it done
 
 
+@pytest.mark.slow
 def test_an_evaluation_of_a_run_without_a_logger_starts_none(rafdb_root, tmp_path):
     """nla test started an offline W&B run for a training run made with --trainer.logger false."""
     run = tmp_path / "run"
@@ -131,6 +133,7 @@ def test_an_evaluation_of_a_run_without_a_logger_starts_none(rafdb_root, tmp_pat
     assert (run / "test" / "metrics.json").is_file()
 
 
+@pytest.mark.slow
 def test_a_start_from_an_nla_checkpoint_keeps_its_normalisation(rafdb_root, folder_root, tmp_path):
     """--model.pretrained_weights from an nla checkpoint trained with other normalisation took the new data's."""
     first = tmp_path / "folders"

@@ -172,6 +172,7 @@ def test_a_full_disk_names_the_file(tmp_path, rafdb_root, capsys, monkeypatch):
     says(capsys.readouterr().err, "No space left on device writing", str(tmp_path / "grid"))
 
 
+@pytest.mark.slow
 def test_a_job_stopped_stops_its_fit(tmp_path):
     """SIGINT (submitit's local cancel) or SIGTERM to a job left its nla fit running."""
     marker = tmp_path / "terminated"
