@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
+
 from nla.moved import current_class_paths
 from nla.records import RunSummary, write_text_atomic
 from nla.rundir import LOCK_FILE
@@ -22,12 +24,26 @@ from nla.rundir import LOCK_FILE
 RUNNER_FILE = "runner.json"
 
 
-def config_digests(command: Sequence[str]) -> dict[str, str]:
-    """The SHA-256 of each config file a command names: a cell is as stale when an overlay's content changed."""
-    digests = {}
+def file_digests(path: Path) -> tuple[str, str]:
+    """A config file's digests: of its settings (the YAML parsed, so that a comment or the layout may change), and
+    of its bytes (what runner.json recorded before nla 0.3, and what a file YAML cannot parse is known by)."""
+    data = path.read_bytes()
+    raw = hashlib.sha256(data).hexdigest()
+    try:
+        settings = json.dumps(yaml.safe_load(data), sort_keys=True, default=str)
+    except yaml.YAMLError:
+        return raw, raw
+    return "settings:" + hashlib.sha256(settings.encode()).hexdigest(), raw
+
+
+def config_digests(command: Sequence[str], *, every_form: bool = False) -> dict[str, Any]:
+    """The digest of the settings of each config file a command names: a cell is stale when an overlay's settings
+    changed. ``every_form``: both digests of :func:`file_digests` per file, to compare with older records."""
+    digests: dict[str, Any] = {}
     for flag, value in itertools.pairwise(command):
         if flag == "--config" and Path(value).is_file():
-            digests[value] = hashlib.sha256(Path(value).read_bytes()).hexdigest()
+            forms = file_digests(Path(value))
+            digests[value] = forms if every_form else forms[0]
     return digests
 
 
@@ -134,14 +150,15 @@ def attempts_problem(record: dict[str, Any], command: Sequence[str]) -> Optional
     """Why the attempts of a cell (those not moved aside) are not all the run ``command`` makes now: an attempt with
     other arguments, or a config file it read that changed since (a run resumed after an overlay was edited is two
     settings in one). ``None`` where every attempt is."""
-    now, digests = comparable(finished_command({"command": command})), config_digests(command)
+    now, digests = comparable(finished_command({"command": command})), config_digests(command, every_form=True)
     for attempt in record["attempts"]:
         if "moved_aside_to" in attempt:
             continue
         before = comparable(finished_command(attempt))
         if before != now:
             return changes(before, now)
-        edited = [path for path, digest in (attempt.get("configs") or {}).items() if digests.get(path) != digest]
+        recorded = (attempt.get("configs") or {}).items()
+        edited = [path for path, digest in recorded if digest not in digests.get(path, ())]
         if edited:
             return f"{', '.join(edited)} changed since"
     return None

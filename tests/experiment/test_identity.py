@@ -3,6 +3,7 @@ are not the cell's are listed as stale and never averaged; a run that would mix 
 does not change a run's settings (the grid folder's place, a class nla moved) keeps it."""
 
 import errno
+import hashlib
 import json
 import shutil
 import signal
@@ -56,6 +57,22 @@ def test_seeds_of_two_overlays_are_not_averaged(tmp_path, rafdb_root, capsys):
     text = tables(config, capsys)
     assert "| CE | 75.00 (1 of 2 seeds) | 75.00 (1 of 2 seeds) |" in text  # seed 1's alone, not (100 + 75) / 2
     assert f"- CE / clean / seed 0: {overlay} changed since" in text
+
+
+def test_a_comment_in_an_overlay_and_a_record_of_its_bytes_keep_the_cell(tmp_path, rafdb_root, capsys):
+    """An overlay's comment or layout is not a setting; a runner.json of an older nla recorded the file's bytes."""
+    config = write_experiment(tmp_path, rafdb_root)
+    overlay = own_overlay(tmp_path, config)
+    run_dir = finish_by_hand(Experiment.load(config), "clean", "CE", 0)
+    overlay.write_text("# CE, one view\nmodel:\n  criterion:\n    {consistency: none, loss: ce, naw: false}\n")
+    text = tables(config, capsys)
+    assert "1 of the 4 cells finished" in text and "stale" not in text
+    record = json.loads((run_dir / "runner.json").read_text())
+    record["attempts"][0]["configs"][str(overlay)] = hashlib.sha256(overlay.read_bytes()).hexdigest()  # as before 0.3
+    (run_dir / "runner.json").write_text(json.dumps(record))
+    assert "stale" not in tables(config, capsys)
+    overlay.write_text(overlay.read_text().replace("ce,", "focal,"))
+    assert f"- CE / clean / seed 0: {overlay} changed since" in tables(config, capsys)
 
 
 def test_a_cell_killed_then_its_overlay_edited_is_not_resumed(tmp_path, rafdb_root, capsys):
