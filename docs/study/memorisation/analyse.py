@@ -34,8 +34,8 @@ def run_table(run_dir: Path, truth: dict[str, int], epochs: list[int]) -> list[s
     flipped = given != true
     rows = []
     for epoch in epochs:
-        if epoch > len(record["weight"]):
-            continue
+        if epoch > len(record["label"]) or (record["label"][epoch - 1] < 0).all():
+            continue  # a running run's record marks the epochs it has not trained yet with label -1
         weight, predicted = record["weight"][epoch - 1], record["predicted"][epoch - 1]
         cells = []
         for k in range(len(CLASSES)):
