@@ -110,6 +110,57 @@ class HostClock(Callback):
         return [1000 * (b - a) for a, b in zip(self.marks[self.skip : -1], self.marks[self.skip + 1 :])]
 
 
+def package_of(filename: str) -> str:
+    """Who a Python function belongs to, by its file: an installed package's name, ``nla``, or ``python`` (the
+    standard library and the rest)."""
+    if "site-packages/" in filename:
+        return filename.split("site-packages/", 1)[1].split("/", 1)[0].removesuffix(".py")
+    if f"{os.sep}nla{os.sep}" in filename:
+        return "nla"
+    return "benchmarks" if f"{os.sep}benchmarks{os.sep}" in filename else "python"
+
+
+class CallCount(Callback):
+    """The Python function calls of the training thread per step, from step ``start`` to step ``stop``, by the package
+    of the function called: what a loop does per step, counted, where thread time is blurred by the machine. A step
+    runs from one batch's start to the next's; the steps that cross an epoch's end (its figures, checkpoint and
+    logs) are left out, as the timings' medians leave them out.
+
+    Args:
+        start: The first step counted (warm-up before it).
+        stop: The step where counting stops.
+        path: Where to write the counts (JSON) when training ends, for a run in another process.
+    """
+
+    def __init__(self, start: int, stop: int, path: Optional[str] = None) -> None:
+        self.start, self.stop, self.path = start, stop, path
+        self.calls: Counter[str] = Counter()
+        self.step: Counter[str] = Counter()
+        self.steps, self._batches = 0, 0
+
+    def _count(self, frame: Any, event: str, arg: Any) -> None:
+        if event == "call":
+            self.step[package_of(frame.f_code.co_filename)] += 1
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if self.start < self._batches <= self.stop and batch_idx > 0:  # a step within one epoch ended here
+            self.calls.update(self.step)
+            self.steps += 1
+        self.step = Counter()
+        sys.setprofile(self._count if self.start <= self._batches < self.stop else None)
+        self._batches += 1
+
+    def per_step(self) -> dict[str, float]:
+        steps = max(self.steps, 1)
+        counts = {name: round(n / steps, 1) for name, n in self.calls.most_common() if n >= steps / 10}
+        return {"steps": self.steps, "total": round(sum(self.calls.values()) / steps, 1), **counts}
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        sys.setprofile(None)
+        if self.path:
+            Path(self.path).write_text(json.dumps(self.per_step()))
+
+
 #: Operations that launch no kernel: another view of a tensor's memory, an allocation, a profiler's marker.
 NO_KERNEL = {
     "detach",
@@ -244,14 +295,19 @@ COMMAND_LINES = {
 }
 
 
-def command_line_loop(root: Path, steps: int, args: Any, extra: list[str]) -> list[float]:
+def command_line_loop(root: Path, steps: int, args: Any, extra: list[str], calls: bool = False) -> Any:
     """``nla fit`` in a subprocess, as users launch it, with the stub backbone registered: thread ms per step (its
-    main thread's, from a :class:`HostClock` it writes to a file)."""
+    main thread's, from a :class:`HostClock` it writes to a file), or with ``calls`` its Python calls per step
+    (:class:`CallCount`)."""
     work = Path(tempfile.mkdtemp())
-    clock = {
-        "class_path": "benchmarks.host_overhead.HostClock",
-        "init_args": {"skip": args.warmup, "path": str(work / "steps.json")},
-    }
+    if calls:
+        probe = {"start": args.warmup, "stop": steps - 1, "path": str(work / "steps.json")}
+        clock = {"class_path": "benchmarks.host_overhead.CallCount", "init_args": probe}
+    else:
+        clock = {
+            "class_path": "benchmarks.host_overhead.HostClock",
+            "init_args": {"skip": args.warmup, "path": str(work / "steps.json")},
+        }
     fit = ["fit", "--config", str(REPO / "configs" / "rafdb.yaml"), "--model.backbone", "benchmark_stub"]
     fit += ["--data.root", str(root), "--data.pipeline", "cached", "--data.num_workers", "0"]
     fit += ["--data.batch_size", str(args.batch_size), "--data.preprocessing.image_size", str(args.image_size)]
@@ -313,6 +369,16 @@ def ratio(loops: dict[str, list[float]], loop: str, reference: str) -> float:
     return round(median([a / b for a, b in zip(loops[loop], loops[reference])]), 2)
 
 
+def python_calls(root: Path, steps: int, args: Any) -> dict[str, dict[str, float]]:
+    """Python calls per step of every loop under Lightning (:class:`CallCount`), by package: one run each."""
+    calls = {name: command_line_loop(root, steps + 1, args, extra, calls=True) for name, extra in COMMAND_LINES.items()}
+    for name, floor in (("nla", False), ("Lightning floor", True)):
+        counter = CallCount(args.warmup, steps)
+        nla_loop(root, "benchmark_stub", steps + 1, args, callbacks=[counter], floor=floor)
+        calls[name] = counter.per_step()
+    return calls
+
+
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -323,15 +389,21 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser.add_argument("--precision", default="32-true", help="32-true: a GPU host's cost (see the docstring)")
     parser.add_argument("--kernel-backbone", default="resnet18")
     parser.add_argument("--no-graph", action="store_true", help="leave out the graph step (its compile takes long)")
+    parser.add_argument("--calls-only", action="store_true", help="count Python calls per step only (no timings)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     root = write_rafdb(Path(tempfile.mkdtemp()) / "rafdb", train_per_class=150, test_per_class=1, size=20)
+    steps = args.warmup + args.steps
+    if args.calls_only:
+        result = {"python_calls_per_step": python_calls(root, steps, args), "settings": vars(args)}
+        write(args.json, result)
+        print(json.dumps(result, indent=2))
+        return result
     names = [*COMMAND_LINES, "nla", "Lightning floor", "bare", "bare, model and CE"]
     loops: dict[str, list[float]] = {name: [] for name in names}
     if not args.no_graph:
         loops["nla, graph step"] = []
-    steps = args.warmup + args.steps
     for _ in range(args.rounds):  # interleaved, so that a slower minute of the machine falls on every loop
         for name in loops:
             if name in COMMAND_LINES:
@@ -357,7 +429,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     }
     if not args.no_graph:
         result["graph_over_bare"] = ratio(loops, "nla, graph step", "bare")
-    write(args.json, result)  # the timings, before the slower count
+    write(args.json, result)  # the timings, before the slower counts
+    result["python_calls_per_step"] = python_calls(root, steps, args)
+    write(args.json, result)
     # Kernels of the eager step only: a compiled step runs its generated kernels without the dispatcher, so a
     # TorchDispatchMode cannot count them (on a GPU the graph step is one CUDA graph replay).
     counter = CountOneStep(at=args.warmup)

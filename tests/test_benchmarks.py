@@ -175,3 +175,22 @@ def test_the_gpu_calls_face_start_is_dlibs_network_in_float16_with_its_input(tmp
         exact, near = started.eval()(images), rounded.eval()(images)
     assert torch.equal(started.model.fc.weight, rounded.model.fc.weight)  # the head starts as the face start's
     assert 0 < float((near - exact).norm() / exact.norm()) < 1e-2  # float16's rounding, nothing more
+
+
+def test_the_call_count_leaves_out_warm_up_and_the_steps_that_cross_an_epochs_end():
+    from benchmarks.host_overhead import CallCount, package_of
+
+    def work(calls: int) -> None:
+        for _ in range(calls):
+            package_of("/x/site-packages/lightning/a.py")  # one call of benchmarks/host_overhead.py each
+
+    counter = CallCount(start=1, stop=5)
+    # (batch index in its epoch, calls until the next batch starts): warm-up 50; a step that ends in the next
+    # epoch (its end's figures and checkpoint) 100
+    for batch_idx, calls in [(0, 50), (1, 2), (2, 100), (0, 2), (1, 7), (2, 0)]:
+        counter.on_train_batch_start(None, None, None, batch_idx)
+        work(calls)
+    counter.on_train_end(None, None)
+    counts = counter.per_step()
+    assert counts["steps"] == 3
+    assert counts["benchmarks"] == pytest.approx((2 + 2 + 7) / 3 + 1, abs=0.05)  # + the hook's own call
