@@ -7,6 +7,7 @@ import math
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from time import monotonic
 from typing import Any, Optional
@@ -31,6 +32,23 @@ def say(trainer: Trainer, text: str) -> None:
         sys.stdout.flush()
     else:
         print(text, flush=True)
+
+
+def evaluation_batch_end(bar: str) -> Callable[..., None]:
+    """A :class:`ProgressBar`'s ``on_<stage>_batch_end`` hook for its bar named ``bar``: redrawn when due."""
+
+    def hook(
+        self: Any,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._draw_evaluation(getattr(self, bar), batch_idx)
+
+    return hook
 
 
 class ProgressBar(TQDMProgressBar):
@@ -86,38 +104,9 @@ class ProgressBar(TQDMProgressBar):
             bar.n = batch_idx + 1
             bar.refresh()
 
-    def on_validation_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._draw_evaluation(self.val_progress_bar, batch_idx)
-
-    def on_test_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._draw_evaluation(self.test_progress_bar, batch_idx)
-
-    def on_predict_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._draw_evaluation(self.predict_progress_bar, batch_idx)
+    on_validation_batch_end = evaluation_batch_end("val_progress_bar")
+    on_test_batch_end = evaluation_batch_end("test_progress_bar")
+    on_predict_batch_end = evaluation_batch_end("predict_progress_bar")
 
     def get_metrics(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
         """Lightning's, with the loss of the latest training step (which nla does not log as a bar metric)."""
