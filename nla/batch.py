@@ -7,7 +7,7 @@ labels)`` pair or images alone, as any DataModule gives them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any, Optional, TypedDict
 
@@ -140,16 +140,46 @@ class EpochOutputs:
         self._steps.append({key: output[key].detach() for key in self.KEPT if key in output})  # type: ignore[literal-required]
         self._gathered = None
 
-    def gather(self) -> Optional[dict[str, Tensor]]:
+    def gather(self, across: Optional[Callable[[Tensor], Tensor]] = None) -> Optional[dict[str, Tensor]]:
         """The epoch so far on the host, one tensor per field (``labels`` and ``index`` as int64, the rest float32);
-        ``None`` before any step. A field that some steps lack is left out."""
+        ``None`` before any step. A field that some steps lack is left out.
+
+        ``across``, in a run of several processes, takes this process's tensor and gives every process's, end to end
+        (:func:`concatenated_over_ranks`): the result then holds the whole epoch, each image once by ``index`` (a
+        distributed sampler pads the processes' shares with repeated images). Every process must then call
+        :meth:`gather` at the same points (a result is kept until the next step, so later calls gather nothing)."""
         if self._gathered is None and self._steps:
             shared = [key for key in self._steps[0] if all(key in step for step in self._steps)]
-            gathered = {key: torch.cat([step[key] for step in self._steps]).cpu() for key in shared}
+            gathered = {key: torch.cat([step[key] for step in self._steps]) for key in shared}
+            if across is not None:
+                gathered = {key: across(value) for key, value in gathered.items()}
+                if "index" in gathered:
+                    kept = first_occurrences(gathered["index"])
+                    gathered = {key: value[kept] for key, value in gathered.items()}
             self._gathered = {
-                key: value.long() if key in ("labels", "index") else value.float() for key, value in gathered.items()
+                key: value.cpu().long() if key in ("labels", "index") else value.cpu().float()
+                for key, value in gathered.items()
             }
         return self._gathered
+
+
+def concatenated_over_ranks(tensor: Tensor, all_gather: Callable[[Tensor], Any]) -> Tensor:
+    """Every process's ``tensor``, end to end in rank order, where their first dimensions may differ; ``all_gather``
+    is Lightning's (``LightningModule.all_gather``: one tensor in, the processes' tensors stacked out)."""
+    lengths = [int(n) for n in all_gather(torch.tensor(len(tensor), device=tensor.device)).flatten()]
+    padded = tensor.new_zeros((max(lengths), *tensor.shape[1:]))
+    padded[: len(tensor)] = tensor
+    stacked = all_gather(padded)
+    return torch.cat([stacked[rank, :length] for rank, length in enumerate(lengths)])
+
+
+def first_occurrences(values: Tensor) -> Tensor:
+    """The positions of each value's first occurrence in ``values``, in their order."""
+    order = torch.argsort(values, stable=True)
+    ordered = values[order]
+    first = torch.ones_like(ordered, dtype=torch.bool)
+    first[1:] = ordered[1:] != ordered[:-1]
+    return order[first].sort().values
 
 
 def training_views(batch: Any, mirrored: bool) -> tuple[Tensor, Tensor]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, Optional, Self
 
 import torch
@@ -23,7 +24,7 @@ from nla.backbones.starts import (
     start_backbone,
     start_input,
 )
-from nla.batch import EpochOutputs, FaceBatch, StepOutput, check_labels, training_views
+from nla.batch import EpochOutputs, FaceBatch, StepOutput, check_labels, concatenated_over_ranks, training_views
 from nla.classes import LabelMap, match_classes
 from nla.criterion import Criterion, CriterionConfig, CriterionOutput
 from nla.data.samples import DataError
@@ -276,8 +277,13 @@ class NLAModule(ClassifierEvaluation):
     def epoch_training_outputs(self) -> Optional[dict[str, Tensor]]:
         """The epoch's training outputs so far on the host (:class:`nla.batch.EpochOutputs`), with ``weights`` the NAW
         weight that NAW gave, or would give at this epoch in a run without it (CE's, during NAW's warm-up);
-        ``None`` before the first step."""
-        gathered = self.epoch_outputs.gather()
+        ``None`` before the first step. Under DDP, every process's images (each process must call it, as the
+        epoch-end hooks do before they look at their rank)."""
+        trainer = self.attached_trainer()
+        distributed = trainer is not None and trainer.world_size > 1
+        gathered = self.epoch_outputs.gather(
+            partial(concatenated_over_ranks, all_gather=self.all_gather) if distributed else None
+        )
         if gathered is not None and "weights" not in gathered:
             schedule = self.criterion.schedule(self.current_epoch, self.schedule_epochs)
             kernels = self.criterion.config.kernels

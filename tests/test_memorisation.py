@@ -4,12 +4,13 @@ training steps to the record, summary.json, the loggers and nla compare."""
 
 import csv
 import json
+from functools import partial
 
 import pytest
 import torch
 
 from nla import CriterionConfig, NLAModule
-from nla.batch import FaceBatch
+from nla.batch import EpochOutputs, FaceBatch, concatenated_over_ranks
 from nla.cli import main, run_cli
 from nla.memorisation import NoiseHistory, detection_auroc, label_noise_record
 from nla.records import RunSummary
@@ -73,6 +74,38 @@ def test_the_module_measures_its_own_training_steps():
     assert module.label_noise.measure(2, lambda: outputs) is None and len(module.label_noise.records) == 1
     module.epoch_outputs.reset()
     assert module.epoch_training_outputs() is None
+
+
+def beside_another_process(theirs):
+    """Lightning's ``all_gather`` as this process (rank 0) sees it, where the other process holds ``theirs``, its
+    tensors in the order the gathering asks for them: first each one's length, then the tensor padded to the longest."""
+    pending, current = iter(theirs), {}
+
+    def all_gather(tensor):
+        if tensor.dim() == 0:
+            current["other"] = next(pending)
+            return torch.stack([tensor, torch.tensor(len(current["other"]))])
+        other = current["other"].new_zeros(tensor.shape)
+        other[: len(current["other"])] = current["other"]
+        return torch.stack([tensor, other])
+
+    return all_gather
+
+
+def test_a_distributed_epoch_holds_every_process_s_images_once():
+    """Two processes' shares of an epoch, the other's shorter and padded by its sampler with an image of this one's:
+    gathered end to end, each image once, its fields still together."""
+    mine, theirs = torch.tensor([9, 2, 7, 4, 0]), torch.tensor([8, 1, 9])
+    outputs = EpochOutputs()
+    outputs.add({"probs": confident(GIVEN[mine]), "labels": GIVEN[mine], "index": mine})
+    other = [confident(GIVEN[theirs]) * 0.5, GIVEN[theirs], theirs]  # halved: the other process's own probabilities
+    gathered = outputs.gather(partial(concatenated_over_ranks, all_gather=beside_another_process(other)))
+    assert gathered["index"].tolist() == [9, 2, 7, 4, 0, 8, 1]
+    assert torch.equal(gathered["labels"], GIVEN[gathered["index"]])
+    assert torch.equal(gathered["probs"][:5], confident(GIVEN[mine])) and torch.equal(
+        gathered["probs"][5:], other[0][:2]
+    )
+    assert outputs.gather() is gathered  # kept: a second reader gathers nothing
 
 
 def test_noise_history_round_trips_through_a_checkpoint():

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -41,8 +42,10 @@ def test_same_seed_gives_identical_metrics_on_the_cpu(pipeline, workers, rafdb_r
 def test_ddp_on_two_cpu_processes_matches_one_process(rafdb_root, tmp_path):
     run_dir = tmp_path / "ddp"
     ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+    noise = ["--data.protocol.noise_source", "generate", "--data.protocol.noise_rate", "0.3"]
+    record = [*noise, "--trainer.callbacks+=nla.callbacks.SampleRecord"]
     fit = subprocess.run(
-        [sys.executable, "-m", "nla", *fit_args(rafdb_root, run_dir, "--data.pipeline", "cached", *ddp)],
+        [sys.executable, "-m", "nla", *fit_args(rafdb_root, run_dir, "--data.pipeline", "cached", *record, *ddp)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -53,6 +56,11 @@ def test_ddp_on_two_cpu_processes_matches_one_process(rafdb_root, tmp_path):
     ckpt = str(run_dir / "checkpoints" / "last.ckpt")
     # Each process trained on its own half: 21 images, 3 batches of 8 (one process alone would take 6).
     assert torch.load(ckpt, weights_only=True)["global_step"] == 3
+    # The label-noise figures and the per-image record hold both processes' images, each once.
+    (epoch,) = json.loads((run_dir / "summary.json").read_text())["label_noise"]
+    assert (epoch["images"], epoch["flipped"]) == (42, 13)
+    with np.load(run_dir / "per_sample.npz") as saved:
+        assert np.isfinite(saved["weight"][0]).all() and (saved["label"][0] >= 0).all()
 
     two = subprocess.run(
         [sys.executable, "-m", "nla", "test", "--ckpt_path", ckpt, "--trainer.logger", "false", *ddp],
