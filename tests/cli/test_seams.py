@@ -9,7 +9,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
 
 from nla.cli.lightning import NLACLI
-from nla.cli.trainer import NLA_HELP, NLATrainer
+from nla.cli.trainer import NLA_HELP, NLATrainer, reworded
 from nla.settings import CLASS_PATH_KEY, LIGHTNING_CLI_KEYS
 
 
@@ -35,3 +35,10 @@ def test_nla_trainer_s_options_are_lightning_s_with_integers_first_and_nla_s_hel
     assert typing.get_args(ours.parameters["limit_train_batches"].annotation)[0] is int
     for name, text in NLA_HELP.items():
         assert f"{name}: {text}" in (NLATrainer.__init__.__doc__ or "")
+
+
+def test_help_lightning_no_longer_documents_is_left_as_it_is():
+    """A Lightning whose Trainer docstring words a parameter otherwise: nla's commands still start, with its help."""
+    docstring = "Args:\n    precision: Lightning's text.\n\n    devices: Lightning's text.\n\n"
+    changed = reworded(docstring, {"precision": "nla's text.", "default_root_dir": "nla's text."})
+    assert changed == docstring.replace("precision: Lightning's text.", "precision: nla's text.")
