@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Optional
+
 import torch
 from torch import Tensor, nn
 
@@ -71,9 +74,11 @@ class MechanismMeter(nn.Module):
             if norm is not None:
                 self.add_gradient_norm(norm)
 
-    def means(self, naw: bool) -> dict[str, Tensor]:
-        """The epoch's means, by the names ``train/...`` the loggers show (NAW's only with ``naw``)."""
-        slot = {name: self.sums[i] for i, name in enumerate(self.SLOTS)}
+    def means(self, naw: bool, summed: Optional[Callable[[Tensor], Tensor]] = None) -> dict[str, Tensor]:
+        """The epoch's means, by the names ``train/...`` the loggers show (NAW's only with ``naw``); ``summed``, in a
+        run of several processes, sums a tensor over them (the means are then the whole epoch's, not one process's)."""
+        sums = self.sums if summed is None else summed(self.sums.clone())
+        slot = {name: sums[i] for i, name in enumerate(self.SLOTS)}
         samples = slot["samples"].clamp_min(1)
         false = slot["samples"] - slot["true"]
         logged = {

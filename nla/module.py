@@ -120,6 +120,9 @@ class NLAModule(ClassifierEvaluation):
         self.graph_step: Optional[GraphStep] = None  # the compiled training step, with --model.step_graph
         self.epoch_outputs = EpochOutputs()  # what the epoch's training steps gave, for the epoch-end figures
         self.label_noise = NoiseHistory()  # what each epoch did with the flipped labels; part of the checkpoint
+        # Under DDP each process sums its own steps into these: DDP, which copies rank 0's buffers to every process
+        # before each forward pass, leaves them alone (the one way PyTorch offers, its documented workaround).
+        self._ddp_params_and_buffers_to_ignore = ["mechanism.sums", "loss_watch.flag", "loss_watch.record"]
         if num_classes is not None or class_names is not None:
             self.build(list(class_names) if class_names else [str(k) for k in range(num_classes or 0)])
 
@@ -312,6 +315,8 @@ class NLAModule(ClassifierEvaluation):
 
     def on_train_start(self) -> None:
         self.loss_watch.reset()
+        distributed = self.trainer.world_size > 1  # a non-finite loss in any process stops every process's updates
+        self.loss_watch.agree = processes_maximum if distributed else None
         if self._resumed_hparams is not None:  # a resumed run takes the optimiser settings it is given now
             note = apply_settings(self.trainer, self._resumed_hparams, self.hparams)
             if note:
@@ -344,7 +349,8 @@ class NLAModule(ClassifierEvaluation):
         self.check_finite_weights()  # before an epoch-end checkpoint, when this epoch is not validated
         # The epoch's means, summed on the device (MechanismMeter), and what is constant over an epoch (the
         # scheduler and the LR step per epoch): logged once, not per step.
-        epoch_values: dict[str, Any] = self.mechanism.means(naw=self.criterion.config.naw)
+        summed = partial(self.trainer.strategy.reduce, reduce_op="sum") if self.trainer.world_size > 1 else None
+        epoch_values: dict[str, Any] = self.mechanism.means(naw=self.criterion.config.naw, summed=summed)
         epoch_values["train/covariance_schedule"] = self.criterion.schedule(self.current_epoch, self.schedule_epochs)
         if self._epoch_lr is not None:
             epoch_values["train/lr"] = self._epoch_lr
@@ -399,3 +405,10 @@ class NLAModule(ClassifierEvaluation):
         if checkpoint.get("start"):
             self.start = Start(**checkpoint["start"])
         self._resumed_hparams = dict(checkpoint.get("hyper_parameters") or {})
+
+
+def processes_maximum(tensor: Tensor) -> Tensor:
+    """``tensor``'s maximum over the processes, in place: queued on the device as DDP's own gradient averaging is,
+    without the barrier (a host wait on a GPU) of Lightning's ``strategy.reduce``."""
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    return tensor

@@ -11,8 +11,9 @@ on the host every step, as before.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +28,12 @@ class NonFiniteError(UserError, FloatingPointError):
 
 
 class LossWatch(nn.Module):
-    """Device-side record of the first training step of a fit whose loss was not finite."""
+    """Device-side record of the first training step of a fit whose loss was not finite.
+
+    ``agree``, in a run of several processes, takes the maximum of a tensor over them (one small collective a step,
+    no host wait): a step whose loss is not finite in one process is then skipped, and stops the run, in every
+    process, as DDP's averaged gradients carry it into all of them. The loss parts recorded are those of the
+    process that had it (NaN in the others)."""
 
     flag: Tensor  # 1.0 once a step of this fit had a non-finite loss
     record: Tensor  # that step's (classification, consistency, epoch, global step)
@@ -36,6 +42,7 @@ class LossWatch(nn.Module):
         super().__init__()
         self.register_buffer("flag", torch.zeros(()), persistent=False)
         self.register_buffer("record", torch.zeros(4), persistent=False)
+        self.agree: Optional[Callable[[Tensor], Tensor]] = None
 
     def reset(self) -> None:
         self.flag.zero_()
@@ -43,9 +50,14 @@ class LossWatch(nn.Module):
     def note(self, total: Tensor, parts: Sequence[Tensor], epoch: int, step: int) -> None:
         """Note this step's ``total`` loss (and its two ``parts``) without a host wait."""
         total = total.detach()
-        bad = (total - total) != 0  # NaN for NaN and +-inf: two kernels where torch.isfinite and a not take five
+        own = (total - total) != 0  # NaN for NaN and +-inf: two kernels where torch.isfinite and a not take five
+        bad = own if self.agree is None else self.agree(own.float()) > 0
         first = torch.gt(bad, self.flag)  # bad, and no earlier step was
-        values = [*(part.detach().float() for part in parts), self.flag.new_full((), float(epoch))]
+        nan = self.flag.new_full((), math.nan)
+        values = [
+            *(torch.where(own, part.detach().float(), nan) for part in parts),
+            self.flag.new_full((), float(epoch)),
+        ]
         values.append(self.flag.new_full((), float(step)))
         # In place, not rebound: the graph step reads the flag, and a CUDA graph replays on fixed addresses.
         torch.where(first, torch.stack(values), self.record, out=self.record)

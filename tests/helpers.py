@@ -117,18 +117,19 @@ class CountSyncs(Callback):
 
 
 class PoisonBatch(Callback):
-    """Makes the images of training batch ``batch`` of ``epoch`` NaN, so that step's loss is NaN; records in
-    ``PoisonBatch.unchanged`` whether the parameters were still those of just before that step when the run
-    stopped."""
+    """Makes the images of training batch ``batch`` of ``epoch`` NaN (in process ``rank`` only, where given), so that
+    step's loss is NaN; records in ``PoisonBatch.unchanged`` whether the parameters were still those of just before
+    that step when the run stopped."""
 
     unchanged: ClassVar[dict[str, bool]] = {}
 
-    def __init__(self, epoch: int = 1, batch: int = 1) -> None:
-        self.epoch, self.batch = epoch, batch
+    def __init__(self, epoch: int = 1, batch: int = 1, rank: int | None = None) -> None:
+        self.epoch, self.batch, self.rank = epoch, batch, rank
         self.before: dict[str, torch.Tensor] = {}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+        mine = self.rank is None or trainer.global_rank == self.rank
+        if mine and (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
             batch.views.fill_(float("nan"))
             self.before = {k: p.detach().clone() for k, p in pl_module.named_parameters()}
 

@@ -8,7 +8,7 @@ import torch
 
 from nla import Criterion, CriterionConfig, NLAModule
 from nla.batch import FaceBatch, MediaBatch
-from nla.nonfinite import NonFiniteError
+from nla.nonfinite import LossWatch, NonFiniteError
 
 
 def module(**criterion):
@@ -160,3 +160,17 @@ def test_library_batches_and_labels_are_taken_or_refused_in_one_line():
             nla.training_step((images, wrong), 0)
         with pytest.raises(ValueError, match="a val batch has label 9; the model has 7 classes"):
             nla.validation_step((images, wrong), 0)
+
+
+def test_a_non_finite_loss_in_another_process_stops_this_one_too():
+    """Under DDP the loss watch takes the processes' maximum (``agree``): a step whose loss is finite here and not in
+    another process is skipped and stops the run here too, with NaN for the loss parts this process did not have."""
+    one = torch.tensor(1.0)
+    alone = LossWatch()
+    alone.note(one, (one, one), 2, 17)
+    alone.check()  # a finite step, one process: nothing to stop
+    watch = LossWatch()
+    watch.agree = lambda flag: torch.maximum(flag, torch.ones(()))  # another process's loss was not finite
+    watch.note(one, (one, one), 2, 17)
+    with pytest.raises(NonFiniteError, match=r"epoch 2, step 17: classification=nan, consistency=nan"):
+        watch.check()

@@ -1,5 +1,6 @@
 """The same seed gives the same run on the CPU, and DDP over two processes gives one process's metrics."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -43,7 +44,8 @@ def test_ddp_on_two_cpu_processes_matches_one_process(rafdb_root, tmp_path):
     run_dir = tmp_path / "ddp"
     ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
     noise = ["--data.protocol.noise_source", "generate", "--data.protocol.noise_rate", "0.3"]
-    record = [*noise, "--trainer.callbacks+=nla.callbacks.SampleRecord"]
+    csv_logger = ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(run_dir)]
+    record = [*noise, "--trainer.callbacks+=nla.callbacks.SampleRecord", *csv_logger]
     fit = subprocess.run(
         [sys.executable, "-m", "nla", *fit_args(rafdb_root, run_dir, "--data.pipeline", "cached", *record, *ddp)],
         cwd=REPO,
@@ -56,11 +58,16 @@ def test_ddp_on_two_cpu_processes_matches_one_process(rafdb_root, tmp_path):
     ckpt = str(run_dir / "checkpoints" / "last.ckpt")
     # Each process trained on its own half: 21 images, 3 batches of 8 (one process alone would take 6).
     assert torch.load(ckpt, weights_only=True)["global_step"] == 3
-    # The label-noise figures and the per-image record hold both processes' images, each once.
+    # The label-noise figures, the per-image record and the epoch's mechanism means hold both processes' images.
     (epoch,) = json.loads((run_dir / "summary.json").read_text())["label_noise"]
     assert (epoch["images"], epoch["flipped"]) == (42, 13)
     with np.load(run_dir / "per_sample.npz") as saved:
-        assert np.isfinite(saved["weight"][0]).all() and (saved["label"][0] >= 0).all()
+        weight, label, predicted = saved["weight"][0], saved["label"][0], saved["predicted"][0]
+    assert np.isfinite(weight).all() and (label >= 0).all()
+    (metrics,) = run_dir.glob("**/metrics.csv")
+    (row,) = [r for r in csv.DictReader(metrics.open()) if r.get("train/naw_weight")]
+    assert float(row["train/naw_weight"]) == pytest.approx(weight.mean(), rel=1e-4)
+    assert float(row["train/false_branch_share"]) == pytest.approx((predicted != label).mean(), abs=1e-6)
 
     two = subprocess.run(
         [sys.executable, "-m", "nla", "test", "--ckpt_path", ckpt, "--trainer.logger", "false", *ddp],
@@ -78,3 +85,17 @@ def test_ddp_on_two_cpu_processes_matches_one_process(rafdb_root, tmp_path):
     assert (distributed["environment"]["devices"], single["environment"]["devices"]) == (2, 1)
     for key in ("acc", "mean_acc", "class_acc", "confusion"):
         assert distributed[key] == single[key], key
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_in_one_ddp_process_stops_both_with_one_line(rafdb_root, tmp_path):
+    """Process 1's second step has a NaN loss, process 0's does not: both skip it and stop with the same line (before,
+    process 0 went on and died on the closed connection)."""
+    ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+    poison = ["--trainer.callbacks+=tests.helpers.PoisonBatch", "--trainer.callbacks.epoch=0"]
+    poison += ["--trainer.callbacks.rank=1", "--trainer.log_every_n_steps", "1"]
+    args = fit_args(rafdb_root, tmp_path / "ddp", "--data.pipeline", "cached", *poison, *ddp)
+    fit = subprocess.run([sys.executable, "-m", "nla", *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+    line = "nla: error: non-finite loss at epoch 0, step 1: classification=nan, consistency=nan."
+    assert fit.returncode == 1 and fit.stderr.count(line) == 2, fit.stdout[-3000:] + fit.stderr[-3000:]
+    assert "Traceback" not in fit.stderr

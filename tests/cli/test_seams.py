@@ -7,7 +7,9 @@ import typing
 import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
+from torch.nn.parallel import DistributedDataParallel
 
+from nla import NLAModule
 from nla.cli.lightning import NLACLI
 from nla.cli.trainer import NLA_HELP, NLATrainer, reworded
 from nla.settings import CLASS_PATH_KEY, LIGHTNING_CLI_KEYS
@@ -42,3 +44,13 @@ def test_help_lightning_no_longer_documents_is_left_as_it_is():
     docstring = "Args:\n    precision: Lightning's text.\n\n    devices: Lightning's text.\n\n"
     changed = reworded(docstring, {"precision": "nla's text.", "default_root_dir": "nla's text."})
     assert changed == docstring.replace("precision: Lightning's text.", "precision: nla's text.")
+
+
+def test_ddp_still_leaves_alone_the_buffers_each_process_sums_itself():
+    """DDP copies rank 0's buffers into every process before each forward pass, except those a module names in
+    _ddp_params_and_buffers_to_ignore (PyTorch's documented workaround): NLAModule names its per-process sums."""
+    assert "_ddp_params_and_buffers_to_ignore" in inspect.getsource(DistributedDataParallel.__init__)
+    module = NLAModule(backbone="test_resnet", num_classes=7)
+    ignored = set(module._ddp_params_and_buffers_to_ignore)
+    assert ignored == {"mechanism.sums", "loss_watch.flag", "loss_watch.record"}
+    assert ignored <= {name for name, _ in module.named_buffers()}
