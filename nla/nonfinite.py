@@ -50,15 +50,13 @@ class LossWatch(nn.Module):
     def note(self, total: Tensor, parts: Sequence[Tensor], epoch: int, step: int) -> None:
         """Note this step's ``total`` loss (and its two ``parts``) without a host wait."""
         total = total.detach()
-        own = (total - total) != 0  # NaN for NaN and +-inf: two kernels where torch.isfinite and a not take five
-        bad = own if self.agree is None else self.agree(own.float()) > 0
+        bad = (total - total) != 0  # NaN for NaN and +-inf: two kernels where torch.isfinite and a not take five
+        values = [part.detach().float() for part in parts]
+        if self.agree is not None:  # another process's loss may be the bad one: this one's parts then read NaN
+            values = [torch.where(bad, value, self.flag.new_full((), math.nan)) for value in values]
+            bad = self.agree(bad.float()) > 0
         first = torch.gt(bad, self.flag)  # bad, and no earlier step was
-        nan = self.flag.new_full((), math.nan)
-        values = [
-            *(torch.where(own, part.detach().float(), nan) for part in parts),
-            self.flag.new_full((), float(epoch)),
-        ]
-        values.append(self.flag.new_full((), float(step)))
+        values += [self.flag.new_full((), float(epoch)), self.flag.new_full((), float(step))]
         # In place, not rebound: the graph step reads the flag, and a CUDA graph replays on fixed addresses.
         torch.where(first, torch.stack(values), self.record, out=self.record)
         torch.maximum(self.flag, bad, out=self.flag)
