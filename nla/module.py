@@ -122,7 +122,11 @@ class NLAModule(ClassifierEvaluation):
         self.label_noise = NoiseHistory()  # what each epoch did with the flipped labels; part of the checkpoint
         # Under DDP each process sums its own steps into these: DDP, which copies rank 0's buffers to every process
         # before each forward pass, leaves them alone (the one way PyTorch offers, its documented workaround).
-        self._ddp_params_and_buffers_to_ignore = ["mechanism.sums", "loss_watch.flag", "loss_watch.record"]
+        self._ddp_params_and_buffers_to_ignore = [
+            f"{owner}.{name}"
+            for owner in ("mechanism", "loss_watch")
+            for name, _ in getattr(self, owner).named_buffers()
+        ]
         if num_classes is not None or class_names is not None:
             self.build(list(class_names) if class_names else [str(k) for k in range(num_classes or 0)])
 

@@ -35,8 +35,11 @@ class Run:
     auroc_p_given: Optional[float]
 
     @staticmethod
-    def read(path: Path) -> Run:
+    def read(path: Path) -> Optional[Run]:
+        """The run of a ``<method>/seed<N>/summary.json``; ``None`` for a fit cut short (``finished`` false)."""
         summary = json.loads(path.read_text())
+        if not summary.get("finished", True):
+            return None
         noise = max(summary["label_noise"], key=lambda record: record["epoch"])
         last, best, last5 = summary["last"], summary["best"], summary["mean_last"]
         return Run(
@@ -172,7 +175,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     paths = [path for folder in args.protocol_dirs for path in sorted(folder.glob("*/seed*/summary.json"))]
-    runs = [Run.read(path) for path in paths if json.loads(path.read_text()).get("finished", True)]  # not cut short
+    runs = [run for path in paths if (run := Run.read(path)) is not None]
     if not runs:
         raise SystemExit(f"no <method>/seed<N>/summary.json under {', '.join(map(str, args.protocol_dirs))}")
     args.out.write_text("\n".join(page(runs)) + "\n")
