@@ -140,11 +140,13 @@ class EpochOutputs:
         self._steps.append({key: output[key].detach() for key in self.KEPT if key in output})  # type: ignore[literal-required]
         self._gathered = None
 
-    def gather(self, across: Optional[Callable[[Tensor], Tensor]] = None) -> Optional[dict[str, Tensor]]:
+    def gather(
+        self, across: Optional[Callable[[dict[str, Tensor]], dict[str, Tensor]]] = None
+    ) -> Optional[dict[str, Tensor]]:
         """The epoch so far on the host, one tensor per field (``labels`` and ``index`` as int64, the rest float32);
         ``None`` before any step. A field that some steps lack is left out.
 
-        ``across``, in a run of several processes, takes this process's tensor and gives every process's, end to end
+        ``across``, in a run of several processes, takes this process's fields and gives every process's, end to end
         (:func:`concatenated_over_ranks`): the result then holds the whole epoch, each image once by ``index`` (a
         distributed sampler pads the processes' shares with repeated images). Every process must then call
         :meth:`gather` at the same points (a result is kept until the next step, so later calls gather nothing)."""
@@ -152,7 +154,7 @@ class EpochOutputs:
             shared = [key for key in self._steps[0] if all(key in step for step in self._steps)]
             gathered = {key: torch.cat([step[key] for step in self._steps]) for key in shared}
             if across is not None:
-                gathered = {key: across(value) for key, value in gathered.items()}
+                gathered = across(gathered)
                 if "index" in gathered:
                     kept = first_occurrences(gathered["index"])
                     gathered = {key: value[kept] for key, value in gathered.items()}
@@ -163,14 +165,25 @@ class EpochOutputs:
         return self._gathered
 
 
-def concatenated_over_ranks(tensor: Tensor, all_gather: Callable[[Tensor], Any]) -> Tensor:
-    """Every process's ``tensor``, end to end in rank order, where their first dimensions may differ; ``all_gather``
-    is Lightning's (``LightningModule.all_gather``: one tensor in, the processes' tensors stacked out)."""
-    lengths = [int(n) for n in all_gather(torch.tensor(len(tensor), device=tensor.device)).flatten()]
-    padded = tensor.new_zeros((max(lengths), *tensor.shape[1:]))
-    padded[: len(tensor)] = tensor
-    stacked = all_gather(padded)
-    return torch.cat([stacked[rank, :length] for rank, length in enumerate(lengths)])
+def concatenated_over_ranks(columns: dict[str, Tensor], all_gather: Callable[[Tensor], Any]) -> dict[str, Tensor]:
+    """Every process's ``columns``, each end to end in rank order, where the processes' counts of rows differ (every
+    column of a process has as many rows); ``all_gather`` is Lightning's
+    (``LightningModule.all_gather``: one tensor in, the processes' tensors stacked out). One collective for the counts,
+    then one per column."""
+    if not columns:
+        return {}
+    mine = len(next(iter(columns.values())))
+    if any(len(value) != mine for value in columns.values()):
+        raise ValueError(f"columns of different lengths: { {key: len(value) for key, value in columns.items()} }")
+    device = next(iter(columns.values())).device
+    lengths = [int(n) for n in all_gather(torch.tensor(mine, device=device)).flatten()]
+    gathered = {}
+    for key, tensor in columns.items():
+        padded = tensor.new_zeros((max(lengths), *tensor.shape[1:]))
+        padded[:mine] = tensor
+        stacked = all_gather(padded)
+        gathered[key] = torch.cat([stacked[rank, :length] for rank, length in enumerate(lengths)])
+    return gathered
 
 
 def first_occurrences(values: Tensor) -> Tensor:

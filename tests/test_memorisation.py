@@ -76,17 +76,19 @@ def test_the_module_measures_its_own_training_steps():
     assert module.epoch_training_outputs() is None
 
 
-def beside_another_process(theirs):
+def beside_another_process(theirs, calls):
     """Lightning's ``all_gather`` as this process (rank 0) sees it, where the other process holds ``theirs``, its
-    tensors in the order the gathering asks for them: first each one's length, then the tensor padded to the longest."""
-    pending, current = iter(theirs), {}
+    columns in the order the gathering asks for them: first the count of rows, then each column padded to the longest.
+    ``calls`` records the shapes asked for."""
+    pending = iter(theirs)
 
     def all_gather(tensor):
+        calls.append(tuple(tensor.shape))
         if tensor.dim() == 0:
-            current["other"] = next(pending)
-            return torch.stack([tensor, torch.tensor(len(current["other"]))])
-        other = current["other"].new_zeros(tensor.shape)
-        other[: len(current["other"])] = current["other"]
+            return torch.stack([tensor, torch.tensor(len(theirs[0]))])
+        column = next(pending)
+        other = column.new_zeros(tensor.shape)
+        other[: len(column)] = column
         return torch.stack([tensor, other])
 
     return all_gather
@@ -99,7 +101,9 @@ def test_a_distributed_epoch_holds_every_process_s_images_once():
     outputs = EpochOutputs()
     outputs.add({"probs": confident(GIVEN[mine]), "labels": GIVEN[mine], "index": mine})
     other = [confident(GIVEN[theirs]) * 0.5, GIVEN[theirs], theirs]  # halved: the other process's own probabilities
-    gathered = outputs.gather(partial(concatenated_over_ranks, all_gather=beside_another_process(other)))
+    calls = []
+    gathered = outputs.gather(partial(concatenated_over_ranks, all_gather=beside_another_process(other, calls)))
+    assert calls == [(), (5, 7), (5,), (5,)]  # the counts once, then each column padded to the longer share
     assert gathered["index"].tolist() == [9, 2, 7, 4, 0, 8, 1]
     assert torch.equal(gathered["labels"], GIVEN[gathered["index"]])
     assert torch.equal(gathered["probs"][:5], confident(GIVEN[mine])) and torch.equal(
