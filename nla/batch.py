@@ -144,20 +144,21 @@ class EpochOutputs:
         self, across: Optional[Callable[[dict[str, Tensor]], dict[str, Tensor]]] = None
     ) -> Optional[dict[str, Tensor]]:
         """The epoch so far on the host, one tensor per field (``labels`` and ``index`` as int64, the rest float32);
-        ``None`` before any step. A field that some steps lack is left out.
+        ``None`` before any step. A field that some steps lack is left out. Where the steps say which images they
+        held (``index``), each image is in it once, as its first draw of the epoch gave it (a sampler that draws with
+        replacement, or a distributed sampler padding the processes' shares, repeats images).
 
         ``across``, in a run of several processes, takes this process's fields and gives every process's, end to end
-        (:func:`concatenated_over_ranks`): the result then holds the whole epoch, each image once by ``index`` (a
-        distributed sampler pads the processes' shares with repeated images). Every process must then call
+        (:func:`concatenated_over_ranks`): the result then holds the whole epoch. Every process must then call
         :meth:`gather` at the same points (a result is kept until the next step, so later calls gather nothing)."""
         if self._gathered is None and self._steps:
             shared = [key for key in self._steps[0] if all(key in step for step in self._steps)]
             gathered = {key: torch.cat([step[key] for step in self._steps]) for key in shared}
             if across is not None:
                 gathered = across(gathered)
-                if "index" in gathered:
-                    kept = first_occurrences(gathered["index"])
-                    gathered = {key: value[kept] for key, value in gathered.items()}
+            if "index" in gathered:
+                kept = first_occurrences(gathered["index"])
+                gathered = {key: value[kept] for key, value in gathered.items()}
             self._gathered = {
                 key: value.cpu().long() if key in ("labels", "index") else value.cpu().float()
                 for key, value in gathered.items()

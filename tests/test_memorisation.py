@@ -112,6 +112,24 @@ def test_a_distributed_epoch_holds_every_process_s_images_once():
     assert outputs.gather() is gathered  # kept: a second reader gathers nothing
 
 
+def test_an_image_drawn_twice_in_an_epoch_counts_once_as_its_first_draw():
+    """A sampler that draws with replacement (``--data.balanced_sampler``) gives flipped image 7 twice: predicted
+    first as its given label, later as its true one. The figures count it once, memorised, as a process of a
+    distributed run would (which keeps each image's first occurrence)."""
+    drawn = torch.tensor([7, 0, 8, 7])
+    probs = confident(GIVEN[drawn])
+    probs[3] = confident(TRUE[7:8])[0]
+    outputs = EpochOutputs()
+    outputs.add({"probs": probs[:2], "labels": GIVEN[drawn[:2]], "index": drawn[:2]})
+    outputs.add({"probs": probs[2:], "labels": GIVEN[drawn[2:]], "index": drawn[2:]})
+    gathered = outputs.gather()
+    assert gathered["index"].tolist() == [7, 0, 8] and torch.equal(gathered["probs"], probs[:3])
+    history = NoiseHistory()
+    history.true_labels = TRUE
+    record = history.measure(0, lambda: {**gathered, "weights": torch.ones(3)})
+    assert (record.images, record.flipped, record.memorised) == (3, 2, 1.0)
+
+
 def test_noise_history_round_trips_through_a_checkpoint():
     history = NoiseHistory()
     history.true_labels = TRUE
