@@ -171,13 +171,13 @@ def concatenated_over_ranks(columns: dict[str, Tensor], all_gather: Callable[[Te
     column of a process has as many rows); ``all_gather`` is Lightning's
     (``LightningModule.all_gather``: one tensor in, the processes' tensors stacked out). One collective for the counts,
     then one per column."""
-    if not columns:
+    first = next(iter(columns.values()), None)
+    if first is None:
         return {}
-    mine = len(next(iter(columns.values())))
+    mine = len(first)
     if any(len(value) != mine for value in columns.values()):
         raise ValueError(f"columns of different lengths: { {key: len(value) for key, value in columns.items()} }")
-    device = next(iter(columns.values())).device
-    lengths = [int(n) for n in all_gather(torch.tensor(mine, device=device)).flatten()]
+    lengths = [int(n) for n in all_gather(torch.tensor(mine, device=first.device)).flatten()]
     gathered = {}
     for key, tensor in columns.items():
         padded = tensor.new_zeros((max(lengths), *tensor.shape[1:]))
